@@ -1,0 +1,105 @@
+"""Checkpoint managers, resuming, chief-only writing and the workdir's model signature."""
+
+import json
+import os
+import shutil
+
+import tensorflow as tf
+from absl import logging
+
+from wae_tf.config import Config, ConfigError
+
+SIGNATURE_FILE = "model.json"
+WORKER_TMP = "worker_tmp"
+
+
+def _task(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return None, 0
+    return resolver.task_type, resolver.task_id
+
+
+def is_chief(strategy) -> bool:
+    """True for single-process runs, the 'chief' task, or worker 0 of a cluster without chief."""
+    task_type, task_id = _task(strategy)
+    if task_type is None or task_type == "chief":
+        return True
+    cluster = strategy.cluster_resolver.cluster_spec().as_dict()
+    return task_type == "worker" and task_id == 0 and "chief" not in cluster
+
+
+def write_dir(directory: str, strategy) -> str:
+    """`directory` for the chief; a per-worker temporary directory for the other workers.
+
+    Multi-worker saving is collective (every worker must save) but only the chief's files count,
+    as the tf.distribute multi-worker guide prescribes.
+    """
+    if is_chief(strategy):
+        return directory
+    task_type, task_id = _task(strategy)
+    return os.path.join(directory, WORKER_TMP, f"{task_type}_{task_id}")
+
+
+def cleanup_worker_dirs(workdir: str, strategy) -> None:
+    if not is_chief(strategy):
+        for base in (workdir, os.path.join(workdir, "export")):
+            path = os.path.join(base, WORKER_TMP)
+            if tf.io.gfile.exists(path):
+                tf.io.gfile.rmtree(path)
+
+
+def create_manager(checkpoint: tf.train.Checkpoint, workdir: str, config: Config,
+                   strategy) -> tf.train.CheckpointManager:
+    directory = write_dir(os.path.join(workdir, "checkpoints"), strategy)
+    return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=config.keep_checkpoints)
+
+
+def restore_latest(manager: tf.train.CheckpointManager) -> str:
+    """Restore the newest readable checkpoint, skipping (and reporting) corrupt ones.
+
+    Returns the restored path, or "" for a fresh start.
+    """
+    for path in reversed(manager.checkpoints):
+        try:
+            manager.checkpoint.restore(path).assert_existing_objects_matched()
+        except (tf.errors.OpError, AssertionError, ValueError) as error:
+            logging.error("Checkpoint %s is unreadable (%s); trying the previous one.", path,
+                          str(error).splitlines()[0])
+            continue
+        logging.info("Resumed from %s.", path)
+        return path
+    if manager.checkpoints:
+        raise ConfigError(f"No checkpoint in {manager.directory} could be read; move the "
+                          "directory away to start afresh.")
+    return ""
+
+
+def check_model_signature(workdir: str, config: Config, write: bool) -> None:
+    """Refuse to resume a workdir whose checkpoints were made with other model flags."""
+    path = os.path.join(workdir, SIGNATURE_FILE)
+    expected = config.model_signature()
+    if tf.io.gfile.exists(path):
+        with tf.io.gfile.GFile(path) as f:
+            found = json.load(f)
+        diff = {k: (found.get(k), v) for k, v in expected.items() if found.get(k) != v}
+        if diff:
+            text = ", ".join(f"--{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in diff.items())
+            raise ConfigError(f"{workdir} holds a run with other model flags ({text}); use "
+                              "another --workdir or the original flags.")
+    elif write:
+        with tf.io.gfile.GFile(path, "w") as f:
+            json.dump(expected, f, indent=2, sort_keys=True)
+
+
+def replace_directory(tmp_dir: str, final_dir: str) -> None:
+    """Move a fully written `tmp_dir` to `final_dir`, replacing any old one only at the end."""
+    old = None
+    if os.path.exists(final_dir):
+        old = final_dir + ".old"
+        if os.path.exists(old):
+            shutil.rmtree(old)
+        os.rename(final_dir, old)
+    os.rename(tmp_dir, final_dir)
+    if old:
+        shutil.rmtree(old)

@@ -1,0 +1,59 @@
+"""absl flags mirroring Config's fields, and the one-line error handling of the entry points."""
+
+import dataclasses
+import sys
+
+from absl import flags
+
+from wae_tf import config as config_lib
+
+FLAGS = flags.FLAGS
+
+
+def define_config_flags() -> None:
+    """Define one flag per Config field, with the field's default and help text."""
+    for field in config_lib.config_fields():
+        help_text = field.metadata.get("help", field.name)
+        if field.name in config_lib.CHOICES:
+            flags.DEFINE_enum(field.name, field.default, config_lib.CHOICES[field.name], help_text)
+        elif field.type in (bool, "bool"):
+            flags.DEFINE_bool(field.name, field.default, help_text)
+        elif field.type in (int, "int"):
+            flags.DEFINE_integer(field.name, field.default, help_text)
+        elif field.type in (float, "float"):
+            flags.DEFINE_float(field.name, field.default, help_text)
+        else:
+            flags.DEFINE_string(field.name, field.default, help_text)
+
+
+def config_from_flags(**overrides) -> config_lib.Config:
+    """The validated Config of the parsed command line."""
+    values = {f.name: FLAGS[f.name].value for f in config_lib.config_fields()}
+    values.update(overrides)
+    return config_lib.Config(**values).validate()
+
+
+def explicit_config_flags() -> dict:
+    """The Config fields the user set on the command line or in a flagfile."""
+    return {f.name: FLAGS[f.name].value for f in config_lib.config_fields()
+            if FLAGS[f.name].present}
+
+
+def run_reporting_user_errors(function, *args) -> int:
+    """Run `function`; user errors (bad flags or data, NaN losses) become one line on stderr."""
+    from wae_tf.training import NonFiniteLossError  # pylint: disable=import-outside-toplevel
+    try:
+        function(*args)
+    except config_lib.ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except NonFiniteLossError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def config_from_dict_with_flags(saved: dict) -> config_lib.Config:
+    """A saved config (config.json) with the fields given explicitly on the command line."""
+    base = config_lib.from_dict(saved)
+    return dataclasses.replace(base, **explicit_config_flags())

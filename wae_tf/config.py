@@ -1,0 +1,147 @@
+"""Every hyper-parameter of a run: one frozen dataclass, its defaults and its validation (stdlib only)."""
+
+import dataclasses
+import json
+from typing import Tuple
+
+# Choices of the enumerated fields; flags and validate() both read these.
+CHOICES = {
+    "encoder": ("deterministic", "gaussian"),
+    "prior": ("normal", "sphere", "uniform"),
+    "regularizer": ("mmd", "gan", "kl", "swd"),
+    "kernel": ("imq", "rbf"),
+    "recon": ("l2sq", "l2", "l1"),
+    "lr_schedule": ("constant", "manual", "smooth"),
+    "strategy": ("auto", "default", "mirrored", "multi_worker"),
+}
+
+# Fields that shape the models: a checkpoint made with other values cannot be restored.
+MODEL_FIELDS = ("dataset", "image_size", "width_divisor", "encoder", "z_dim", "regularizer",
+                "disc_prior_logdensity", "sync_batchnorm")
+
+DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+class ConfigError(ValueError):
+    """A user error in the configuration: reported in one line, without a traceback."""
+
+
+def _field(default, help_text):
+    return dataclasses.field(default=default, metadata={"help": help_text})
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Hyper-parameters of one WAE experiment; `--flag` names equal field names."""
+
+    # Data.
+    dataset: str = _field("fashion_mnist", "fashion_mnist (Debian IDX files, else TFDS), mnist, "
+                          "celeb_a or any TFDS image data set name.")
+    data_dir: str = _field("", "Directory of the Fashion-MNIST/MNIST IDX files (*-idx?-ubyte[.gz]); "
+                           f"default {DEFAULT_FASHION_MNIST_DIR} for fashion_mnist.")
+    tfds_data_dir: str = _field("", "tensorflow-datasets data_dir (prepared data sets live here).")
+    image_size: int = _field(0, "Side of the square images fed to the networks; 0 = the data set's "
+                             "own (28 for MNIST-like, 64 for celeb_a).")
+    celeba_crop: int = _field(140, "Centre crop side applied to CelebA before resizing (paper: 140).")
+    shuffle_buffer: int = _field(0, "Unused for in-memory data (full permutation per epoch); kept "
+                                 "for streaming sources. 0 = full.")
+    # Networks.
+    width_divisor: int = _field(1, "Divides every channel count of the paper's networks (CPU runs).")
+    encoder: str = _field("deterministic", "deterministic | gaussian (mean and log-variance heads).")
+    z_dim: int = _field(8, "Latent dimension.")
+    prior: str = _field("normal", "normal N(0, s^2 I) | sphere (radius s*sqrt(z_dim)) | uniform "
+                        "U[-s, s]^z_dim, with s = prior_scale.")
+    prior_scale: float = _field(1.0, "Scale s of the prior (sigma_z for normal).")
+    sync_batchnorm: bool = _field(True, "Synchronise BatchNorm statistics across replicas so that "
+                                  "N replicas compute what 1 replica does.")
+    disc_prior_logdensity: bool = _field(False, "Add the prior's log-density to the latent "
+                                         "discriminator's logit (the paper code's CelebA trick).")
+    # Objective.
+    regularizer: str = _field("mmd", "mmd | gan | kl (VAE baseline) | swd (sliced Wasserstein).")
+    lambda_reg: float = _field(10.0, "Weight lambda of the latent penalty D(Q_Z, P_Z).")
+    kernel: str = _field("imq", "MMD kernel: imq | rbf.")
+    rbf_sigma2: float = _field(0.0, "RBF bandwidth sigma^2; 0 = median heuristic per batch.")
+    swd_projections: int = _field(50, "Number of random directions of the sliced Wasserstein distance.")
+    recon: str = _field("l2sq", "Reconstruction cost: l2sq (0.05*||x-y||^2) | l2 (0.2*||x-y||) | "
+                        "l1 (0.02*||x-y||_1), the paper code's scales.")
+    # Optimisation.
+    learning_rate: float = _field(1e-3, "Adam learning rate of encoder and decoder.")
+    disc_learning_rate: float = _field(5e-4, "Adam learning rate of the latent discriminator (gan).")
+    adam_beta1: float = _field(0.5, "Adam beta1 (paper: 0.5).")
+    adam_beta2: float = _field(0.999, "Adam beta2.")
+    lr_schedule: str = _field("constant", "constant | manual (x1/2 at epoch 30, x1/5 more at 50, "
+                              "x1/10 more at 100) | smooth (100x lower by the last epoch).")
+    batch_size: int = _field(100, "Global batch size (split across replicas).")
+    epochs: int = _field(0, "Training length in epochs (used when train_steps is 0).")
+    train_steps: int = _field(0, "Training length in steps; overrides epochs when > 0.")
+    input_noise: float = _field(0.0, "Std of the Gaussian noise added to encoder inputs in training.")
+    seed: int = _field(0, "Seed of initialisation, data order, prior samples and noise.")
+    steps_per_loop: int = _field(1, "Training steps run inside one tf.function call.")
+    jit_compile: bool = _field(False, "XLA-compile the training step (slower on CPU).")
+    # Distribution.
+    strategy: str = _field("auto", "auto (mirrored with >1 GPU) | default | mirrored | multi_worker.")
+    cpu_devices: int = _field(0, "Split the CPU into this many logical devices (0 = leave as is).")
+    # Output.
+    checkpoint_every: int = _field(1000, "Save a checkpoint every this many steps (and at the end).")
+    keep_checkpoints: int = _field(3, "How many recent checkpoints to keep.")
+    log_every: int = _field(100, "Log scalars to the console and TensorBoard every this many steps.")
+    image_every: int = _field(1000, "Log reconstruction and sample grids every this many steps.")
+    export_dir: str = _field("", "Base directory of the SavedModel export; default <workdir>/export.")
+    export: bool = _field(True, "Export a SavedModel at the end of training.")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    def replace(self, **changes) -> "Config":
+        return dataclasses.replace(self, **changes)
+
+    def model_signature(self) -> dict:
+        """The fields that determine variable shapes, stored beside checkpoints."""
+        return {name: getattr(self, name) for name in MODEL_FIELDS}
+
+    def validate(self) -> "Config":
+        """Raise ConfigError naming the first wrong value and how to fix it; return self."""
+        for name, choices in CHOICES.items():
+            value = getattr(self, name)
+            if value not in choices:
+                raise ConfigError(f"--{name}={value!r} is not one of {', '.join(choices)}.")
+        positive = ("z_dim", "batch_size", "width_divisor", "checkpoint_every", "keep_checkpoints",
+                    "log_every", "image_every", "swd_projections", "steps_per_loop", "celeba_crop")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name} must be positive, got {getattr(self, name)}.")
+        for name in ("learning_rate", "disc_learning_rate", "prior_scale"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"--{name} must be positive, got {getattr(self, name)}.")
+        for name in ("lambda_reg", "input_noise", "rbf_sigma2", "train_steps", "epochs",
+                     "cpu_devices", "image_size"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}.")
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be in [0, 1), got {getattr(self, name)}.")
+        if self.train_steps == 0 and self.epochs == 0:
+            raise ConfigError("Set the training length: --train_steps=N or --epochs=N.")
+        if self.regularizer == "kl" and self.encoder != "gaussian":
+            raise ConfigError("--regularizer=kl (VAE) needs a stochastic encoder: add "
+                              "--encoder=gaussian.")
+        if self.regularizer == "kl" and self.prior != "normal":
+            raise ConfigError("--regularizer=kl computes the KL to a normal prior: use --prior=normal.")
+        if self.disc_prior_logdensity and self.prior != "normal":
+            raise ConfigError("--disc_prior_logdensity needs --prior=normal.")
+        if self.image_size and self.image_size not in (28, 64):
+            raise ConfigError(f"--image_size={self.image_size}: the paper's networks exist for 28 "
+                              "and 64 only (0 = the data set's own).")
+        if self.lr_schedule != "constant" and self.epochs == 0:
+            raise ConfigError(f"--lr_schedule={self.lr_schedule} is defined in epochs: set --epochs.")
+        return self
+
+
+def config_fields() -> Tuple[dataclasses.Field, ...]:
+    return dataclasses.fields(Config)
+
+
+def from_dict(values: dict) -> Config:
+    """Build a Config from a dict (e.g. a saved config.json), ignoring unknown keys."""
+    known = {f.name for f in config_fields()}
+    return Config(**{k: v for k, v in values.items() if k in known})

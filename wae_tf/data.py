@@ -1,0 +1,321 @@
+"""Data sets -> in-memory uint8 images -> deterministic, resumable tf.data streams of global batches.
+
+Sources:
+  * Fashion-MNIST / MNIST IDX files (`train-images-idx3-ubyte[.gz]`, ...), by default the Debian
+    package `dataset-fashion-mnist` in DEFAULT_FASHION_MNIST_DIR;
+  * any tensorflow-datasets image data set already prepared in `--tfds_data_dir` (celeb_a is centre
+    cropped to `celeba_crop` and resized to 64x64 as in the paper). TFDS is never asked to download:
+    prepare the data once with `tfds build NAME --data_dir=DIR` on a machine with network.
+
+A split is held in host memory as uint8 [N, H, W, C] (Fashion-MNIST train: 60000 x 784 B = 47 MB;
+CelebA train at 64x64x3: 162770 x 12288 B = 2.0 GB, twice that while the tf.data stream is built,
+since the stream holds its own copy as a tensor). Never falls back to other or random data.
+"""
+
+import dataclasses
+import gzip
+import os
+import struct
+import zlib
+from typing import List, Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from wae_tf.config import DEFAULT_FASHION_MNIST_DIR, Config, ConfigError
+
+SPLITS = ("train", "test")
+# File name prefix of each split in the IDX distribution of (Fashion-)MNIST.
+_IDX_PREFIX = {"train": "train", "test": "t10k"}
+# IDX type code (third byte of the magic number) -> big-endian numpy dtype.
+_IDX_DTYPES = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"),
+               0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+CELEBA_SIZE = 64  # The paper's CelebA resolution.
+_FIX_FASHION = ("install the Debian package (`sudo apt-get install dataset-fashion-mnist`), or pass "
+                "--data_dir=DIR holding the IDX files, or prepare the TFDS copy on a machine with "
+                "network (`tfds build fashion_mnist --data_dir=DIR`) and pass --tfds_data_dir=DIR")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ImageData:
+    """One split in memory, at the networks' resolution."""
+
+    images: np.ndarray  # uint8 [N, H, W, C]
+    labels: np.ndarray  # int64 [N]; zeros when the data set has no labels (celeb_a)
+    name: str  # e.g. "fashion_mnist/train"
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def image_shape(self) -> Tuple[int, int, int]:
+        return tuple(int(d) for d in self.images.shape[1:])  # (H, W, C)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading.
+
+
+def load_split(config: Config, split: str) -> ImageData:
+    """Load `split` ("train" or "test") of `config.dataset` into memory as uint8 NHWC.
+
+    If `config.image_size` is set and differs from the data's own side, the images are resized to
+    image_size x image_size (antialiased bilinear, rounded back to uint8); e.g. 28 -> 64 lets the
+    64x64 networks train on Fashion-MNIST. Raises ConfigError for missing or corrupt data.
+    """
+    if split not in SPLITS:
+        raise ConfigError(f"Unknown split {split!r}: use one of {', '.join(SPLITS)}.")
+    if config.dataset in ("fashion_mnist", "mnist"):
+        data = _load_mnist_like(config, split)
+    else:
+        if config.data_dir:
+            raise ConfigError(f"--data_dir={config.data_dir!r} is for (fashion_)mnist IDX files; "
+                              f"--dataset={config.dataset} is read from TFDS: pass "
+                              "--tfds_data_dir instead.")
+        data = _load_tfds(config, split)
+    if config.image_size and data.image_shape[:2] != (config.image_size, config.image_size):
+        data = dataclasses.replace(data, images=_resize_array(data.images, config.image_size))
+    return data
+
+
+def _load_mnist_like(config: Config, split: str) -> ImageData:
+    """IDX files from --data_dir (or the Debian default for fashion_mnist), else TFDS."""
+    data_dir = config.data_dir
+    if not data_dir and config.dataset == "fashion_mnist":
+        data_dir = DEFAULT_FASHION_MNIST_DIR
+    if not data_dir:  # mnist without --data_dir
+        return _load_tfds(config, split)
+    paths, tried = _find_idx_files(data_dir, split)
+    if paths:
+        return _load_idx_split(*paths, name=f"{config.dataset}/{split}")
+    if config.data_dir:
+        raise ConfigError(f"No {config.dataset} IDX files for split {split!r}: tried "
+                          f"{', '.join(tried)}. Fix: pass --data_dir=DIR holding them (for "
+                          "fashion_mnist, `sudo apt-get install dataset-fashion-mnist` installs "
+                          f"them in {DEFAULT_FASHION_MNIST_DIR}, the default), or drop --data_dir "
+                          "to read the data set from TFDS (--tfds_data_dir).")
+    try:
+        return _load_tfds(config, split)
+    except ConfigError as error:
+        raise ConfigError(f"No Fashion-MNIST data: IDX files not found (tried {', '.join(tried)}) "
+                          f"and TFDS failed ({error}). Fix: {_FIX_FASHION}.") from error
+
+
+def _find_idx_files(data_dir: str, split: str) -> Tuple[Optional[Tuple[str, str]], List[str]]:
+    """Returns ((images_path, labels_path) or None, every path tried)."""
+    prefix = _IDX_PREFIX[split]
+    found, tried = [], []
+    for kind in ("images-idx3", "labels-idx1"):
+        candidates = [os.path.join(data_dir, f"{prefix}-{kind}-ubyte{ext}") for ext in (".gz", "")]
+        tried.extend(candidates)
+        existing = [path for path in candidates if tf.io.gfile.exists(path)]
+        if existing:
+            found.append(existing[0])
+    return (tuple(found) if len(found) == 2 else None), tried
+
+
+def _load_idx_split(images_path: str, labels_path: str, name: str) -> ImageData:
+    images = read_idx(images_path)
+    labels = read_idx(labels_path)
+    fix = "reinstall (`sudo apt-get install --reinstall dataset-fashion-mnist`) or re-download it"
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise ConfigError(f"{images_path}: expected 3-D uint8 images (N, H, W), got "
+                          f"{images.ndim}-D {images.dtype}; {fix}.")
+    if labels.ndim != 1:
+        raise ConfigError(f"{labels_path}: expected 1-D labels, got {labels.ndim}-D; {fix}.")
+    if images.shape[0] != labels.shape[0]:
+        raise ConfigError(f"{images_path} holds {images.shape[0]} images but {labels_path} holds "
+                          f"{labels.shape[0]} labels; {fix}.")
+    return ImageData(images=images[..., np.newaxis], labels=labels.astype(np.int64), name=name)
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Parse one IDX file (gzip-compressed or raw) into a native-endian numpy array.
+
+    Format (yann.lecun.com/exdb/mnist): magic = 0x00 0x00 <type code> <ndim>, then ndim big-endian
+    uint32 sizes, then the data in row-major big-endian order. Raises ConfigError naming the file if
+    it is missing, not gzip-valid, has a wrong magic number or a size not matching its header.
+    """
+    fix = "reinstall or re-download it"
+    try:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            raw = f.read()
+        if raw[:2] == b"\x1f\x8b":  # gzip magic, whatever the file name says
+            raw = gzip.decompress(raw)
+    except tf.errors.NotFoundError as error:
+        raise ConfigError(f"IDX file {path} not found.") from error
+    except (OSError, EOFError, zlib.error, tf.errors.OpError) as error:
+        raise ConfigError(f"Cannot read IDX file {path} ({error}); {fix}.") from error
+    if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in _IDX_DTYPES or raw[3] == 0:
+        raise ConfigError(f"{path} is not an IDX file (magic number {raw[:4].hex() or 'missing'}, "
+                          f"expected 000008<ndim> for uint8); {fix}.")
+    dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ConfigError(f"{path} is truncated inside its header; {fix}.")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(raw) != expected:
+        raise ConfigError(f"{path} has {len(raw)} bytes but its header {shape} implies {expected} "
+                          f"(truncated or corrupt); {fix}.")
+    data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    return data.astype(dtype.newbyteorder("="))
+
+
+def _load_tfds(config: Config, split: str) -> ImageData:
+    """A prepared TFDS split -> ImageData; TFDS failures become ConfigError (never downloads)."""
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel; slow import
+
+    name, data_dir = config.dataset, config.tfds_data_dir or None
+    where = data_dir or "the default TFDS data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
+    try:
+        dataset = tfds.load(name, split=split, data_dir=data_dir, download=False)
+    except Exception as error:  # pylint: disable=broad-except; TFDS raises many unrelated types
+        message = " ".join(str(error).split())
+        raise ConfigError(
+            f"TFDS data set {name!r} split {split!r} is not available in {where}: "
+            f"{type(error).__name__}: {message[:300]}. Fix: check --dataset, then prepare it on a "
+            f"machine with network (`tfds build {name} --data_dir=DIR`) and pass "
+            "--tfds_data_dir=DIR.") from error
+    if not isinstance(dataset.element_spec, dict) or "image" not in dataset.element_spec:
+        raise ConfigError(f"TFDS data set {name!r} has no 'image' feature; it is not an image "
+                          "data set.")
+    preprocess = _tfds_preprocess(config, dataset.element_spec["image"].shape)
+    has_label = "label" in dataset.element_spec
+
+    def select(example):
+        label = tf.cast(example["label"], tf.int64) if has_label else tf.constant(0, tf.int64)
+        return preprocess(example["image"]), label
+
+    dataset = dataset.map(select, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    images, labels = _to_numpy(tfds.as_numpy(dataset.batch(1024)))
+    if images.shape[0] == 0:
+        raise ConfigError(f"TFDS data set {name!r} split {split!r} in {where} is empty.")
+    return ImageData(images=images, labels=labels, name=f"{name}/{split}")
+
+
+def _tfds_preprocess(config: Config, image_shape: tf.TensorShape):
+    """The per-image uint8 [H, W, C] -> uint8 [H', W', C] map of a TFDS data set."""
+    if config.dataset == "celeb_a":
+        size = config.image_size or CELEBA_SIZE
+        return lambda image: center_crop_and_resize(image, config.celeba_crop, size)
+    if not image_shape.is_fully_defined():
+        if not config.image_size:
+            raise ConfigError(f"TFDS data set {config.dataset!r} has images of varying size "
+                              f"{image_shape}: set --image_size.")
+        return lambda image: resize_images(image, config.image_size)
+    return lambda image: image  # load_split resizes to --image_size afterwards if needed
+
+
+def _to_numpy(batches) -> Tuple[np.ndarray, np.ndarray]:
+    image_chunks, label_chunks = [], []
+    for images, labels in batches:
+        image_chunks.append(images)
+        label_chunks.append(labels)
+    if not image_chunks:
+        return np.zeros((0, 1, 1, 1), np.uint8), np.zeros((0,), np.int64)
+    return np.concatenate(image_chunks), np.concatenate(label_chunks).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Image preprocessing (tf ops, uint8 in and out).
+
+
+def resize_images(images: tf.Tensor, size: int) -> tf.Tensor:
+    """uint8 [..., H, W, C] -> uint8 [..., size, size, C], antialiased bilinear, rounded."""
+    resized = tf.image.resize(tf.cast(images, tf.float32), [size, size], method="bilinear",
+                              antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+
+
+def center_crop_and_resize(images: tf.Tensor, crop: int, size: int) -> tf.Tensor:
+    """uint8 [..., H, W, C] -> central crop x crop square -> uint8 [..., size, size, C].
+
+    For CelebA (218 x 178) with crop=140 this keeps rows 39..178 and columns 19..158, as the
+    paper's code does (PIL crop of the centre 140 x 140, then an antialiased resize to 64 x 64).
+    """
+    height, width = images.shape[-3], images.shape[-2]
+    if crop > height or crop > width:
+        raise ConfigError(f"--celeba_crop={crop} exceeds the image size {height}x{width}.")
+    top, left = (height - crop) // 2, (width - crop) // 2
+    cropped = images[..., top:top + crop, left:left + crop, :]
+    return resize_images(cropped, size)
+
+
+def _resize_array(images: np.ndarray, size: int, chunk: int = 4096) -> np.ndarray:
+    """numpy uint8 [N, H, W, C] -> uint8 [N, size, size, C], in chunks to bound memory."""
+    out = np.empty((images.shape[0], size, size, images.shape[3]), np.uint8)
+    for start in range(0, images.shape[0], chunk):
+        out[start:start + chunk] = resize_images(images[start:start + chunk], size).numpy()
+    return out
+
+
+def to_float(images_uint8: tf.Tensor) -> tf.Tensor:
+    """uint8 images -> float32 in [0, 1] (x / 255), the networks' input range."""
+    return tf.cast(images_uint8, tf.float32) / 255.0
+
+
+# ----------------------------------------------------------------------------------------------
+# tf.data streams.
+
+
+def steps_per_epoch(num_examples: int, global_batch: int) -> int:
+    """Full global batches per epoch; the remainder of each epoch's permutation is dropped."""
+    return int(num_examples) // int(global_batch)
+
+
+def make_train_dataset(data: ImageData, global_batch: int, seed: int,
+                       start_step: int = 0) -> tf.data.Dataset:
+    """An infinite stream of float32 [global_batch, H, W, C] image batches in [0, 1].
+
+    Epoch e visits the examples in the order of a permutation that depends only on (seed, e)
+    (stateless shuffle), cut into steps_per_epoch(N, global_batch) batches (the remainder is
+    dropped, so each epoch sees a different subset of at most global_batch - 1 skipped examples).
+    The stream resumed with start_step=k equals the uninterrupted stream from its k-th batch on:
+    whole epochs are skipped arithmetically and the rest on index batches, before any image work.
+    """
+    steps = steps_per_epoch(data.num_examples, global_batch)
+    if global_batch <= 0 or steps == 0:
+        raise ConfigError(f"--batch_size={global_batch} must be in [1, {data.num_examples}] "
+                          f"(the size of {data.name}).")
+    if start_step < 0:
+        raise ValueError(f"start_step must be >= 0, got {start_step}.")
+    images = tf.constant(data.images)  # uint8 [N, H, W, C], captured once by the map below
+    seed = int(seed)
+
+    def epoch_batches(epoch):  # int64 scalar -> dataset of int32 [global_batch] index batches
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(data.num_examples), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+        order = tf.reshape(order[:steps * global_batch], [steps, global_batch])
+        return tf.data.Dataset.from_tensor_slices(order)
+
+    first_epoch, skip = divmod(int(start_step), steps)
+    dataset = tf.data.Dataset.counter(first_epoch).flat_map(epoch_batches).skip(skip)
+    dataset = dataset.map(lambda index: to_float(tf.gather(images, index)),
+                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(_train_options())
+
+
+def _train_options() -> tf.data.Options:
+    options = tf.data.Options()
+    options.experimental_deterministic = True
+    # Shard by element for tf.distribute multi-worker input (there are no files to shard).
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return options
+
+
+def make_eval_dataset(data: ImageData, batch: int) -> tf.data.Dataset:
+    """One ordered pass: (float32 [b, H, W, C] in [0, 1], int64 [b]) with b = batch, the last
+    batch holding the remainder."""
+    if batch <= 0:
+        raise ConfigError(f"Evaluation batch size must be positive, got {batch}.")
+    images = tf.constant(data.images)  # uint8 [N, H, W, C]
+    labels = tf.constant(data.labels, tf.int64)  # [N]
+    dataset = tf.data.Dataset.range(data.num_examples).batch(batch)
+    dataset = dataset.map(lambda index: (to_float(tf.gather(images, index)),
+                                         tf.gather(labels, index)),
+                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    options = tf.data.Options()
+    options.experimental_deterministic = True
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)

@@ -1,0 +1,97 @@
+"""The serving contract: a tf.Module with encode/decode/reconstruct/sample, saved atomically."""
+
+import os
+import tempfile
+
+import tensorflow as tf
+from absl import logging
+
+from wae_tf import checkpoints
+from wae_tf import regularizers
+from wae_tf.config import Config
+
+CONFIG_ASSET = os.path.join("assets.extra", "wae_config.json")
+
+
+def _check_images(images):
+    """Fail the request unless images are finite and in [0, 1] (NaN fails both comparisons)."""
+    ok = tf.reduce_all(tf.logical_and(images >= 0.0, images <= 1.0))
+    return tf.debugging.Assert(ok, ["images must be finite float32 values in [0, 1]"])
+
+
+def _check_finite(z):
+    return tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(z)), ["z must be finite"])
+
+
+class WAEModule(tf.Module):
+    """Serving signatures of a trained WAE; batch dimension None, float32 or int64 tensors."""
+
+    def __init__(self, encoder, decoder, config: Config, image_shape):
+        super().__init__(name="wae")
+        self.encoder, self.decoder = encoder, decoder
+        self._gaussian = config.encoder == "gaussian"
+        self._prior = (config.prior, config.z_dim, config.prior_scale)
+        images_spec = tf.TensorSpec([None, *image_shape], tf.float32, name="images")
+        z_spec = tf.TensorSpec([None, config.z_dim], tf.float32, name="z")
+        seed_spec = tf.TensorSpec([None], tf.int64, name="seed")
+        self.encode = tf.function(self._encode, input_signature=[images_spec])
+        self.decode = tf.function(self._decode, input_signature=[z_spec])
+        self.reconstruct = tf.function(self._reconstruct, input_signature=[images_spec])
+        self.sample = tf.function(self._sample, input_signature=[seed_spec])
+
+    def _codes(self, images):
+        out = self.encoder(images, training=False)
+        return out[0] if self._gaussian else out  # the mean for a Gaussian encoder
+
+    def _encode(self, images):
+        """images [N,H,W,C] in [0,1] -> z [N,z_dim] (the posterior mean if Gaussian)."""
+        with tf.control_dependencies([_check_images(images)]):
+            return {"z": self._codes(images)}
+
+    def _decode(self, z):
+        """z [N,z_dim] -> images [N,H,W,C] in [0,1]."""
+        with tf.control_dependencies([_check_finite(z)]):
+            return {"images": self.decoder(z, training=False)}
+
+    def _reconstruct(self, images):
+        """images -> their reconstructions and codes."""
+        with tf.control_dependencies([_check_images(images)]):
+            z = self._codes(images)
+            return {"images": self.decoder(z, training=False), "z": z}
+
+    def _sample(self, seed):
+        """seed int64 [N] -> images [N,H,W,C] decoded from prior draws; one seed, one image."""
+        kind, z_dim, scale = self._prior
+
+        def draw(one_seed):
+            pair = tf.stack([one_seed, tf.zeros_like(one_seed)])
+            return regularizers.sample_prior(kind, 1, z_dim, scale, pair)[0]  # [z_dim]
+
+        z = tf.map_fn(draw, seed, fn_output_signature=tf.TensorSpec([z_dim], tf.float32))
+        return {"images": self.decoder(z, training=False)}
+
+
+def signatures(module: WAEModule) -> dict:
+    return {"serving_default": module.reconstruct, "reconstruct": module.reconstruct,
+            "encode": module.encode, "decode": module.decode, "sample": module.sample}
+
+
+def export_saved_model(encoder, decoder, config: Config, image_shape, base_dir: str,
+                       version: int) -> str:
+    """Save `<base_dir>/<version>` (TF Serving's layout) atomically; return its path.
+
+    The SavedModel is written to a temporary sibling directory and renamed into place, so a
+    crash mid-write never leaves a partial version where TF Serving would load it.
+    """
+    module = WAEModule(encoder, decoder, config, image_shape)
+    tf.io.gfile.makedirs(base_dir)
+    tmp_dir = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base_dir)
+    os.chmod(tmp_dir, 0o755)  # mkdtemp makes it private; a serving container may be another user
+    tf.saved_model.save(module, tmp_dir, signatures=signatures(module))
+    tf.io.gfile.makedirs(os.path.join(tmp_dir, "assets.extra"))
+    with tf.io.gfile.GFile(os.path.join(tmp_dir, CONFIG_ASSET), "w") as f:
+        f.write(config.to_json())
+    final_dir = os.path.join(base_dir, str(int(version)))
+    checkpoints.replace_directory(tmp_dir, final_dir)
+    logging.info("Exported SavedModel to %s", final_dir)
+    return final_dir

@@ -1,0 +1,102 @@
+"""The paper's encoder, decoder and latent discriminator as named Keras models."""
+
+import math
+
+import keras
+from keras import layers
+
+from wae_tf.config import Config
+
+# Channel counts of the paper's DCGAN-style networks (before --width_divisor).
+ENCODER_CHANNELS = (128, 256, 512, 1024)
+DECODER_CHANNELS = {28: (512, 256), 64: (512, 256, 128)}
+KERNEL_SIZE = {28: 4, 64: 5}
+DISC_UNITS = {28: 512, 64: 1024}
+
+
+def _channels(count: int, config: Config) -> int:
+    return max(1, count // config.width_divisor)
+
+
+def _conv_block(x, filters, kernel, strides, config, transpose, name):
+    conv = layers.Conv2DTranspose if transpose else layers.Conv2D
+    x = conv(filters, kernel, strides=strides, padding="same", name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(synchronized=config.sync_batchnorm, name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def make_encoder(config: Config, image_shape) -> keras.Model:
+    """Images [N,H,W,C] in [0,1] -> z [N,z_dim] (deterministic) or [mean, log_var] (gaussian)."""
+    size = image_shape[0]
+    images = keras.Input(shape=tuple(image_shape), name="images")
+    x = images
+    for i, count in enumerate(ENCODER_CHANNELS):
+        x = _conv_block(x, _channels(count, config), KERNEL_SIZE[size], 2, config, False,
+                        name=f"enc{i}")
+    x = layers.Flatten(name="flatten")(x)
+    if config.encoder == "gaussian":
+        mean = layers.Dense(config.z_dim, name="z_mean")(x)  # [N, z_dim]
+        log_var = layers.Dense(config.z_dim, name="z_log_var")(x)  # [N, z_dim]
+        outputs = [mean, log_var]
+    else:
+        outputs = layers.Dense(config.z_dim, name="z")(x)  # [N, z_dim]
+    return keras.Model(images, outputs, name="encoder")
+
+
+def make_decoder(config: Config, image_shape) -> keras.Model:
+    """z [N,z_dim] -> images [N,H,W,C] in (0,1) through a sigmoid."""
+    size, _, out_channels = image_shape
+    channels = DECODER_CHANNELS[size]
+    base = size // 2 ** (len(channels))  # 28 -> 7, 64 -> 8
+    first = _channels(1024, config)
+    z = keras.Input(shape=(config.z_dim,), name="z")
+    x = layers.Dense(base * base * first, name="project")(z)
+    x = layers.Reshape((base, base, first), name="reshape")(x)
+    x = layers.ReLU(name="project_relu")(x)
+    for i, count in enumerate(channels):
+        x = _conv_block(x, _channels(count, config), KERNEL_SIZE[size], 2, config, True,
+                        name=f"dec{i}")
+    x = layers.Conv2DTranspose(out_channels, KERNEL_SIZE[size], strides=1, padding="same",
+                               name="out_conv")(x)
+    images = layers.Activation("sigmoid", name="images", dtype="float32")(x)
+    return keras.Model(z, images, name="decoder")
+
+
+@keras.saving.register_keras_serializable(package="wae_tf")
+class NormalLogDensity(layers.Layer):
+    """Adds log N(z; 0, s^2 I) to a logit: the paper code's prior-aware discriminator for CelebA."""
+
+    def __init__(self, z_dim, scale, **kwargs):
+        super().__init__(**kwargs)
+        self.z_dim, self.scale = z_dim, scale
+
+    def call(self, logit, z):
+        sigma2 = self.scale ** 2
+        normsq = keras.ops.sum(keras.ops.square(z), axis=1, keepdims=True)  # [N, 1]
+        log_norm = 0.5 * self.z_dim * math.log(2.0 * math.pi * sigma2)
+        return logit - normsq / (2.0 * sigma2) - log_norm
+
+    def get_config(self):
+        return {**super().get_config(), "z_dim": self.z_dim, "scale": self.scale}
+
+
+def make_discriminator(config: Config, image_shape) -> keras.Model:
+    """z [N,z_dim] -> logit [N,1] that z was drawn from the prior (WAE-GAN)."""
+    units = _channels(DISC_UNITS[image_shape[0]], config)
+    z = keras.Input(shape=(config.z_dim,), name="z")
+    x = z
+    for i in range(4):
+        x = layers.Dense(units, activation="relu", name=f"dense{i}")(x)
+    logit = layers.Dense(1, name="logit")(x)  # [N, 1]
+    if config.disc_prior_logdensity:
+        logit = NormalLogDensity(config.z_dim, config.prior_scale, name="prior_logdensity")(logit, z)
+    return keras.Model(z, logit, name="discriminator")
+
+
+def network_image_size(image_shape) -> int:
+    """Check that a paper network exists for these images and return their side."""
+    height, width, _ = image_shape
+    if height != width or height not in KERNEL_SIZE:
+        raise ValueError(f"Images of shape {tuple(image_shape)}: the paper's networks take 28x28 "
+                         "or 64x64; pass --image_size=28 or 64 to resize.")
+    return height

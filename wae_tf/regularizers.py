@@ -1,0 +1,302 @@
+"""Pure tensor maths of the WAE objective: costs, priors, kernels, MMD, GAN, KL, sliced W2."""
+
+import math
+
+import tensorflow as tf
+
+# Scales of the reconstruction costs in the WAE paper's code (models.py, `reconstruction_loss`).
+_RECON_SCALES = {"l2sq": 0.05, "l2": 0.2, "l1": 0.02}
+
+# Kept inside the square root of the "l2" cost so that its gradient is finite (zero) at x == y;
+# it adds at most 0.2 * sqrt(1e-8) = 2e-5 to the cost.
+_SQRT_EPSILON = 1e-8
+
+# Scales s of the inverse multiquadratics kernel sum (WAE paper code, `mmd_penalty`).
+_IMQ_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+
+# Floor of the median-heuristic bandwidth: keeps the RBF kernel finite when every code coincides.
+_MIN_SIGMA2 = 1e-12
+
+
+def reconstruction_cost(x, y, kind):
+    """The cost c(x, G(z)) of the WAE objective (Tolstikhin et al. 2018, eq. 4), per example.
+
+    Args:
+        x: Images, [n, H, W, C] float32.
+        y: Reconstructions of `x`, same shape.
+        kind: "l2sq" (0.05 * ||x - y||_2^2), "l2" (0.2 * ||x - y||_2) or "l1" (0.02 * ||x - y||_1),
+            the scales of the paper's code. "l2" is computed as 0.2 * sqrt(||x - y||^2 + 1e-8)
+            so that its gradient stays finite where x == y.
+
+    Returns:
+        The cost of each example, [n].
+
+    Raises:
+        ValueError: If `kind` is not one of the three above.
+    """
+    if kind not in _RECON_SCALES:
+        raise ValueError(f"Unknown reconstruction cost {kind!r}; expected one of "
+                         f"{', '.join(_RECON_SCALES)}.")
+    diff = tf.reshape(x - y, [tf.shape(x)[0], -1])  # [n, H*W*C]
+    if kind == "l2sq":
+        per_example = tf.reduce_sum(tf.square(diff), axis=1)  # [n]
+    elif kind == "l2":
+        per_example = tf.sqrt(tf.reduce_sum(tf.square(diff), axis=1) + _SQRT_EPSILON)  # [n]
+    else:
+        per_example = tf.reduce_sum(tf.abs(diff), axis=1)  # [n]
+    return _RECON_SCALES[kind] * per_example
+
+
+def sample_prior(kind, num, z_dim, scale, seed):
+    """Draws `num` samples of the latent prior P_Z with stateless random ops.
+
+    Args:
+        kind: "normal" for N(0, scale^2 I); "sphere" for the uniform distribution on the sphere
+            of radius scale * sqrt(z_dim) (a normal draw, normalised); "uniform" for
+            U[-scale, scale]^z_dim.
+        num: Number of samples, a python int or a scalar int tensor.
+        z_dim: Latent dimension, a python int.
+        scale: Scale of the prior, a python float.
+        seed: Seed of the stateless ops, a shape-[2] int32/int64 tensor.
+
+    Returns:
+        The samples, [num, z_dim] float32. The same seed gives the same samples.
+
+    Raises:
+        ValueError: If `kind` is unknown.
+    """
+    shape = [num, z_dim]
+    if kind == "normal":
+        return scale * tf.random.stateless_normal(shape, seed=seed, dtype=tf.float32)
+    if kind == "sphere":
+        z = tf.random.stateless_normal(shape, seed=seed, dtype=tf.float32)  # [num, z_dim]
+        return scale * math.sqrt(z_dim) * tf.math.l2_normalize(z, axis=1)
+    if kind == "uniform":
+        return tf.random.stateless_uniform(shape, seed=seed, minval=-scale, maxval=scale,
+                                           dtype=tf.float32)
+    raise ValueError(f"Unknown prior {kind!r}; expected normal, sphere or uniform.")
+
+
+def normal_log_density(z, scale):
+    """log N(z; 0, scale^2 I), summed over the latent dimensions.
+
+    Args:
+        z: Codes, [n, z_dim].
+        scale: Standard deviation of the normal prior, a python float or scalar tensor.
+
+    Returns:
+        The log-density of each code, [n].
+    """
+    scale = tf.cast(scale, z.dtype)
+    z_dim = tf.cast(tf.shape(z)[1], z.dtype)
+    sq_norm = tf.reduce_sum(tf.square(z), axis=1)  # [n]
+    return (-0.5 * sq_norm / tf.square(scale)
+            - z_dim * (tf.math.log(scale) + 0.5 * math.log(2.0 * math.pi)))
+
+
+def squared_distances(x, y):
+    """Pairwise squared Euclidean distances ||x_i - y_j||^2 = ||x_i||^2 + ||y_j||^2 - 2 x_i.y_j.
+
+    One matmul; the result is clipped at 0 against rounding. Its gradient is finite everywhere,
+    including at coinciding points (no square root).
+
+    Args:
+        x: Points, [n, d].
+        y: Points, [m, d].
+
+    Returns:
+        The squared distances, [n, m].
+    """
+    x_sq = tf.reduce_sum(tf.square(x), axis=1, keepdims=True)  # [n, 1]
+    y_sq = tf.reduce_sum(tf.square(y), axis=1, keepdims=True)  # [m, 1]
+    dots = tf.matmul(x, y, transpose_b=True)  # [n, m]
+    return tf.maximum(x_sq + tf.transpose(y_sq) - 2.0 * dots, 0.0)
+
+
+def imq_kernel(d2, z_dim, prior_scale):
+    """Inverse multiquadratics kernel summed over scales, as in the WAE paper's code (Sec. 4).
+
+    k(x, y) = sum_s C_s / (C_s + ||x - y||^2), C_s = s * 2 * z_dim * prior_scale^2, for
+    s in (0.1, 0.2, 0.5, 1, 2, 5, 10); 2 * z_dim * prior_scale^2 is E||z - z'||^2 under the prior.
+
+    Args:
+        d2: Squared distances, any shape.
+        z_dim: Latent dimension, a number or scalar tensor.
+        prior_scale: Scale of the prior, a number or scalar tensor.
+
+    Returns:
+        The kernel values, the shape of `d2`.
+    """
+    base = 2.0 * tf.cast(z_dim, d2.dtype) * tf.square(tf.cast(prior_scale, d2.dtype))
+    total = tf.zeros_like(d2)
+    for s in _IMQ_SCALES:
+        c = s * base
+        total += c / (c + d2)
+    return total
+
+
+def rbf_kernel(d2, sigma2):
+    """Gaussian kernel k(x, y) = exp(-||x - y||^2 / (2 sigma2)).
+
+    Args:
+        d2: Squared distances, any shape.
+        sigma2: Bandwidth sigma^2 > 0, a number or scalar tensor.
+
+    Returns:
+        The kernel values, the shape of `d2`.
+    """
+    return tf.exp(-d2 / (2.0 * tf.cast(sigma2, d2.dtype)))
+
+
+def median_heuristic_sigma2(qz, pz):
+    """RBF bandwidth by the median heuristic: the median squared distance of the pooled sample.
+
+    The pooled sample is [qz; pz]; the median is taken over its distinct pairs i < j (the
+    off-diagonal entries, each counted once), averaging the two middle values when their number
+    is even. The result is wrapped in tf.stop_gradient: the bandwidth is a per-batch constant.
+
+    Args:
+        qz: Codes, [n, z_dim].
+        pz: Prior samples, [m, z_dim].
+
+    Returns:
+        The scalar sigma^2.
+    """
+    pooled = tf.concat([qz, pz], axis=0)  # [n + m, z_dim]
+    d2 = squared_distances(pooled, pooled)  # [n + m, n + m]
+    index = tf.range(tf.shape(pooled)[0])  # [n + m]
+    upper = index[:, None] < index[None, :]  # [n + m, n + m], True where i < j
+    values = tf.sort(tf.boolean_mask(d2, upper))  # [P], P = (n+m)(n+m-1)/2
+    count = tf.size(values)
+    median = 0.5 * (values[(count - 1) // 2] + values[count // 2])
+    return tf.stop_gradient(median)
+
+
+def mmd_penalty(qz, pz, kernel="imq", prior_scale=1.0, rbf_sigma2=0.0):
+    """Unbiased estimate of MMD_k(Q_Z, P_Z)^2, the WAE-MMD penalty (Tolstikhin et al. 2018, Alg. 2).
+
+    MMD = mean_{i != j} k(qz_i, qz_j) + mean_{i != j} k(pz_i, pz_j) - 2 mean_{i, j} k(qz_i, pz_j).
+    The kernel matrix of the pooled [2n, z_dim] sample is computed once and sliced into blocks.
+    The estimate can be slightly negative.
+
+    Args:
+        qz: Codes of the encoder, [n, z_dim], n >= 2.
+        pz: Samples of the prior, [n, z_dim].
+        kernel: "imq" (`imq_kernel`) or "rbf" (`rbf_kernel`).
+        prior_scale: Scale of the prior, sets the IMQ constants.
+        rbf_sigma2: RBF bandwidth, a python float; 0 selects `median_heuristic_sigma2` per batch.
+
+    Returns:
+        The scalar penalty.
+
+    Raises:
+        ValueError: If `kernel` is unknown.
+    """
+    n = tf.shape(qz)[0]
+    pooled = tf.concat([qz, pz], axis=0)  # [2n, z_dim]
+    d2 = squared_distances(pooled, pooled)  # [2n, 2n]
+    if kernel == "imq":
+        k = imq_kernel(d2, tf.shape(qz)[1], prior_scale)  # [2n, 2n]
+    elif kernel == "rbf":
+        if rbf_sigma2 > 0:
+            sigma2 = rbf_sigma2
+        else:
+            sigma2 = tf.maximum(median_heuristic_sigma2(qz, pz), _MIN_SIGMA2)
+        k = rbf_kernel(d2, sigma2)  # [2n, 2n]
+    else:
+        raise ValueError(f"Unknown MMD kernel {kernel!r}; expected imq or rbf.")
+    k_qq, k_qp, k_pp = k[:n, :n], k[:n, n:], k[n:, n:]  # [n, n] each
+    nf = tf.cast(n, k.dtype)
+    off_diagonal = nf * nf - nf
+    within_q = (tf.reduce_sum(k_qq) - tf.linalg.trace(k_qq)) / off_diagonal
+    within_p = (tf.reduce_sum(k_pp) - tf.linalg.trace(k_pp)) / off_diagonal
+    cross = tf.reduce_sum(k_qp) / (nf * nf)
+    return within_q + within_p - 2.0 * cross
+
+
+def gan_encoder_loss(logits_qz):
+    """Non-saturating adversarial loss of the encoder in WAE-GAN (Tolstikhin et al. 2018, Alg. 1).
+
+    Sigmoid cross-entropy of the discriminator's logits on the codes against the label 1 ("from
+    the prior"): -log sigmoid(logit) = softplus(-logit).
+
+    Args:
+        logits_qz: Discriminator logits on the codes, [n] or [n, 1].
+
+    Returns:
+        The loss of each example, [n].
+    """
+    logits = tf.reshape(logits_qz, [-1])  # [n]
+    return tf.nn.softplus(-logits)
+
+
+def gan_discriminator_loss(logits_pz, logits_qz):
+    """Loss of the latent discriminator in WAE-GAN (Tolstikhin et al. 2018, Alg. 1).
+
+    Prior samples are real (label 1), codes are fake (label 0):
+    -log sigmoid(logit_pz) - log(1 - sigmoid(logit_qz)) = softplus(-logit_pz) + softplus(logit_qz).
+
+    Args:
+        logits_pz: Discriminator logits on prior samples, [n] or [n, 1].
+        logits_qz: Discriminator logits on the codes, [n] or [n, 1].
+
+    Returns:
+        The loss of each example pair, [n].
+    """
+    real = tf.reshape(logits_pz, [-1])  # [n]
+    fake = tf.reshape(logits_qz, [-1])  # [n]
+    return tf.nn.softplus(-real) + tf.nn.softplus(fake)
+
+
+def kl_to_normal_prior(mean, log_var, prior_scale=1.0):
+    """KL(N(mean, diag(exp(log_var))) || N(0, prior_scale^2 I)), the VAE penalty, in closed form.
+
+    Per dimension: 0.5 * (var / s^2 + mean^2 / s^2 - 1 - log var + log s^2).
+
+    Args:
+        mean: Means of the encoder, [n, z_dim].
+        log_var: Log-variances of the encoder, [n, z_dim].
+        prior_scale: Standard deviation s of the prior.
+
+    Returns:
+        The divergence of each example, summed over latent dimensions, [n].
+    """
+    prior_var = tf.square(tf.cast(prior_scale, mean.dtype))
+    per_dim = 0.5 * ((tf.exp(log_var) + tf.square(mean)) / prior_var - 1.0 - log_var
+                     + tf.math.log(prior_var))  # [n, z_dim]
+    return tf.reduce_sum(per_dim, axis=1)
+
+
+def random_directions(z_dim, num, seed):
+    """`num` random directions, uniform on the unit sphere of R^z_dim (stateless).
+
+    Args:
+        z_dim: Latent dimension.
+        num: Number of directions L.
+        seed: Seed of the stateless draw, a shape-[2] int tensor.
+
+    Returns:
+        Unit-norm columns, [z_dim, num] float32.
+    """
+    theta = tf.random.stateless_normal([z_dim, num], seed=seed, dtype=tf.float32)  # [z_dim, L]
+    return tf.math.l2_normalize(theta, axis=0)
+
+
+def sliced_wasserstein(qz, pz, directions):
+    """Squared sliced Wasserstein-2 distance between two equal-size samples (Monte-Carlo estimate).
+
+    SW_2^2 = E_theta W_2^2(theta.Q_Z, theta.P_Z). In one dimension the optimal coupling of two
+    empirical measures of n points matches them in sorted order, so W_2^2 per direction is the mean
+    squared difference of the sorted projections (Deshpande et al. 2018; Kolouri et al. 2019).
+
+    Args:
+        qz: Codes, [n, z_dim].
+        pz: Prior samples, [n, z_dim].
+        directions: Unit directions theta, [z_dim, L].
+
+    Returns:
+        The scalar estimate: mean over (n, L) of the squared differences of the sorted projections.
+    """
+    proj_q = tf.sort(tf.matmul(qz, directions), axis=0)  # [n, L]
+    proj_p = tf.sort(tf.matmul(pz, directions), axis=0)  # [n, L]
+    return tf.reduce_mean(tf.square(proj_q - proj_p))

@@ -1,0 +1,29 @@
+"""Image grids for TensorBoard and PNG files."""
+
+import numpy as np
+import tensorflow as tf
+
+
+def image_grid(images, columns: int = 8) -> np.ndarray:
+    """Tile images [N,H,W,C] in [0,1] into one [rows*H, columns*W, C] float32 array."""
+    images = np.asarray(images, dtype=np.float32)
+    n, h, w, c = images.shape
+    rows = -(-n // columns)
+    padded = np.zeros((rows * columns, h, w, c), np.float32)
+    padded[:n] = images
+    grid = padded.reshape(rows, columns, h, w, c).transpose(0, 2, 1, 3, 4)
+    return grid.reshape(rows * h, columns * w, c)
+
+
+def side_by_side(originals, reconstructions, columns: int = 8) -> np.ndarray:
+    """Grid whose odd columns are originals and even columns their reconstructions."""
+    pairs = np.stack([np.asarray(originals), np.asarray(reconstructions)], axis=1)
+    return image_grid(pairs.reshape((-1,) + pairs.shape[2:]), columns=2 * columns)
+
+
+def save_png(path: str, grid) -> None:
+    """Write a [H,W,C] float image in [0,1] as an 8-bit PNG (through tf.io.gfile)."""
+    pixels = tf.cast(tf.round(tf.clip_by_value(grid, 0.0, 1.0) * 255.0), tf.uint8)
+    with tf.io.gfile.GFile(path, "wb") as f:
+        f.write(tf.io.encode_png(pixels).numpy())
+

@@ -42,7 +42,10 @@ def _ref_mmd(qz, pz, kernel="imq", prior_scale=1.0, sigma2=0.0):
     n, z_dim = len(qz), len(qz[0])
     if kernel == "rbf" and sigma2 == 0:
         sigma2 = _ref_median_sigma2(qz, pz)
-    k = lambda a, b: _ref_kernel(a, b, kernel, z_dim, prior_scale, sigma2)
+
+    def k(a, b):
+        return _ref_kernel(a, b, kernel, z_dim, prior_scale, sigma2)
+
     qq = pp = qp = 0.0
     for i in range(n):
         for j in range(n):

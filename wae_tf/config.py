@@ -40,6 +40,8 @@ class Config:
     data_dir: str = _field("", "Directory of the Fashion-MNIST/MNIST IDX files (*-idx?-ubyte[.gz]); "
                            f"default {DEFAULT_FASHION_MNIST_DIR} for fashion_mnist.")
     tfds_data_dir: str = _field("", "tensorflow-datasets data_dir (prepared data sets live here).")
+    tfds_download: bool = _field(True, "Let tensorflow-datasets download and prepare a missing data "
+                                 "set (needs network); false: only use what --tfds_data_dir holds.")
     image_size: int = _field(0, "Side of the square images fed to the networks; 0 = the data set's "
                              "own (28 for MNIST-like, 64 for celeb_a).")
     celeba_crop: int = _field(140, "Centre crop side applied to CelebA before resizing (paper: 140).")

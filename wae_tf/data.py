@@ -3,9 +3,9 @@
 Sources:
   * Fashion-MNIST / MNIST IDX files (`train-images-idx3-ubyte[.gz]`, ...), by default the Debian
     package `dataset-fashion-mnist` in DEFAULT_FASHION_MNIST_DIR;
-  * any tensorflow-datasets image data set already prepared in `--tfds_data_dir` (celeb_a is centre
-    cropped to `celeba_crop` and resized to 64x64 as in the paper). TFDS is never asked to download:
-    prepare the data once with `tfds build NAME --data_dir=DIR` on a machine with network.
+  * any tensorflow-datasets image data set, downloaded and prepared by TFDS where there is network
+    (`--tfds_download`, default) or already prepared in `--tfds_data_dir` (celeb_a is centre
+    cropped to `celeba_crop` and resized to 64x64 as in the paper).
 
 A split is held in host memory as uint8 [N, H, W, C] (Fashion-MNIST train: 60000 x 784 B = 47 MB;
 CelebA train at 64x64x3: 162770 x 12288 B = 2.0 GB, twice that while the tf.data stream is built,
@@ -164,13 +164,13 @@ def read_idx(path: str) -> np.ndarray:
 
 
 def _load_tfds(config: Config, split: str) -> ImageData:
-    """A prepared TFDS split -> ImageData; TFDS failures become ConfigError (never downloads)."""
+    """A TFDS split -> ImageData; TFDS failures (no network, unknown name) become ConfigError."""
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel; slow import
 
     name, data_dir = config.dataset, config.tfds_data_dir or None
     where = data_dir or "the default TFDS data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
     try:
-        dataset = tfds.load(name, split=split, data_dir=data_dir, download=False)
+        dataset = tfds.load(name, split=split, data_dir=data_dir, download=config.tfds_download)
     except Exception as error:  # pylint: disable=broad-except; TFDS raises many unrelated types
         message = " ".join(str(error).split())
         raise ConfigError(

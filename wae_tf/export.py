@@ -7,6 +7,7 @@ import tensorflow as tf
 from absl import logging
 
 from wae_tf import checkpoints
+from wae_tf import networks
 from wae_tf import regularizers
 from wae_tf.config import Config
 
@@ -29,7 +30,6 @@ class WAEModule(tf.Module):
     def __init__(self, encoder, decoder, config: Config, image_shape):
         super().__init__(name="wae")
         self.encoder, self.decoder = encoder, decoder
-        self._gaussian = config.encoder == "gaussian"
         self._prior = (config.prior, config.z_dim, config.prior_scale)
         images_spec = tf.TensorSpec([None, *image_shape], tf.float32, name="images")
         z_spec = tf.TensorSpec([None, config.z_dim], tf.float32, name="z")
@@ -39,14 +39,10 @@ class WAEModule(tf.Module):
         self.reconstruct = tf.function(self._reconstruct, input_signature=[images_spec])
         self.sample = tf.function(self._sample, input_signature=[seed_spec])
 
-    def _codes(self, images):
-        out = self.encoder(images, training=False)
-        return out[0] if self._gaussian else out  # the mean for a Gaussian encoder
-
     def _encode(self, images):
         """images [N,H,W,C] in [0,1] -> z [N,z_dim] (the posterior mean if Gaussian)."""
         with tf.control_dependencies([_check_images(images)]):
-            return {"z": self._codes(images)}
+            return {"z": networks.encoder_mean(self.encoder, images)}
 
     def _decode(self, z):
         """z [N,z_dim] -> images [N,H,W,C] in [0,1]."""
@@ -56,7 +52,7 @@ class WAEModule(tf.Module):
     def _reconstruct(self, images):
         """images -> their reconstructions and codes."""
         with tf.control_dependencies([_check_images(images)]):
-            z = self._codes(images)
+            z = networks.encoder_mean(self.encoder, images)
             return {"images": self.decoder(z, training=False), "z": z}
 
     def _sample(self, seed):

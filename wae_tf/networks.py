@@ -43,6 +43,12 @@ def make_encoder(config: Config, image_shape) -> keras.Model:
     return keras.Model(images, outputs, name="encoder")
 
 
+def encoder_mean(encoder: keras.Model, images):
+    """Deterministic codes [N, z_dim]: the output, or the mean head of a Gaussian encoder."""
+    out = encoder(images, training=False)
+    return out[0] if isinstance(out, (list, tuple)) else out
+
+
 def make_decoder(config: Config, image_shape) -> keras.Model:
     """z [N,z_dim] -> images [N,H,W,C] in (0,1) through a sigmoid."""
     size, _, out_channels = image_shape

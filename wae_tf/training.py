@@ -206,8 +206,12 @@ def latent_penalty(config: Config, state: TrainState, latent: dict):
     return tf.reduce_sum(per_example) / global_batch
 
 
-def train_step(config: Config, state: TrainState, images, step) -> Dict[str, tf.Tensor]:
-    """One optimisation step on this replica's images [b, H, W, C]; returns its loss shares."""
+def ae_gradients(config: Config, state: TrainState, images, step):
+    """Losses and auto-encoder gradients of this replica's images [b, H, W, C].
+
+    Returns (grads, metrics, codes z [b, z_dim], prior sample of the global batch [B, z_dim]);
+    summing grads and metrics over replicas gives those of the global batch.
+    """
     ctx = tf.distribute.get_replica_context()
     local = tf.shape(images)[0]
     global_batch = local * ctx.num_replicas_in_sync
@@ -231,10 +235,21 @@ def train_step(config: Config, state: TrainState, images, step) -> Dict[str, tf.
         penalty_share = latent_penalty(config, state, latent)
         loss_share = recon_share + config.lambda_reg * penalty_share
     grads = tape.gradient(loss_share, state.ae_variables)
-    metrics = dict(loss=loss_share, recon=recon_share, penalty=penalty_share)
+    return grads, dict(loss=loss_share, recon=recon_share, penalty=penalty_share), z, pz_global
+
+
+def train_step(config: Config, state: TrainState, images, step) -> Dict[str, tf.Tensor]:
+    """One optimisation step on this replica's images [b, H, W, C]; returns its loss shares.
+
+    The discriminator (gan) learns from the same codes in its own tape, then both optimizers
+    apply their (all-reduced) gradients.
+    """
+    grads, metrics, z, pz_global = ae_gradients(config, state, images, step)
     if state.discriminator is not None:
-        metrics["disc_loss"] = discriminator_update(state, replica_slice(pz_global, local),
-                                                    tf.stop_gradient(z), global_batch)
+        local = tf.shape(images)[0]
+        metrics["disc_loss"] = discriminator_update(
+            state, replica_slice(pz_global, local), tf.stop_gradient(z),
+            local * tf.distribute.get_replica_context().num_replicas_in_sync)
     state.ae_optimizer.apply_gradients(zip(grads, state.ae_variables))
     return metrics
 
@@ -279,9 +294,7 @@ def make_eval_fns(config: Config, state: TrainState):
     """tf.functions (not distributed) for test reconstructions and prior samples."""
     @tf.function
     def reconstruct(images):
-        z = encode(config, state.encoder, images, None if config.encoder == "deterministic"
-                   else tf.zeros([tf.shape(images)[0], config.z_dim]), training=False)[1]
-        recon = state.decoder(z, training=False)
+        recon = state.decoder(networks.encoder_mean(state.encoder, images), training=False)
         return recon, regularizers.reconstruction_cost(images, recon, config.recon)
 
     @tf.function

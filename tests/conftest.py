@@ -1,5 +1,6 @@
 """Shared fixtures: two logical CPU devices (for MirroredStrategy), tiny configs and data."""
 
+import functools
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -42,5 +43,7 @@ def tiny_data():
     return make_images(32), make_images(16, seed=1)
 
 
+@functools.lru_cache(maxsize=None)
 def mirrored_strategy():
+    """One MirroredStrategy per process: a second one would reuse collective instance keys."""
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

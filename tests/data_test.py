@@ -227,14 +227,14 @@ def test_unknown_tfds_name_raises():
 
 def test_unprepared_tfds_data_set_raises(tmp_path):
     with pytest.raises(ConfigError, match=f"'mnist'.*{tmp_path}"):
-        data.load_split(Config(dataset="mnist", tfds_data_dir=str(tmp_path)), "train")
+        data.load_split(Config(dataset="mnist", tfds_data_dir=str(tmp_path), tfds_download=False), "train")
 
 
 def test_fashion_mnist_fallback_failure_names_both(tmp_path, monkeypatch):
     missing = os.path.join(tmp_path, "no_debian_package")
     monkeypatch.setattr(data, "DEFAULT_FASHION_MNIST_DIR", missing)
     with pytest.raises(ConfigError) as info:
-        data.load_split(Config(tfds_data_dir=str(tmp_path)), "test")
+        data.load_split(Config(tfds_data_dir=str(tmp_path), tfds_download=False), "test")
     message = str(info.value)
     assert os.path.join(missing, "t10k-images-idx3-ubyte.gz") in message  # IDX paths tried
     assert "TFDS failed" in message and str(tmp_path) in message  # the TFDS failure

@@ -10,26 +10,27 @@ from wae_tf import config as config_lib
 FLAGS = flags.FLAGS
 
 
-def define_config_flags() -> None:
+def define_config_flags(flag_values=FLAGS) -> None:
     """Define one flag per Config field, with the field's default and help text."""
+    kw = dict(flag_values=flag_values)
     for field in config_lib.config_fields():
         help_text = field.metadata.get("help", field.name)
         if field.name in config_lib.CHOICES:
-            flags.DEFINE_enum(field.name, field.default, config_lib.CHOICES[field.name], help_text)
+            choices = config_lib.CHOICES[field.name]
+            flags.DEFINE_enum(field.name, field.default, choices, help_text, **kw)
         elif field.type in (bool, "bool"):
-            flags.DEFINE_bool(field.name, field.default, help_text)
+            flags.DEFINE_bool(field.name, field.default, help_text, **kw)
         elif field.type in (int, "int"):
-            flags.DEFINE_integer(field.name, field.default, help_text)
+            flags.DEFINE_integer(field.name, field.default, help_text, **kw)
         elif field.type in (float, "float"):
-            flags.DEFINE_float(field.name, field.default, help_text)
+            flags.DEFINE_float(field.name, field.default, help_text, **kw)
         else:
-            flags.DEFINE_string(field.name, field.default, help_text)
+            flags.DEFINE_string(field.name, field.default, help_text, **kw)
 
 
-def config_from_flags(**overrides) -> config_lib.Config:
+def config_from_flags(flag_values=FLAGS) -> config_lib.Config:
     """The validated Config of the parsed command line."""
-    values = {f.name: FLAGS[f.name].value for f in config_lib.config_fields()}
-    values.update(overrides)
+    values = {f.name: flag_values[f.name].value for f in config_lib.config_fields()}
     return config_lib.Config(**values).validate()
 
 

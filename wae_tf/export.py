@@ -14,14 +14,25 @@ from wae_tf.config import Config
 CONFIG_ASSET = os.path.join("assets.extra", "wae_config.json")
 
 
-def _check_images(images):
-    """Fail the request unless images are finite and in [0, 1] (NaN fails both comparisons)."""
-    ok = tf.reduce_all(tf.logical_and(images >= 0.0, images <= 1.0))
-    return tf.debugging.Assert(ok, ["images must be finite float32 values in [0, 1]"])
+def _check_images(images, image_shape):
+    """Fail the request unless images are [N, H, W, C] with values in [0, 1] (NaN fails too)."""
+    shape_ok = tf.reduce_all(tf.equal(tf.shape(images)[1:], tf.constant(image_shape)))
+    with tf.control_dependencies([tf.debugging.Assert(
+            shape_ok, ["images must have shape [N, H, W, C] =", tf.constant(image_shape),
+                       "got", tf.shape(images)])]):
+        ok = tf.reduce_all(tf.logical_and(images >= 0.0, images <= 1.0))
+        return tf.debugging.Assert(ok, ["images must be finite float32 values in [0, 1]"])
 
 
 def _check_finite(z):
     return tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(z)), ["z must be finite"])
+
+
+class _Untracked:
+    """Holds Keras models where tf.Module's attribute tracking does not look."""
+
+    def __init__(self, encoder, decoder):
+        self.encoder, self.decoder = encoder, decoder
 
 
 class WAEModule(tf.Module):
@@ -29,7 +40,12 @@ class WAEModule(tf.Module):
 
     def __init__(self, encoder, decoder, config: Config, image_shape):
         super().__init__(name="wae")
-        self.encoder, self.decoder = encoder, decoder
+        # Track the raw tf.Variables, not the Keras models: Keras 3 variables saved through the
+        # models are stored twice, and the TF1 loader that TF Serving and saved_model_cli use
+        # then fails with "Could not find variable" (keras-team/keras#20095).
+        self.model_variables = [v.value for v in encoder.variables + decoder.variables]
+        self._models = _Untracked(encoder, decoder)
+        self._image_shape = [int(d) for d in image_shape]
         self._prior = (config.prior, config.z_dim, config.prior_scale)
         images_spec = tf.TensorSpec([None, *image_shape], tf.float32, name="images")
         z_spec = tf.TensorSpec([None, config.z_dim], tf.float32, name="z")
@@ -41,19 +57,19 @@ class WAEModule(tf.Module):
 
     def _encode(self, images):
         """images [N,H,W,C] in [0,1] -> z [N,z_dim] (the posterior mean if Gaussian)."""
-        with tf.control_dependencies([_check_images(images)]):
-            return {"z": networks.encoder_mean(self.encoder, images)}
+        with tf.control_dependencies([_check_images(images, self._image_shape)]):
+            return {"z": networks.encoder_mean(self._models.encoder, images)}
 
     def _decode(self, z):
         """z [N,z_dim] -> images [N,H,W,C] in [0,1]."""
         with tf.control_dependencies([_check_finite(z)]):
-            return {"images": self.decoder(z, training=False)}
+            return {"images": self._models.decoder(z, training=False)}
 
     def _reconstruct(self, images):
         """images -> their reconstructions and codes."""
-        with tf.control_dependencies([_check_images(images)]):
-            z = networks.encoder_mean(self.encoder, images)
-            return {"images": self.decoder(z, training=False), "z": z}
+        with tf.control_dependencies([_check_images(images, self._image_shape)]):
+            z = networks.encoder_mean(self._models.encoder, images)
+            return {"images": self._models.decoder(z, training=False), "z": z}
 
     def _sample(self, seed):
         """seed int64 [N] -> images [N,H,W,C] decoded from prior draws; one seed, one image."""
@@ -64,7 +80,7 @@ class WAEModule(tf.Module):
             return regularizers.sample_prior(kind, 1, z_dim, scale, pair)[0]  # [z_dim]
 
         z = tf.map_fn(draw, seed, fn_output_signature=tf.TensorSpec([z_dim], tf.float32))
-        return {"images": self.decoder(z, training=False)}
+        return {"images": self._models.decoder(z, training=False)}
 
 
 def signatures(module: WAEModule) -> dict:

@@ -20,7 +20,9 @@ def _channels(count: int, config: Config) -> int:
 
 def _conv_block(x, filters, kernel, strides, config, transpose, name):
     conv = layers.Conv2DTranspose if transpose else layers.Conv2D
-    x = conv(filters, kernel, strides=strides, padding="same", name=f"{name}_conv")(x)
+    # No bias: the BatchNorm that follows removes it (its gradient is float noise).
+    x = conv(filters, kernel, strides=strides, padding="same", use_bias=False,
+             name=f"{name}_conv")(x)
     x = layers.BatchNormalization(synchronized=config.sync_batchnorm, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 

@@ -268,8 +268,9 @@ def discriminator_update(state: TrainState, pz, qz, global_batch):
 
 def make_train_fn(config: Config, state: TrainState, strategy) -> Callable:
     """A tf.function running `num_steps` distributed steps; returns the last step's losses."""
-    replica_step = tf.function(lambda images, step: train_step(config, state, images, step),
-                               jit_compile=config.jit_compile or None)
+    replica_step = lambda images, step: train_step(config, state, images, step)  # noqa: E731
+    if config.jit_compile:  # a nested function here can reorder BatchNorm's collectives
+        replica_step = tf.function(replica_step, jit_compile=True)
 
     def one_step(iterator):
         per_replica = strategy.run(replica_step, args=(next(iterator), state.step.read_value()))

@@ -1,0 +1,82 @@
+"""Flags, flagfiles and validation of the Config."""
+
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+from tests.conftest import REPO
+from wae_tf import cli
+from wae_tf.config import Config, ConfigError
+
+FLAGFILES = sorted(glob.glob(os.path.join(REPO, "flags", "*.cfg")))
+
+
+def _parse(*args) -> Config:
+    values = flags.FlagValues()
+    cli.define_config_flags(values)
+    cwd = os.getcwd()
+    os.chdir(REPO)  # flagfiles include each other by paths relative to the repository
+    try:
+        values(["prog", *args])
+    finally:
+        os.chdir(cwd)
+    return cli.config_from_flags(values)
+
+
+def test_there_are_flagfiles_for_every_paper_experiment():
+    names = {os.path.basename(p) for p in FLAGFILES}
+    assert {"fashion_mnist_cpu.cfg", "mnist_wae_mmd.cfg", "mnist_wae_gan.cfg",
+            "celeba_wae_mmd.cfg", "celeba_wae_gan.cfg", "fashion_mnist_vae.cfg"} <= names
+
+
+@pytest.mark.parametrize("path", FLAGFILES, ids=os.path.basename)
+def test_every_flagfile_parses_into_a_valid_config(path):
+    assert isinstance(_parse(f"--flagfile={path}"), Config)
+
+
+def test_flagfiles_carry_the_paper_settings():
+    gan = _parse("--flagfile=flags/mnist_wae_gan.cfg")
+    assert (gan.regularizer, gan.z_dim, gan.lambda_reg, gan.learning_rate,
+            gan.disc_learning_rate, gan.epochs, gan.lr_schedule) == (
+                "gan", 8, 10.0, 1e-3, 5e-4, 100, "manual")
+    celeba = _parse("--flagfile=flags/celeba_wae_gan.cfg")
+    assert (celeba.z_dim, celeba.lambda_reg, celeba.learning_rate, celeba.prior_scale ** 2) == (
+        64, 1.0, 3e-4, pytest.approx(2.0))
+    vae = _parse("--flagfile=flags/fashion_mnist_vae.cfg")
+    assert (vae.regularizer, vae.encoder, vae.dataset) == ("kl", "gaussian", "fashion_mnist")
+
+
+def test_command_line_overrides_the_flagfile():
+    assert _parse("--flagfile=flags/mnist_wae_mmd.cfg", "--z_dim=3").z_dim == 3
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(regularizer="kl"), "encoder=gaussian"),
+    (dict(lambda_reg=-1.0), "lambda_reg"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(train_steps=0, epochs=0), "training length"),
+    (dict(kernel="gauss"), "kernel"),
+    (dict(image_size=32), "image_size"),
+    (dict(adam_beta1=1.0), "adam_beta1"),
+    (dict(lr_schedule="manual", train_steps=10, epochs=0), "epochs"),
+    (dict(disc_prior_logdensity=True, prior="sphere"), "prior"),
+])
+def test_invalid_values_are_refused_with_the_flag_named(changes, message):
+    values = dict(train_steps=1)
+    values.update(changes)
+    with pytest.raises(ConfigError, match=message):
+        Config(**values).validate()
+
+
+def test_train_reports_user_errors_in_one_line_without_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "wae_tf.train", "--regularizer=kl", "--train_steps=1",
+         f"--workdir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert result.returncode == 2
+    assert "error: --regularizer=kl (VAE) needs a stochastic encoder" in result.stderr
+    assert "Traceback" not in result.stderr

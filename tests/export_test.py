@@ -1,0 +1,113 @@
+"""The SavedModel contract: signatures, shapes, dtypes, determinism, loaded without wae_tf."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import tiny_config
+from wae_tf import export
+from wae_tf import training
+
+BIN = os.path.dirname(sys.executable)
+
+# Runs in a fresh interpreter whose sys.path does not contain the repository.
+CLIENT = r"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+model = tf.saved_model.load(sys.argv[1])
+sig = model.signatures
+rng = np.random.default_rng(0)
+images = tf.constant(rng.uniform(0, 1, (3, 28, 28, 1)).astype(np.float32))
+enc = sig["encode"](images=images)
+rec = sig["reconstruct"](images=images)
+dec = sig["decode"](z=enc["z"])
+s1 = sig["sample"](seed=tf.constant([1, 2, 1], tf.int64))["images"].numpy()
+s2 = sig["sample"](seed=tf.constant([2], tf.int64))["images"].numpy()
+errors = []
+for bad in (images * 2.0, images * np.nan):
+    try:
+        sig["encode"](images=bad)
+    except tf.errors.InvalidArgumentError as e:
+        errors.append("[0, 1]" in str(e))
+for shape in ([1, 32, 32, 1], [1, 28, 28, 3]):
+    try:
+        sig["reconstruct"](images=tf.zeros(shape))
+    except tf.errors.InvalidArgumentError as e:
+        errors.append("shape" in str(e))
+    except (ValueError, TypeError):
+        errors.append(True)
+print(json.dumps({
+    "signatures": sorted(sig.keys()),
+    "z": list(enc["z"].shape), "rec": list(rec["images"].shape), "dec": list(dec["images"].shape),
+    "rec_z_equals_encode": bool(np.allclose(rec["z"], enc["z"])),
+    "dec_equals_rec": bool(np.allclose(dec["images"], rec["images"], atol=1e-6)),
+    "sample": list(s1.shape), "same_seed_same_image": bool(np.array_equal(s1[0], s1[2])),
+    "seed_independent_of_batch": bool(np.allclose(s1[1], s2[0], atol=1e-6)),
+    "other_seed_other_image": not bool(np.allclose(s1[0], s1[1])),
+    "dtypes": [str(t.dtype) for t in (enc["z"], rec["images"], s1)],
+    "in_range": bool(s1.min() >= 0 and s1.max() <= 1),
+    "bad_inputs_rejected": errors,
+    "wae_tf_imported": "wae_tf" in sys.modules}))
+"""
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    config = tiny_config(encoder="gaussian")
+    state = training.create_state(config, (28, 28, 1), steps_per_epoch=1, num_epochs=1)
+    base = str(tmp_path_factory.mktemp("export"))
+    path = export.export_saved_model(state.encoder, state.decoder, config, (28, 28, 1), base, 7)
+    return base, path
+
+
+def test_export_writes_a_versioned_directory_atomically(exported):
+    base, path = exported
+    assert path == os.path.join(base, "7")
+    assert sorted(os.listdir(base)) == ["7"]  # no temporary directory left behind
+    assert os.path.exists(os.path.join(path, "saved_model.pb"))
+    assert os.path.isdir(os.path.join(path, "variables"))
+    with open(os.path.join(path, export.CONFIG_ASSET)) as f:
+        assert json.load(f)["encoder"] == "gaussian"
+
+
+def test_signatures_run_in_a_process_without_wae_tf(exported, tmp_path):
+    _, path = exported
+    env = dict(os.environ, PYTHONPATH="", TF_CPP_MIN_LOG_LEVEL="2")
+    out = subprocess.run([sys.executable, "-c", CLIENT, path], cwd=str(tmp_path), env=env,
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["signatures"] == ["decode", "encode", "reconstruct", "sample", "serving_default"]
+    assert result["z"] == [3, 4] and result["rec"] == result["dec"] == [3, 28, 28, 1]
+    assert result["sample"] == [3, 28, 28, 1]
+    assert result["dtypes"] == ["<dtype: 'float32'>"] * 2 + ["float32"]
+    for key in ("rec_z_equals_encode", "dec_equals_rec", "same_seed_same_image",
+                "seed_independent_of_batch", "other_seed_other_image", "in_range"):
+        assert result[key], key
+    assert result["bad_inputs_rejected"] == [True] * 4
+    assert not result["wae_tf_imported"]
+
+
+def test_saved_model_cli_shows_and_runs_the_signatures(exported, tmp_path):
+    """saved_model_cli loads with the TF1 session loader, as TF Serving does."""
+    _, path = exported
+    cli = os.path.join(BIN, "saved_model_cli")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    shown = subprocess.run([cli, "show", "--dir", path, "--tag_set", "serve", "--signature_def",
+                            "sample"], capture_output=True, text=True, env=env, timeout=300,
+                           check=True).stdout
+    assert "DT_INT64" in shown and "(-1, 28, 28, 1)" in shown
+    for signature, inputs in (("decode", "z=[[0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]]"),
+                              ("sample", "seed=[3, 4]")):
+        outdir = tmp_path / signature
+        subprocess.run([cli, "run", "--dir", path, "--tag_set", "serve", "--signature_def",
+                        signature, "--input_exprs", inputs, "--outdir", str(outdir)],
+                       capture_output=True, text=True, env=env, timeout=300, check=True)
+        images = np.load(outdir / "images.npy")
+        assert images.shape == (2, 28, 28, 1) and images.dtype == np.float32
+        assert 0 <= images.min() and images.max() <= 1

@@ -1,0 +1,192 @@
+"""Tests of the WAE step and loop: every regulariser runs, 1 and 2 replicas agree, resume, NaN."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import make_images, mirrored_strategy, tiny_config
+from wae_tf import checkpoints
+from wae_tf import data
+from wae_tf import training
+from wae_tf.config import ConfigError
+
+SWEEP = [
+    dict(regularizer="mmd", kernel="imq"),
+    dict(regularizer="mmd", kernel="rbf", encoder="gaussian", input_noise=0.05),
+    dict(regularizer="gan"),
+    dict(regularizer="gan", disc_prior_logdensity=True, encoder="gaussian"),
+    dict(regularizer="kl", encoder="gaussian", lambda_reg=1.0),
+    dict(regularizer="swd", prior="sphere", recon="l1"),
+    dict(regularizer="mmd", prior="uniform", recon="l2"),
+]
+
+
+def _state(config, strategy, image_shape=(28, 28, 1)):
+    with strategy.scope():
+        return training.create_state(config, image_shape, steps_per_epoch=4, num_epochs=1)
+
+
+def _weights(state):
+    models = [state.encoder, state.decoder] + ([state.discriminator] if state.discriminator else [])
+    return [w for m in models for w in m.get_weights()]
+
+
+def _run_steps(config, strategy, images, num_steps):
+    """Train `num_steps` on a stream of the given images; returns (state, list of loss dicts)."""
+    state = _state(config, strategy, images.image_shape)
+    dataset = data.make_train_dataset(images, config.batch_size, config.seed)
+    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+    train_fn = training.make_train_fn(config, state, strategy)
+    losses = [{k: float(v) for k, v in train_fn(iterator, tf.constant(1)).items()}
+              for _ in range(num_steps)]
+    return state, losses
+
+
+@pytest.mark.parametrize("overrides", SWEEP, ids=lambda o: "-".join(map(str, o.values())))
+def test_every_regularizer_trains_with_finite_losses(overrides):
+    config = tiny_config(**overrides)
+    strategy = tf.distribute.get_strategy()
+    state, losses = _run_steps(config, strategy, make_images(16), 2)
+    assert int(state.step.numpy()) == 2
+    expected = {"loss", "recon", "penalty"} | ({"disc_loss"} if config.regularizer == "gan" else set())
+    assert set(losses[-1]) == expected
+    assert all(np.isfinite(v) for step in losses for v in step.values())
+    # loss = recon + lambda * penalty, from the same forward pass.
+    last = losses[-1]
+    assert last["loss"] == pytest.approx(last["recon"] + config.lambda_reg * last["penalty"],
+                                         rel=1e-5, abs=1e-5)
+
+
+def test_loss_falls_when_overfitting_one_batch():
+    config = tiny_config(batch_size=8, width_divisor=16, learning_rate=2e-3)
+    _, losses = _run_steps(config, tf.distribute.get_strategy(), make_images(8), 40)
+    first, last = losses[0]["recon"], np.mean([l["recon"] for l in losses[-5:]])
+    assert last < 0.6 * first, (first, last)
+
+
+def _summed_gradients(config, strategy, images):
+    """Gradients and losses of the global batch `images`, summed over the strategy's replicas."""
+    state = _state(config, strategy)
+    batch = strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(images))
+
+    @tf.function
+    def run(batch):
+        def replica(x):
+            grads, metrics, _, _ = training.ae_gradients(config, state, x, tf.constant(3, tf.int64))
+            return grads, metrics
+        grads, metrics = strategy.run(replica, args=(batch,))
+        reduce = lambda v: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)  # noqa
+        return [reduce(g) for g in grads], {k: reduce(v) for k, v in metrics.items()}
+
+    grads, metrics = run(next(iter(batch)))
+    return [g.numpy() for g in grads], {k: float(v) for k, v in metrics.items()}, _weights(state)
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(regularizer="mmd"), dict(regularizer="mmd", kernel="rbf"), dict(regularizer="swd"),
+    dict(regularizer="gan"), dict(regularizer="kl", encoder="gaussian")],
+    ids=lambda o: "-".join(map(str, o.values())))
+def test_one_and_two_replicas_compute_the_same_gradients(overrides):
+    config = tiny_config(**overrides)
+    images = data.to_float(make_images(8).images)
+    grads1, metrics1, init1 = _summed_gradients(config, tf.distribute.get_strategy(), images)
+    grads2, metrics2, init2 = _summed_gradients(config, mirrored_strategy(), images)
+    for a, b in zip(init1, init2):
+        # Same seed, same initial weights; BatchNorm moving statistics moved in the forward pass.
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+    for name in metrics1:
+        assert metrics2[name] == pytest.approx(metrics1[name], rel=1e-4, abs=1e-6), name
+    for a, b in zip(grads1, grads2):
+        np.testing.assert_allclose(b, a, rtol=2e-3, atol=1e-5)
+
+
+def test_one_and_two_replicas_take_the_same_steps_with_a_discriminator():
+    config = tiny_config(regularizer="gan", batch_size=8)
+    images = make_images(16)
+    state1, losses1 = _run_steps(config, tf.distribute.get_strategy(), images, 3)
+    state2, losses2 = _run_steps(config, mirrored_strategy(), images, 3)
+    for l1, l2 in zip(losses1, losses2):
+        for name in l1:
+            assert l2[name] == pytest.approx(l1[name], rel=1e-3, abs=1e-5), name
+    for a, b in zip(_weights(state1), _weights(state2)):
+        np.testing.assert_allclose(b, a, rtol=1e-3, atol=1e-4)
+
+
+def test_replicas_draw_different_prior_samples():
+    strategy = mirrored_strategy()
+    seed = training.step_seed(0, 5, 2)
+
+    @tf.function
+    def draw():
+        def replica():
+            from wae_tf import regularizers  # pylint: disable=import-outside-toplevel
+            return training.replica_slice(regularizers.sample_prior("normal", 8, 3, 1.0, seed), 4)
+        return strategy.experimental_local_results(strategy.run(replica))
+
+    first, second = [t.numpy() for t in draw()]
+    assert first.shape == second.shape == (4, 3)
+    assert not np.allclose(first, second)
+    from wae_tf import regularizers  # pylint: disable=import-outside-toplevel
+    whole = regularizers.sample_prior("normal", 8, 3, 1.0, seed).numpy()
+    np.testing.assert_array_equal(np.concatenate([first, second]), whole)
+
+
+def test_resume_continues_step_optimizer_and_equals_uninterrupted_run(tmp_path):
+    train, test = make_images(32), make_images(8, seed=1)
+    config = tiny_config(train_steps=4, checkpoint_every=2)
+    straight = training.train_and_evaluate(config, str(tmp_path / "a"), data_override=(train, test))
+    training.train_and_evaluate(config.replace(train_steps=2), str(tmp_path / "b"),
+                                data_override=(train, test))
+    resumed = training.train_and_evaluate(config, str(tmp_path / "b"), data_override=(train, test))
+    assert straight["step"] == resumed["step"] == 4
+    assert resumed["train_loss"] == pytest.approx(straight["train_loss"], rel=1e-4)
+    assert resumed["test_recon_cost"] == pytest.approx(straight["test_recon_cost"], rel=1e-4)
+    states = []
+    for workdir in ("a", "b"):
+        state = _state(config, tf.distribute.get_strategy())
+        state.checkpoint().restore(tf.train.latest_checkpoint(str(tmp_path / workdir / "checkpoints")))
+        states.append(state)
+    assert int(states[1].ae_optimizer.iterations.numpy()) == 4
+    for a, b in zip(_weights(states[0]) + [v.numpy() for v in states[0].ae_optimizer.variables],
+                    _weights(states[1]) + [v.numpy() for v in states[1].ae_optimizer.variables]):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    train, test = make_images(32), make_images(8, seed=1)
+    config = tiny_config(train_steps=2, checkpoint_every=1)
+    workdir = str(tmp_path)
+    training.train_and_evaluate(config, workdir, data_override=(train, test))
+    monkeypatch.setattr(training.regularizers, "mmd_penalty", lambda *a, **k: tf.constant(np.nan))
+    with pytest.raises(training.NonFiniteLossError, match=r"step 3.*ckpt-2"):
+        training.train_and_evaluate(config.replace(train_steps=5), workdir,
+                                    data_override=(train, test))
+    assert tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints")).endswith("ckpt-2")
+
+
+def test_learning_rate_schedules_follow_the_paper_code():
+    manual = lambda e: float(training.learning_rate_multiplier("manual", e, 120))  # noqa: E731
+    assert [manual(e) for e in (0, 29, 30, 49, 50, 99, 100)] == pytest.approx(
+        [1, 1, 0.5, 0.5, 0.1, 0.1, 0.01])
+    smooth = lambda e: float(training.learning_rate_multiplier("smooth", e, 10))  # noqa: E731
+    assert smooth(0) == 1.0 and smooth(5) == pytest.approx(0.1)  # 100^(-5/10)
+    schedule = training.EpochSchedule(1e-3, "manual", steps_per_epoch=10, num_epochs=60)
+    assert float(schedule(299)) == pytest.approx(1e-3) and float(schedule(300)) == pytest.approx(5e-4)
+
+
+def test_workdir_with_other_model_flags_is_refused(tmp_path):
+    config = tiny_config()
+    checkpoints.check_model_signature(str(tmp_path), config, write=True)
+    assert json.load(open(tmp_path / "model.json"))["z_dim"] == 4
+    with pytest.raises(ConfigError, match="z_dim"):
+        checkpoints.check_model_signature(str(tmp_path), config.replace(z_dim=5), write=True)
+
+
+def test_batch_not_divisible_by_replicas_is_refused(tmp_path):
+    config = tiny_config(batch_size=7)
+    with pytest.raises(ConfigError, match="not divisible"):
+        training.train_and_evaluate(config, str(tmp_path), strategy=mirrored_strategy(),
+                                    data_override=(make_images(16), make_images(8)))

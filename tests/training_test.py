@@ -179,10 +179,13 @@ def test_learning_rate_schedules_follow_the_paper_code():
 
 def test_workdir_with_other_model_flags_is_refused(tmp_path):
     config = tiny_config()
-    checkpoints.check_model_signature(str(tmp_path), config, write=True)
+    checkpoints.check_model_signature(str(tmp_path), config, (28, 28, 1), write=True)
     assert json.load(open(tmp_path / "model.json"))["z_dim"] == 4
     with pytest.raises(ConfigError, match="z_dim"):
-        checkpoints.check_model_signature(str(tmp_path), config.replace(z_dim=5), write=True)
+        checkpoints.check_model_signature(str(tmp_path), config.replace(z_dim=5), (28, 28, 1),
+                                          write=True)
+    with pytest.raises(ConfigError, match="image_shape"):
+        checkpoints.check_model_signature(str(tmp_path), config, (64, 64, 3), write=True)
 
 
 def test_batch_not_divisible_by_replicas_is_refused(tmp_path):

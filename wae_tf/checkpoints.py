@@ -75,13 +75,27 @@ def restore_latest(manager: tf.train.CheckpointManager) -> str:
     return ""
 
 
-def check_model_signature(workdir: str, config: Config, write: bool) -> None:
-    """Refuse to resume a workdir whose checkpoints were made with other model flags."""
-    path = os.path.join(workdir, SIGNATURE_FILE)
-    expected = config.model_signature()
-    if tf.io.gfile.exists(path):
+def read_json(path: str) -> dict:
+    """A JSON file of the workdir, or ConfigError naming it."""
+    if not tf.io.gfile.exists(path):
+        raise ConfigError(f"{path} not found: expected a training run's directory.")
+    try:
         with tf.io.gfile.GFile(path) as f:
-            found = json.load(f)
+            return json.load(f)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path} is corrupt ({error}).") from error
+
+
+def read_model_signature(workdir: str) -> dict:
+    return read_json(os.path.join(workdir, SIGNATURE_FILE))
+
+
+def check_model_signature(workdir: str, config: Config, image_shape, write: bool) -> None:
+    """Refuse to resume a workdir whose checkpoints were made with other model flags or data."""
+    path = os.path.join(workdir, SIGNATURE_FILE)
+    expected = dict(config.model_signature(), image_shape=[int(d) for d in image_shape])
+    if tf.io.gfile.exists(path):
+        found = read_json(path)
         diff = {k: (found.get(k), v) for k, v in expected.items() if found.get(k) != v}
         if diff:
             text = ", ".join(f"--{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in diff.items())

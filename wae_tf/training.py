@@ -388,7 +388,7 @@ def train_and_evaluate(config: Config, workdir: str, strategy=None, data_overrid
     num_epochs = config.epochs or -(-total_steps // steps_per_epoch)
     chief = checkpoints.is_chief(strategy)
     tf.io.gfile.makedirs(workdir)
-    checkpoints.check_model_signature(workdir, config, write=chief)
+    checkpoints.check_model_signature(workdir, config, image_shape, write=chief)
     with strategy.scope():
         state = create_state(config, image_shape, steps_per_epoch, num_epochs)
     manager = checkpoints.create_manager(state.checkpoint(), workdir, config, strategy)

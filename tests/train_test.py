@@ -1,0 +1,42 @@
+"""The command-line entry points end to end on the real Fashion-MNIST (skipped without it)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import FASHION_DIR, REPO
+
+pytestmark = pytest.mark.skipif(
+    not os.path.exists(os.path.join(FASHION_DIR, "train-images-idx3-ubyte.gz")),
+    reason=f"Fashion-MNIST IDX files not in {FASHION_DIR} (apt-get install dataset-fashion-mnist)")
+
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+
+
+def _run(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=ENV, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def test_train_then_export_on_real_fashion_mnist(tmp_path):
+    workdir = str(tmp_path / "run")
+    result = _run("wae_tf.train", "--flagfile=flags/test_tiny.cfg", f"--workdir={workdir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("config.json", "flags.txt", "model.json", "results.json", "samples.png",
+                 "reconstructions.png", "export/6/saved_model.pb", "checkpoints/checkpoint"):
+        assert os.path.exists(os.path.join(workdir, name)), name
+    assert os.listdir(os.path.join(workdir, "train")), "no TensorBoard events"
+    results = json.load(open(os.path.join(workdir, "results.json")))
+    assert results["step"] == 6 and 0 < results["test_recon_cost"] < 50
+    assert "images/s" in result.stderr and "left" in result.stderr
+    # The effective flags repeat the run: resuming from them trains nothing more.
+    again = _run("wae_tf.train", f"--flagfile={workdir}/flags.txt", "--export=false")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "from step 6 to 6" in again.stderr
+    # Exporting the checkpoint again gives the same version directory.
+    exported = _run("wae_tf.export", f"--workdir={workdir}", f"--export_dir={tmp_path}/exp")
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert os.path.exists(tmp_path / "exp" / "6" / "saved_model.pb")

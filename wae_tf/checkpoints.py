@@ -41,10 +41,15 @@ def write_dir(directory: str, strategy) -> str:
     return os.path.join(directory, WORKER_TMP, f"{task_type}_{task_id}")
 
 
-def cleanup_worker_dirs(workdir: str, strategy) -> None:
+def is_multi_worker(strategy) -> bool:
+    return _task(strategy)[0] is not None
+
+
+def cleanup_worker_dirs(directories, strategy) -> None:
+    """Remove this non-chief worker's temporary copies of `directories` (checkpoints, export)."""
     if not is_chief(strategy):
-        for base in (workdir, os.path.join(workdir, "export")):
-            path = os.path.join(base, WORKER_TMP)
+        for directory in directories:
+            path = write_dir(directory, strategy)
             if tf.io.gfile.exists(path):
                 tf.io.gfile.rmtree(path)
 
@@ -55,12 +60,16 @@ def create_manager(checkpoint: tf.train.Checkpoint, workdir: str, config: Config
     return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=config.keep_checkpoints)
 
 
-def restore_latest(manager: tf.train.CheckpointManager) -> str:
+def restore_latest(manager: tf.train.CheckpointManager, directory: str = "") -> str:
     """Restore the newest readable checkpoint, skipping (and reporting) corrupt ones.
 
+    `directory` (default: the manager's) lets every worker restore from the chief's checkpoints.
     Returns the restored path, or "" for a fresh start.
     """
-    for path in reversed(manager.checkpoints):
+    directory = directory or manager.directory
+    state = tf.train.get_checkpoint_state(directory)
+    paths = list(state.all_model_checkpoint_paths) if state else []
+    for path in reversed(paths):
         try:
             manager.checkpoint.restore(path).assert_existing_objects_matched()
         except (tf.errors.OpError, AssertionError, ValueError) as error:
@@ -69,10 +78,18 @@ def restore_latest(manager: tf.train.CheckpointManager) -> str:
             continue
         logging.info("Resumed from %s.", path)
         return path
-    if manager.checkpoints:
-        raise ConfigError(f"No checkpoint in {manager.directory} could be read; move the "
-                          "directory away to start afresh.")
+    if paths:
+        raise ConfigError(f"No checkpoint in {directory} could be read; move the directory away "
+                          "to start afresh.")
     return ""
+
+
+def write_json(path: str, value: dict) -> None:
+    """Write JSON to a temporary file renamed over `path`: a kill never leaves half a file."""
+    tmp = f"{path}.tmp"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+    tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def read_json(path: str) -> dict:
@@ -102,8 +119,7 @@ def check_model_signature(workdir: str, config: Config, image_shape, write: bool
             raise ConfigError(f"{workdir} holds a run with other model flags ({text}); use "
                               "another --workdir or the original flags.")
     elif write:
-        with tf.io.gfile.GFile(path, "w") as f:
-            json.dump(expected, f, indent=2, sort_keys=True)
+        write_json(path, expected)
 
 
 def replace_directory(tmp_dir: str, final_dir: str) -> None:

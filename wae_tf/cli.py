@@ -58,3 +58,13 @@ def config_from_dict_with_flags(saved: dict) -> config_lib.Config:
     """A saved config (config.json) with the fields given explicitly on the command line."""
     base = config_lib.from_dict(saved)
     return dataclasses.replace(base, **explicit_config_flags())
+
+
+def write_flagfile(path: str, config: config_lib.Config, **extra) -> None:
+    """Write a flagfile that repeats this run: every Config field plus `extra` flags."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    values = {**dataclasses.asdict(config), **extra}
+    lines = [f"--{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in values.items()]
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write("# The effective flags of this run: --flagfile=<this file> repeats it.\n")
+        f.write("\n".join(lines) + "\n")

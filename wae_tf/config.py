@@ -80,6 +80,8 @@ class Config:
     seed: int = _field(0, "Seed of initialisation, data order, prior samples and noise.")
     steps_per_loop: int = _field(1, "Training steps run inside one tf.function call.")
     jit_compile: bool = _field(False, "XLA-compile the training step (slower on CPU).")
+    deterministic: bool = _field(False, "Enable TF op determinism: a resumed run's losses equal "
+                                 "an uninterrupted run's (bit for bit on one machine).")
     # Distribution.
     strategy: str = _field("auto", "auto (mirrored with >1 GPU) | default | mirrored | multi_worker.")
     cpu_devices: int = _field(0, "Split the CPU into this many logical devices (0 = leave as is).")

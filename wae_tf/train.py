@@ -18,9 +18,13 @@ def _train(config, workdir):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     from wae_tf import training  # pylint: disable=import-outside-toplevel
     training.configure_cpu_devices(config.cpu_devices)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
+    # Before any other TF op: MultiWorkerMirroredStrategy configures collectives at startup.
+    strategy = training.create_strategy(config)
     tf.io.gfile.makedirs(workdir)
-    FLAGS.append_flags_into_file(os.path.join(workdir, "flags.txt"))
-    training.train_and_evaluate(config, workdir)
+    cli.write_flagfile(os.path.join(workdir, "flags.txt"), config, workdir=workdir)
+    training.train_and_evaluate(config, workdir, strategy=strategy)
 
 
 def main(argv):

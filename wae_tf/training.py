@@ -68,7 +68,13 @@ def configure_cpu_devices(count: int) -> None:
 
 
 def create_strategy(config: Config) -> tf.distribute.Strategy:
-    """The tf.distribute strategy named by --strategy (auto: mirrored with more than one GPU)."""
+    """The tf.distribute strategy named by --strategy (auto: mirrored with more than one GPU).
+
+    multi_worker reads TF_CONFIG and must be created before TensorFlow initialises (listing
+    devices does), so before anything else.
+    """
+    if config.strategy == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     cpus = tf.config.list_logical_devices("CPU")
     name = config.strategy
@@ -76,8 +82,6 @@ def create_strategy(config: Config) -> tf.distribute.Strategy:
         name = "mirrored" if len(gpus) > 1 or (not gpus and len(cpus) > 1) else "default"
     if name == "default":
         return tf.distribute.get_strategy()
-    if name == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
     devices = [d.name for d in (gpus or cpus)]
     return tf.distribute.MirroredStrategy(devices)
 

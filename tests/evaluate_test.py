@@ -1,0 +1,128 @@
+"""wae_tf.evaluate on a tiny trained model, from its workdir and from its export; figures;
+the comparison's flagfiles and table."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tests.conftest import make_images, tiny_config
+from wae_tf import classifier
+from wae_tf import compare
+from wae_tf import evaluate
+from wae_tf import figures
+from wae_tf import training
+
+METRIC_FIELDS = ("test_recon_cost", "test_mse_per_pixel", "fid", "precision", "recall",
+                 "classifier_test_accuracy", "mmd_codes_prior", "sharpness_samples",
+                 "sharpness_reconstructions", "sharpness_test_images")
+FIGURES = ("reconstructions.png", "samples.png", "interpolations.png", "latent_scatter.png")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 2-step tiny WAE (with its export) and a 1-epoch classifier on synthetic images."""
+    root = tmp_path_factory.mktemp("evaluate")
+    workdir = str(root / "run")
+    train, test = make_images(48), make_images(24, seed=1)
+    config = tiny_config(export=True)
+    training.train_and_evaluate(config, workdir, data_override=(train, test))
+    classifier_dir = str(root / "classifier")
+    classifier.load_or_train(classifier_dir, "synthetic", lambda: (train, test), epochs=1)
+    return dict(workdir=workdir, test=test, classifier_dir=classifier_dir,
+                export=os.path.join(workdir, "export", str(config.train_steps)))
+
+
+def _evaluate_workdir(trained, **kwargs):
+    return evaluate.evaluate_workdir(trained["workdir"], num_samples=20, seed=3,
+                                     classifier_dir=trained["classifier_dir"],
+                                     test_data=trained["test"], **kwargs)
+
+
+def test_metrics_json_has_every_field_with_its_counts(trained):
+    results = _evaluate_workdir(trained)
+    eval_dir = os.path.join(trained["workdir"], "eval")
+    with open(os.path.join(eval_dir, "metrics.json")) as f:
+        saved = json.load(f)
+    assert saved == json.loads(json.dumps(results))
+    for name in METRIC_FIELDS:
+        assert np.isfinite(saved[name]["value"]), name
+    # 20 of the 24 test images (a seeded subset) and 20 prior samples.
+    assert (saved["fid"]["num_samples"], saved["fid"]["num_test_images"]) == (20, 20)
+    assert saved["test_recon_cost"]["num_images"] == 20
+    assert saved["precision"]["k"] == 3 and 0 <= saved["precision"]["value"] <= 1
+    assert saved["mmd_codes_prior"]["num_codes"] == 20
+    assert (saved["seed"], saved["num_samples"], saved["step"]) == (3, 20, 2)
+    for name in FIGURES:
+        assert os.path.getsize(os.path.join(eval_dir, name)) > 0, name
+    assert any(n.startswith("events.out.tfevents") for n in os.listdir(eval_dir))
+
+
+def test_saved_model_gives_the_checkpoints_numbers(trained, tmp_path):
+    from_checkpoint = _evaluate_workdir(trained, output_dir=str(tmp_path / "a"))
+    from_export = evaluate.evaluate_saved_model(
+        trained["export"], output_dir=str(tmp_path / "b"), num_samples=20, seed=3,
+        classifier_dir=trained["classifier_dir"], test_data=trained["test"])
+    for name in ("test_recon_cost", "fid", "mmd_codes_prior", "sharpness_samples"):
+        assert from_export[name]["value"] == pytest.approx(from_checkpoint[name]["value"],
+                                                           rel=1e-4, abs=1e-6), name
+
+
+def test_same_seed_same_numbers_other_seed_other_samples(trained, tmp_path):
+    first = _evaluate_workdir(trained, output_dir=str(tmp_path / "a"))
+    again = _evaluate_workdir(trained, output_dir=str(tmp_path / "b"))
+    assert first["fid"]["value"] == again["fid"]["value"]
+    other = evaluate.evaluate_workdir(trained["workdir"], output_dir=str(tmp_path / "c"),
+                                      num_samples=20, seed=4, test_data=trained["test"],
+                                      classifier_dir=trained["classifier_dir"])
+    assert other["sharpness_samples"]["value"] != first["sharpness_samples"]["value"]
+
+
+def test_classifier_is_cached_and_reports_its_accuracy(trained):
+    clf = classifier.load_or_train(trained["classifier_dir"], "synthetic",
+                                   lambda: pytest.fail("the cached classifier was retrained"))
+    assert 0 <= clf.info["test_accuracy"] <= 1 and clf.info["num_test_images"] == 24
+    assert clf.embed(np.zeros((3, 28, 28, 1), np.float32)).shape == (3, classifier.FEATURE_DIM)
+
+
+def test_celeba_without_a_classifier_is_a_clear_error(tmp_path):
+    with pytest.raises(evaluate.ConfigError, match="celeb_a"):
+        classifier.load_or_train(str(tmp_path), "celeb_a", lambda: pytest.fail("loaded data"))
+
+
+def test_scatter_puts_each_label_colour_where_its_points_are():
+    points = np.array([[0.0, 0.0]] * 50 + [[1.0, 1.0]] * 50)
+    labels = np.array([0] * 50 + [3] * 50)
+    image = figures.scatter_image(points, labels, size=100, margin=10)
+    # Label 0 at the bottom left of the plot area, label 3 at the top right.
+    np.testing.assert_allclose(image[100 - 10 - 10 - 1, 10], figures.PALETTE[0])
+    np.testing.assert_allclose(image[10, 100 - 10 - 10 - 1], figures.PALETTE[3])
+
+
+def test_pca_projection_keeps_the_largest_variance_direction():
+    rng = np.random.default_rng(0)
+    codes = rng.normal(size=(500, 5)) * np.array([10.0, 0.1, 0.1, 3.0, 0.1])
+    projected = figures.project_2d(codes)
+    assert projected.shape == (500, 2)
+    assert abs(np.corrcoef(projected[:, 0], codes[:, 0])[0, 1]) > 0.99
+
+
+@pytest.mark.parametrize("name", [name for name, _ in compare.RUNS])
+def test_comparison_runs_share_everything_but_the_penalty(name):
+    base = compare.parse_flagfile(compare.flagfile_path("wae_mmd"))
+    config = compare.parse_flagfile(compare.flagfile_path(name))
+    shared = ("dataset", "width_divisor", "z_dim", "batch_size", "train_steps", "seed", "recon",
+              "learning_rate", "prior")
+    assert [getattr(config, f) for f in shared] == [getattr(base, f) for f in shared]
+
+
+def test_comparison_table_has_a_row_per_run():
+    metrics = {name: {"value": 0.5} for name in METRIC_FIELDS}
+    metrics["fid"].update(num_samples=10, num_test_images=10, feature_dim=128)
+    metrics["precision"]["k"] = 3
+    metrics["test_recon_cost"]["num_images"] = 10
+    text = compare.describe({"vae": (dict(metrics, seed=0, step=5), {"train_wall_time_s": 60}),
+                             "wae_gan": (dict(metrics, seed=0, step=5), {})})
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert len(rows) == 3 and rows[1].startswith("| VAE | 0.50") and "WAE-GAN" in rows[2]

@@ -1,0 +1,101 @@
+"""FID, Fréchet distance, precision/recall, sharpness and MMD against hand-computed values."""
+
+import numpy as np
+import pytest
+
+from wae_tf import metrics
+
+
+def test_frechet_distance_of_1d_gaussians_is_the_closed_form():
+    # W2^2(N(m1, s1^2), N(m2, s2^2)) = (m1 - m2)^2 + s1^2 + s2^2 - 2 s1 s2 = (m1-m2)^2 + (s1-s2)^2.
+    m1, s1, m2, s2 = 0.3, 2.0, -1.2, 0.5
+    expected = (m1 - m2) ** 2 + s1 ** 2 + s2 ** 2 - 2 * s1 * s2  # 2.25 + 2.25 = 4.5
+    got = metrics.frechet_distance([m1], [[s1 ** 2]], [m2], [[s2 ** 2]])
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+def test_frechet_distance_of_commuting_covariances_is_the_closed_form():
+    # Diagonal covariances commute: tr sqrt(C1 C2) = sum sqrt(c1_i c2_i).
+    c1, c2 = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 0.0])
+    mu1, mu2 = np.array([1.0, 0.0, 0.0]), np.zeros(3)
+    expected = 1.0 + np.sum(c1) + np.sum(c2) - 2 * np.sum(np.sqrt(c1 * c2))  # 1 + 14 + 5 - 8
+    got = metrics.frechet_distance(mu1, np.diag(c1), mu2, np.diag(c2))
+    assert got == pytest.approx(expected, rel=1e-12)
+
+
+def test_frechet_distance_is_zero_for_equal_singular_gaussians():
+    # A rank-1 covariance: the eigh-based square root stays real and the distance exactly ~0.
+    v = np.array([[1.0], [2.0], [-1.0]])
+    cov = v @ v.T
+    assert metrics.frechet_distance(np.ones(3), cov, np.ones(3), cov) == pytest.approx(0, abs=1e-9)
+
+
+def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise():
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(2000, 16)) @ rng.normal(size=(16, 16))  # correlated [2000, 16]
+    assert metrics.fid(features, features) == pytest.approx(0.0, abs=1e-6)
+    values = [metrics.fid(features, features + s * rng.normal(size=features.shape))
+              for s in (0.1, 0.5, 1.0, 2.0)]
+    assert all(a < b for a, b in zip(values, values[1:])), values
+    assert values[0] > 0
+
+
+def test_precision_recall_of_identical_sets_is_one():
+    features = np.random.default_rng(1).normal(size=(500, 8))
+    assert metrics.precision_recall(features, features, k=3) == {"precision": 1.0, "recall": 1.0}
+
+
+def test_precision_recall_of_disjoint_far_apart_sets_is_zero():
+    rng = np.random.default_rng(2)
+    real = rng.normal(size=(300, 8))
+    fake = rng.normal(size=(200, 8)) + 100.0
+    assert metrics.precision_recall(real, fake, k=3) == {"precision": 0.0, "recall": 0.0}
+
+
+def test_precision_recall_separates_quality_from_coverage():
+    # Fakes on half of the real data: all inside the real manifold (precision ~1) but covering
+    # only half of it (recall ~0.5).
+    rng = np.random.default_rng(3)
+    real = rng.uniform(-1, 1, size=(2000, 2))
+    fake = real[real[:, 0] > 0][:800] + 1e-3 * rng.normal(size=(800, 2))
+    result = metrics.precision_recall(real, fake, k=3, batch=128)  # batch < n: blocks agree
+    assert result["precision"] > 0.97
+    assert 0.4 < result["recall"] < 0.6
+
+
+def test_knn_radii_match_brute_force():
+    points = np.random.default_rng(4).normal(size=(50, 3))
+    d2 = np.sum((points[:, None] - points[None]) ** 2, axis=-1)
+    expected = np.sort(d2, axis=1)[:, 3]  # column 0 is the point itself
+    np.testing.assert_allclose(metrics.knn_radii(points, 3, batch=7), expected, rtol=1e-9)
+
+
+def test_sharpness_of_a_constant_image_is_zero():
+    assert metrics.laplacian_sharpness(np.full((2, 8, 8, 1), 0.7)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_sharpness_of_a_checkerboard_is_sixteen():
+    # On a 0/1 checkerboard every valid pixel's four neighbours differ from it: the Laplacian is
+    # 4 * (1 - c) - 4 * c = +4 at c = 0 and -4 at c = 1, half each -> mean 0, variance 16.
+    board = (np.indices((6, 6)).sum(axis=0) % 2).astype(np.float64)[None, :, :, None]
+    assert metrics.laplacian_sharpness(board) == pytest.approx(16.0)
+    # RGB goes through the luma weights (sum 0.9999), scaling the variance by their sum squared.
+    rgb = np.repeat(board, 3, axis=-1)
+    assert metrics.laplacian_sharpness(rgb) == pytest.approx(16.0 * 0.9999 ** 2)
+
+
+def test_blurring_lowers_sharpness():
+    rng = np.random.default_rng(5)
+    images = rng.uniform(size=(4, 16, 16, 1))
+    blurred = (images + np.roll(images, 1, 1) + np.roll(images, 1, 2)
+               + np.roll(images, (1, 1), (1, 2))) / 4
+    assert metrics.laplacian_sharpness(blurred) < metrics.laplacian_sharpness(images)
+
+
+def test_mmd_to_prior_is_small_for_prior_codes_and_counts_subsets():
+    rng = np.random.default_rng(6)
+    prior = rng.normal(size=(2500, 4)).astype(np.float32)
+    same = metrics.mmd_to_prior(rng.normal(size=(2500, 4)), prior, subset_size=1000)
+    shifted = metrics.mmd_to_prior(rng.normal(size=(2500, 4)) + 1.0, prior, subset_size=1000)
+    assert (same["num_subsets"], same["subset_size"]) == (2, 1000)  # floor(2500 / 1000)
+    assert abs(same["value"]) < 0.01 < shifted["value"]

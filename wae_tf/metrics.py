@@ -1,0 +1,206 @@
+"""Sample-quality metrics as pure numpy/tf functions: FID, precision/recall, sharpness, MMD.
+
+Everything here takes arrays and returns numbers; which features, images and sample counts go in
+is decided by wae_tf.evaluate, which records them beside each number.
+"""
+
+import math
+from typing import Dict, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from wae_tf import regularizers
+
+# The 3x3 Laplacian of the WAE paper's code (wae.py, `compute_blurriness`).
+LAPLACIAN = np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], np.float64)
+# ITU-R 601 luma weights, as tf.image.rgb_to_grayscale.
+_LUMA = np.array([0.2989, 0.5870, 0.1140], np.float64)
+
+
+# ------------------------------------------------------------------------------------- FID
+
+
+def _sqrt_psd(matrix: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a symmetric positive semi-definite matrix, by eigh.
+
+    Eigenvalues that rounding pushed below zero are clipped to 0, so the result is real.
+    """
+    sym = 0.5 * (matrix + matrix.T)
+    values, vectors = np.linalg.eigh(sym)  # [d], [d, d]
+    return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+
+
+def _trace_sqrt_product(cov1: np.ndarray, cov2: np.ndarray) -> float:
+    """tr sqrt(cov1 cov2) for PSD cov1, cov2.
+
+    cov1 cov2 is similar to the PSD matrix S cov2 S with S = sqrt(cov1) (conjugate by S), so its
+    eigenvalues are real and non-negative, and tr sqrt(cov1 cov2) = sum_i sqrt(eig_i(S cov2 S)).
+    Unlike scipy.linalg.sqrtm of the non-symmetric product, this never returns complex noise.
+    """
+    root = _sqrt_psd(cov1)
+    inner = root @ cov2 @ root
+    eigenvalues = np.linalg.eigvalsh(0.5 * (inner + inner.T))
+    return float(np.sum(np.sqrt(np.clip(eigenvalues, 0.0, None))))
+
+
+def frechet_distance(mu1, cov1, mu2, cov2) -> float:
+    """Squared Fréchet (W2) distance of N(mu1, cov1) and N(mu2, cov2) (Heusel et al. 2017, eq. 6).
+
+    d^2 = ||mu1 - mu2||^2 + tr(cov1) + tr(cov2) - 2 tr sqrt(cov1 cov2).
+
+    Args:
+        mu1, mu2: Means, [d].
+        cov1, cov2: Covariances, [d, d], symmetric PSD.
+
+    Returns:
+        The distance (>= 0 up to rounding; clipped at 0), a python float.
+    """
+    mu1, mu2 = (np.atleast_1d(np.asarray(m, np.float64)) for m in (mu1, mu2))  # [d] each
+    cov1, cov2 = (np.atleast_2d(np.asarray(c, np.float64)) for c in (cov1, cov2))  # [d, d]
+    if mu1.shape != mu2.shape or cov1.shape != cov2.shape or cov1.shape != mu1.shape * 2:
+        raise ValueError(f"Mismatched shapes: mu {mu1.shape}, {mu2.shape}; cov {cov1.shape}, "
+                         f"{cov2.shape}.")
+    diff = mu1 - mu2
+    value = (diff @ diff + np.trace(cov1) + np.trace(cov2)
+             - 2.0 * _trace_sqrt_product(cov1, cov2))
+    return max(float(value), 0.0)
+
+
+def feature_statistics(features) -> Tuple[np.ndarray, np.ndarray]:
+    """Mean [d] and unbiased covariance [d, d] (float64) of features [n, d], n >= 2."""
+    features = np.asarray(features, np.float64)
+    if features.ndim != 2 or features.shape[0] < 2:
+        raise ValueError(f"Need features [n >= 2, d], got shape {features.shape}.")
+    return features.mean(axis=0), np.cov(features, rowvar=False).reshape(
+        features.shape[1], features.shape[1])
+
+
+def fid(features_a, features_b) -> float:
+    """Fréchet Inception-style distance of two feature sets [n, d] and [m, d].
+
+    Biased for finite n, m (it shrinks as they grow): compare numbers at equal sample counts.
+    """
+    return frechet_distance(*feature_statistics(features_a), *feature_statistics(features_b))
+
+
+# --------------------------------------------------------------------------- precision/recall
+
+
+def _squared_distances(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """||x_i - y_j||^2 for x [b, d], y [m, d] -> [b, m] (float64, clipped at 0)."""
+    dots = x @ y.T
+    d2 = np.sum(x * x, axis=1)[:, None] + np.sum(y * y, axis=1)[None, :] - 2.0 * dots
+    return np.maximum(d2, 0.0)
+
+
+def knn_radii(features, k: int, batch: int = 1000) -> np.ndarray:
+    """Squared distance of each point [n, d] to its k-th nearest other point, [n].
+
+    Rows are processed `batch` at a time, so memory is batch x n (1000 x 10000 float64 = 80 MB).
+    """
+    features = np.asarray(features, np.float64)
+    n = features.shape[0]
+    if not 1 <= k < n:
+        raise ValueError(f"k={k} must be in [1, {n - 1}] for {n} points.")
+    radii = np.empty(n)
+    for start in range(0, n, batch):
+        d2 = _squared_distances(features[start:start + batch], features)  # [b, n]
+        # Index 0 of the sorted row is the point itself (distance 0): the k-th neighbour is at k.
+        radii[start:start + batch] = np.partition(d2, k, axis=1)[:, k]
+    return radii
+
+
+def _fraction_inside(points, centres, radii, batch: int = 1000) -> float:
+    """Fraction of points [n, d] inside at least one ball (centres [m, d], squared radii [m])."""
+    points, centres = np.asarray(points, np.float64), np.asarray(centres, np.float64)
+    inside = 0
+    for start in range(0, points.shape[0], batch):
+        d2 = _squared_distances(points[start:start + batch], centres)  # [b, m]
+        inside += int(np.sum(np.any(d2 <= radii[None, :], axis=1)))
+    return inside / points.shape[0]
+
+
+def precision_recall(real_features, fake_features, k: int = 3,
+                     batch: int = 1000) -> Dict[str, float]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019, eq. 1-2).
+
+    The manifold of a set is the union of balls around its points with radius the distance to
+    the k-th nearest neighbour in the same set. Precision = fraction of fake points inside the
+    real manifold (sample quality); recall = fraction of real points inside the fake manifold
+    (coverage). The paper uses k = 3.
+
+    Args:
+        real_features: [n, d].
+        fake_features: [m, d].
+        k: Neighbour rank of the radii.
+        batch: Rows per distance block.
+
+    Returns:
+        {"precision": float, "recall": float}, each in [0, 1].
+    """
+    real_radii = knn_radii(real_features, k, batch)  # [n]
+    fake_radii = knn_radii(fake_features, k, batch)  # [m]
+    return {"precision": _fraction_inside(fake_features, real_features, real_radii, batch),
+            "recall": _fraction_inside(real_features, fake_features, fake_radii, batch)}
+
+
+# -------------------------------------------------------------------------------- sharpness
+
+
+def to_grayscale(images) -> np.ndarray:
+    """[N, H, W, C] (C = 1 or 3) -> float64 [N, H, W]; RGB by the ITU-R 601 luma weights."""
+    images = np.asarray(images, np.float64)
+    if images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(f"Need images [N, H, W, 1 or 3], got shape {images.shape}.")
+    return images[..., 0] if images.shape[-1] == 1 else images @ _LUMA
+
+
+def laplacian_variance(images) -> np.ndarray:
+    """Variance of the 3x3 Laplacian response of each image, [N] (float64).
+
+    The WAE paper's sharpness (Table 1, code `compute_blurriness`): grayscale, convolve with
+    [[0,1,0],[1,-4,1],[0,1,0]] over the valid (H-2) x (W-2) region, population variance per image.
+    Images are in [0, 1]; higher means sharper (blurry images have a flat Laplacian).
+    """
+    x = to_grayscale(images)  # [N, H, W]
+    lap = (x[:, :-2, 1:-1] + x[:, 2:, 1:-1] + x[:, 1:-1, :-2] + x[:, 1:-1, 2:]
+           - 4.0 * x[:, 1:-1, 1:-1])  # [N, H-2, W-2]
+    return lap.reshape(lap.shape[0], -1).var(axis=1)
+
+
+def laplacian_sharpness(images) -> float:
+    """Mean over images [N, H, W, C] of `laplacian_variance`: the paper's sharpness number."""
+    return float(np.mean(laplacian_variance(images)))
+
+
+# -------------------------------------------------------------------------------------- MMD
+
+
+def mmd_to_prior(codes, prior_samples, subset_size: int = 1000, kernel: str = "imq",
+                 prior_scale: float = 1.0) -> Dict[str, float]:
+    """MMD^2(Q_Z, P_Z) estimated on disjoint subsets, with the training penalty's estimator.
+
+    regularizers.mmd_penalty builds a [2s, 2s] kernel matrix; on all 10,000 test codes that is
+    20000^2 floats (1.6 GB) per temporary. Instead the codes [n, z_dim] and prior samples
+    [n, z_dim] are cut into floor(n / s) disjoint pairs of subsets of s = min(subset_size, n)
+    points; the mean of the unbiased subset estimates is unbiased, and its standard error is
+    reported. The IMQ kernel's constants are those of training (2 * z_dim * prior_scale^2).
+
+    Returns:
+        {"value", "stderr" (None for a single subset), "num_subsets", "subset_size"}.
+    """
+    codes = np.asarray(codes, np.float32)
+    prior_samples = np.asarray(prior_samples, np.float32)
+    n = min(codes.shape[0], prior_samples.shape[0])
+    size = min(subset_size, n)
+    if size < 2:
+        raise ValueError(f"Need at least 2 codes and prior samples, got {n}.")
+    count = n // size
+    values = [float(regularizers.mmd_penalty(
+        tf.constant(codes[i * size:(i + 1) * size]),
+        tf.constant(prior_samples[i * size:(i + 1) * size]), kernel, prior_scale))
+        for i in range(count)]
+    stderr = float(np.std(values, ddof=1) / math.sqrt(count)) if count > 1 else None
+    return {"value": float(np.mean(values)), "stderr": stderr, "num_subsets": count,
+            "subset_size": size}

@@ -3,11 +3,13 @@ the comparison's flagfiles and table."""
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from tests.conftest import make_images, tiny_config
+from tests.conftest import FASHION_DIR, REPO, make_images, tiny_config
 from wae_tf import classifier
 from wae_tf import compare
 from wae_tf import evaluate
@@ -67,6 +69,22 @@ def test_saved_model_gives_the_checkpoints_numbers(trained, tmp_path):
     for name in ("test_recon_cost", "fid", "mmd_codes_prior", "sharpness_samples"):
         assert from_export[name]["value"] == pytest.approx(from_checkpoint[name]["value"],
                                                            rel=1e-4, abs=1e-6), name
+
+
+@pytest.mark.skipif(not os.path.exists(os.path.join(FASHION_DIR, "t10k-images-idx3-ubyte.gz")),
+                    reason=f"Fashion-MNIST IDX files not in {FASHION_DIR}")
+def test_entry_point_evaluates_an_export_on_the_real_test_split(trained, tmp_path):
+    # The export's version directory is found from its base; the test split is the real one.
+    args = [sys.executable, "-m", "wae_tf.evaluate", f"--saved_model={trained['export']}/..",
+            f"--output_dir={tmp_path}", "--num_samples=30", "--seed=1",
+            f"--classifier_dir={trained['classifier_dir']}"]
+    result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = json.load(open(tmp_path / "metrics.json"))
+    assert saved["test_recon_cost"]["num_images"] == 30 and saved["step"] == 2
+    neither = subprocess.run(args[:3], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert neither.returncode == 2 and "exactly one of --workdir and --saved_model" in neither.stderr
 
 
 def test_same_seed_same_numbers_other_seed_other_samples(trained, tmp_path):

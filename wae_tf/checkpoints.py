@@ -1,5 +1,6 @@
 """Checkpoint managers, resuming, chief-only writing and the workdir's model signature."""
 
+import collections
 import json
 import os
 import shutil
@@ -7,6 +8,8 @@ import shutil
 import tensorflow as tf
 from absl import logging
 
+from wae_tf import config as config_lib
+from wae_tf import networks
 from wae_tf.config import Config, ConfigError
 
 SIGNATURE_FILE = "model.json"
@@ -133,3 +136,23 @@ def replace_directory(tmp_dir: str, final_dir: str) -> None:
     os.rename(tmp_dir, final_dir)
     if old:
         shutil.rmtree(old)
+
+
+TrainedModels = collections.namedtuple(
+    "TrainedModels", "config image_shape encoder decoder step checkpoint_path")
+
+
+def restore_trained_models(workdir: str) -> TrainedModels:
+    """Rebuild the encoder and decoder of a training run and restore its latest checkpoint."""
+    signature = read_model_signature(workdir)
+    config = config_lib.from_dict(read_json(os.path.join(workdir, "config.json")))
+    latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+    if latest is None:
+        raise ConfigError(f"No checkpoint in {os.path.join(workdir, 'checkpoints')}.")
+    image_shape = tuple(signature["image_shape"])
+    encoder = networks.make_encoder(config, image_shape)
+    decoder = networks.make_decoder(config, image_shape)
+    step = tf.Variable(0, dtype=tf.int64)
+    tf.train.Checkpoint(encoder=encoder, decoder=decoder, step=step).restore(
+        latest).expect_partial().assert_existing_objects_matched()
+    return TrainedModels(config, image_shape, encoder, decoder, int(step.numpy()), latest)

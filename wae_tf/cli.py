@@ -42,7 +42,8 @@ def explicit_config_flags() -> dict:
 
 def run_reporting_user_errors(function, *args) -> int:
     """Run `function`; user errors (bad flags or data, NaN losses) become one line on stderr."""
-    from wae_tf.training import NonFiniteLossError  # pylint: disable=import-outside-toplevel
+    # pylint: disable-next=import-outside-toplevel
+    from wae_tf.training import NonFiniteLossError, Preempted
     try:
         function(*args)
     except config_lib.ConfigError as error:
@@ -51,6 +52,9 @@ def run_reporting_user_errors(function, *args) -> int:
     except NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except Preempted as error:  # SIGTERM: checkpoint saved; 143 = 128 + SIGTERM, as if killed
+        print(f"stopped: {error}", file=sys.stderr)
+        return 143
     return 0
 
 

@@ -79,7 +79,9 @@ def evaluate_run(workdir: str, num_samples: int, seed: int, classifier_dir: str,
     """metrics.json of the run, computed unless present for this sample count and seed."""
     from wae_tf import evaluate  # pylint: disable=import-outside-toplevel; slow import
     metrics = _read_json(os.path.join(workdir, "eval", "metrics.json"))
-    if metrics.get("num_samples") == num_samples and metrics.get("seed") == seed:
+    trained = _read_json(os.path.join(workdir, "results.json")).get("step")
+    if (metrics.get("num_samples"), metrics.get("seed"), metrics.get("step")) == (
+            num_samples, seed, trained):
         logging.info("%s: evaluated, skipping.", workdir)
         return metrics
     return evaluate.evaluate_workdir(workdir, num_samples=num_samples, seed=seed,
@@ -91,7 +93,9 @@ def _value(metrics: dict, key: str) -> float:
 
 
 def table_row(label: str, metrics: dict, timing: dict) -> List[str]:
-    """One markdown row: FID, precision, recall, test recon, sharpness, MMD, time, steps."""
+    """One markdown row: FID, precision, recall, test recon, sharpness, MMD, times, steps.
+
+    The training time includes the run's own end-of-training test pass and export."""
     return [label, f"{_value(metrics, 'fid'):.2f}", f"{_value(metrics, 'precision'):.3f}",
             f"{_value(metrics, 'recall'):.3f}", f"{_value(metrics, 'test_recon_cost'):.3f}",
             f"{_value(metrics, 'test_mse_per_pixel'):.4f}",
@@ -99,11 +103,12 @@ def table_row(label: str, metrics: dict, timing: dict) -> List[str]:
             f"{_value(metrics, 'sharpness_reconstructions'):.4f}",
             f"{_value(metrics, 'mmd_codes_prior'):.4f}",
             f"{timing.get('train_wall_time_s', float('nan')) / 60:.1f}",
+            f"{metrics.get('eval_wall_time_s', float('nan')):.0f}",
             str(metrics.get("step", timing.get("steps", "?")))]
 
 
 HEADER = ["model", "FID", "precision", "recall", "test recon (0.05·‖x−y‖²)", "MSE/pixel",
-          "sharpness samples", "sharpness recon", "MMD(Q_Z, P_Z)", "train min", "steps"]
+          "sharpness samples", "sharpness recon", "MMD(Q_Z, P_Z)", "train min", "eval s", "steps"]
 
 
 def markdown_table(rows: List[List[str]]) -> str:

@@ -52,24 +52,27 @@ class Autoencoder:
 
 def load_from_workdir(workdir: str) -> Autoencoder:
     """Rebuild the networks of a training run and restore its latest checkpoint."""
-    signature = checkpoints.read_model_signature(workdir)
-    config = config_lib.from_dict(checkpoints.read_json(os.path.join(workdir, "config.json")))
-    latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
-    if latest is None:
-        raise ConfigError(f"No checkpoint in {workdir}/checkpoints to evaluate.")
-    image_shape = tuple(signature["image_shape"])
-    encoder = networks.make_encoder(config, image_shape)
-    decoder = networks.make_decoder(config, image_shape)
-    step = tf.Variable(0, dtype=tf.int64)
-    tf.train.Checkpoint(encoder=encoder, decoder=decoder, step=step).restore(
-        latest).expect_partial().assert_existing_objects_matched()
+    run = checkpoints.restore_trained_models(workdir)
+    encoder, decoder = run.encoder, run.decoder
     encode = tf.function(lambda x: networks.encoder_mean(encoder, x))
     decode = tf.function(lambda z: decoder(z, training=False))
-    return Autoencoder(encode, decode, config, image_shape, int(step.numpy()), latest)
+    return Autoencoder(encode, decode, run.config, run.image_shape, run.step, run.checkpoint_path)
+
+
+def latest_version(path: str) -> str:
+    """`path` if it holds a SavedModel, else its highest numbered version (TF Serving layout)."""
+    if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
+        return path
+    versions = [int(n.rstrip("/")) for n in tf.io.gfile.listdir(path) if n.rstrip("/").isdigit()] \
+        if tf.io.gfile.isdir(path) else []
+    if not versions:
+        raise ConfigError(f"{path} is neither a SavedModel nor a directory of versions.")
+    return os.path.join(path, str(max(versions)))
 
 
 def load_from_saved_model(path: str) -> Autoencoder:
     """Load an export's `encode` and `decode` signatures and its wae_config.json."""
+    path = latest_version(path)
     config_path = os.path.join(path, export.CONFIG_ASSET)
     config = config_lib.from_dict(checkpoints.read_json(config_path))
     loaded = tf.saved_model.load(path)

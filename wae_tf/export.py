@@ -9,7 +9,6 @@ from absl import logging
 from wae_tf import checkpoints
 from wae_tf import networks
 from wae_tf import regularizers
-from wae_tf import config as config_lib
 from wae_tf.config import Config
 
 CONFIG_ASSET = os.path.join("assets.extra", "wae_config.json")
@@ -112,20 +111,11 @@ def export_saved_model(encoder, decoder, config: Config, image_shape, base_dir: 
 
 
 def export_from_workdir(workdir: str, export_dir: str = "") -> str:
-    """Rebuild the models of a training run, restore its latest checkpoint and export them."""
-    signature = checkpoints.read_model_signature(workdir)
-    config = config_lib.from_dict(checkpoints.read_json(os.path.join(workdir, "config.json")))
-    latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
-    if latest is None:
-        raise config_lib.ConfigError(f"No checkpoint in {workdir}/checkpoints to export.")
-    image_shape = tuple(signature["image_shape"])
-    encoder = networks.make_encoder(config, image_shape)
-    decoder = networks.make_decoder(config, image_shape)
-    step = tf.Variable(0, dtype=tf.int64)
-    tf.train.Checkpoint(encoder=encoder, decoder=decoder, step=step).restore(
-        latest).expect_partial().assert_existing_objects_matched()
-    base = export_dir or config.export_dir or os.path.join(workdir, "export")
-    return export_saved_model(encoder, decoder, config, image_shape, base, int(step.numpy()))
+    """Export the latest checkpoint of a training run; returns the version directory."""
+    run = checkpoints.restore_trained_models(workdir)
+    base = export_dir or run.config.export_dir or os.path.join(workdir, "export")
+    return export_saved_model(run.encoder, run.decoder, run.config, run.image_shape, base,
+                              run.step)
 
 
 if __name__ == "__main__":

@@ -16,14 +16,15 @@ FLAGS = flags.FLAGS
 
 def _train(config, workdir):
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    from wae_tf import training  # pylint: disable=import-outside-toplevel
+    from wae_tf import checkpoints, training  # pylint: disable=import-outside-toplevel
     training.configure_cpu_devices(config.cpu_devices)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     # Before any other TF op: MultiWorkerMirroredStrategy configures collectives at startup.
     strategy = training.create_strategy(config)
     tf.io.gfile.makedirs(workdir)
-    cli.write_flagfile(os.path.join(workdir, "flags.txt"), config, workdir=workdir)
+    if checkpoints.is_chief(strategy):
+        cli.write_flagfile(os.path.join(workdir, "flags.txt"), config, workdir=workdir)
     training.train_and_evaluate(config, workdir, strategy=strategy)
 
 

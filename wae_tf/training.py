@@ -3,6 +3,8 @@
 import dataclasses
 import json
 import os
+import signal
+import threading
 import time
 from typing import Callable, Dict, Optional
 
@@ -297,12 +299,12 @@ def make_train_fn(config: Config, state: TrainState, strategy) -> Callable:
 
 def make_eval_fns(config: Config, state: TrainState):
     """tf.functions (not distributed) for test reconstructions and prior samples."""
-    @tf.function
+    @tf.function(autograph=False)  # no Python control flow to convert
     def reconstruct(images):
         recon = state.decoder(networks.encoder_mean(state.encoder, images), training=False)
         return recon, regularizers.reconstruction_cost(images, recon, config.recon)
 
-    @tf.function
+    @tf.function(autograph=False)
     def decode(z):
         return state.decoder(z, training=False)
 
@@ -396,11 +398,11 @@ def train_and_evaluate(config: Config, workdir: str, strategy=None, data_overrid
     with strategy.scope():
         state = create_state(config, image_shape, steps_per_epoch, num_epochs)
     manager = checkpoints.create_manager(state.checkpoint(), workdir, config, strategy)
-    checkpoints.restore_latest(manager)
+    checkpoints.restore_latest(manager, os.path.join(workdir, "checkpoints"))  # the chief's
     if chief:
-        with tf.io.gfile.GFile(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json())
+        checkpoints.write_json(os.path.join(workdir, "config.json"), dataclasses.asdict(config))
     start = int(state.step.numpy())
+    _check_workers_agree(strategy, start)
     logging.info("%s: %d train images %s, %d steps/epoch, from step %d to %d on %d replica(s).",
                  train.name, train.num_examples, image_shape, steps_per_epoch, start, total_steps,
                  strategy.num_replicas_in_sync)
@@ -424,13 +426,12 @@ def train_and_evaluate(config: Config, workdir: str, strategy=None, data_overrid
     results.update({f"train_{k}": v for k, v in metrics.items()}, step=step)
     logging.info("Finished at step %d: %s", step, json.dumps(results))
     if chief:
-        with tf.io.gfile.GFile(os.path.join(workdir, "results.json"), "w") as f:
-            f.write(json.dumps(results, indent=2))
+        checkpoints.write_json(os.path.join(workdir, "results.json"), results)
+    export_base = config.export_dir or os.path.join(workdir, "export")
     if config.export:
-        export_base = config.export_dir or os.path.join(workdir, "export")
         export.export_saved_model(state.encoder, state.decoder, config, image_shape,
                                   checkpoints.write_dir(export_base, strategy), step)
-    checkpoints.cleanup_worker_dirs(workdir, strategy)
+    checkpoints.cleanup_worker_dirs([os.path.join(workdir, "checkpoints"), export_base], strategy)
     return results
 
 
@@ -439,20 +440,71 @@ def _run_loop(config, state, strategy, iterator, manager, total_steps, images) -
     train_fn = make_train_fn(config, state, strategy)
     step, metrics = int(state.step.numpy()), {}
     first, window_start, window_step = step, time.time(), step
-    while step < total_steps:
-        num = min(config.steps_per_loop, total_steps - step)
-        metrics = {k: float(v) for k, v in train_fn(iterator, tf.constant(num)).items()}
-        previous, step = step, step + num
-        _check_finite(metrics, step, manager)
-        crossed = lambda every: step // every > previous // every or step == total_steps  # noqa
-        if crossed(config.log_every) or previous == first:
-            elapsed = max(time.time() - window_start, 1e-9)
-            rate = (step - window_step) * config.batch_size / elapsed
-            lr = float(state.ae_optimizer.learning_rate)
-            _log_scalars(metrics, lr, step, rate, (total_steps - step) * config.batch_size / rate)
-            window_start, window_step = time.time(), step
-        if crossed(config.image_every):
-            image_summaries(config, *images[:3], step, images[3], write_png=False)
-        if crossed(config.checkpoint_every):
-            manager.save(checkpoint_number=step)
+    with _SigtermFlag() as sigterm:
+        while step < total_steps and not _all_workers(strategy, sigterm.received, max):
+            num = min(config.steps_per_loop, total_steps - step)
+            metrics = {k: float(v) for k, v in train_fn(iterator, tf.constant(num)).items()}
+            previous, step = step, step + num
+            _check_finite(metrics, step, manager)
+            crossed = lambda every: step // every > previous // every or step == total_steps  # noqa
+            if crossed(config.log_every) or previous == first:
+                elapsed = max(time.time() - window_start, 1e-9)
+                rate = (step - window_step) * config.batch_size / elapsed
+                lr = float(state.ae_optimizer.learning_rate)
+                _log_scalars(metrics, lr, step, rate,
+                             (total_steps - step) * config.batch_size / rate)
+                window_start, window_step = time.time(), step
+            if crossed(config.image_every):
+                image_summaries(config, *images[:3], step, images[3], write_png=False)
+            if crossed(config.checkpoint_every):
+                manager.save(checkpoint_number=step)
+    if step < total_steps:  # stopped by SIGTERM
+        raise Preempted(f"SIGTERM at step {step}: saved {manager.save(checkpoint_number=step)}; "
+                        "rerun the same command to resume.")
     return metrics
+
+
+class Preempted(Exception):
+    """SIGTERM stopped training after saving a checkpoint; entry points exit with code 143."""
+
+
+class _SigtermFlag:
+    """While entered (in the main thread), SIGTERM sets `received` instead of killing."""
+
+    def __init__(self):
+        self.received, self._previous = False, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        del signum, frame
+        self.received = True
+        logging.warning("SIGTERM received: saving a checkpoint after the current step, then exit.")
+
+    def __exit__(self, *exc_info):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _all_workers(strategy, value, reduce=max):
+    """`reduce` (max or min) of a Python number over the workers of a multi-worker run.
+
+    An all-reduce, so every worker must call it at the same point; `value` elsewhere.
+    """
+    if not checkpoints.is_multi_worker(strategy):
+        return value
+    op = tf.distribute.ReduceOp.MAX
+    sign = 1.0 if reduce is max else -1.0  # min(x) = -max(-x)
+    per_replica = strategy.run(lambda: tf.constant(sign * float(value)))
+    return type(value)(sign * float(strategy.reduce(op, per_replica, axis=None)))
+
+
+def _check_workers_agree(strategy, start: int) -> None:
+    """Fail (on every worker) if the workers restored different steps: no shared workdir."""
+    low, high = _all_workers(strategy, start, min), _all_workers(strategy, start, max)
+    if low != high:
+        raise ConfigError(f"The workers resumed from steps {low} to {high}: every worker must "
+                          "read the chief's --workdir (a shared file system such as NFS or gs://).")

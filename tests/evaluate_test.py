@@ -84,7 +84,8 @@ def test_entry_point_evaluates_an_export_on_the_real_test_split(trained, tmp_pat
     saved = json.load(open(tmp_path / "metrics.json"))
     assert saved["test_recon_cost"]["num_images"] == 30 and saved["step"] == 2
     neither = subprocess.run(args[:3], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert neither.returncode == 2 and "exactly one of --workdir and --saved_model" in neither.stderr
+    assert neither.returncode == 2
+    assert "exactly one of --workdir and --saved_model" in neither.stderr
 
 
 def test_same_seed_same_numbers_other_seed_other_samples(trained, tmp_path):

@@ -42,6 +42,13 @@ for shape in ([1, 32, 32, 1], [1, 28, 28, 3]):
         errors.append("shape" in str(e))
     except (ValueError, TypeError):
         errors.append(True)
+for fn, kwargs in ((sig["encode"], {"images": tf.cast(images, tf.float64)}),
+                   (sig["decode"], {"z": tf.zeros([1, 4], tf.float16)}),
+                   (sig["sample"], {"seed": tf.constant([1], tf.int32)})):
+    try:
+        fn(**kwargs)
+    except tf.errors.InvalidArgumentError as e:  # "expected to be a float tensor but is a double"
+        errors.append("expected to be a" in str(e))
 print(json.dumps({
     "signatures": sorted(sig.keys()),
     "z": list(enc["z"].shape), "rec": list(rec["images"].shape), "dec": list(dec["images"].shape),
@@ -89,7 +96,7 @@ def test_signatures_run_in_a_process_without_wae_tf(exported, tmp_path):
     for key in ("rec_z_equals_encode", "dec_equals_rec", "same_seed_same_image",
                 "seed_independent_of_batch", "other_seed_other_image", "in_range"):
         assert result[key], key
-    assert result["bad_inputs_rejected"] == [True] * 4
+    assert result["bad_inputs_rejected"] == [True] * 7  # range, NaN, 2 shapes, 3 dtypes
     assert not result["wae_tf_imported"]
 
 

@@ -193,3 +193,15 @@ def test_batch_not_divisible_by_replicas_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="not divisible"):
         training.train_and_evaluate(config, str(tmp_path), strategy=mirrored_strategy(),
                                     data_override=(make_images(16), make_images(8)))
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_trains_with_float32_variables_and_outputs(policy):
+    config = tiny_config(mixed_precision=policy, regularizer="gan")
+    state, losses = _run_steps(config, tf.distribute.get_strategy(), make_images(16), 2)
+    assert all(np.isfinite(v) for step in losses for v in step.values())
+    assert state.decoder.get_layer("dec0_conv").compute_dtype == policy[len("mixed_"):]
+    # Codes, logits and images stay float32, so losses and exported signatures do too.
+    for model in (state.encoder, state.decoder, state.discriminator):
+        assert model.output.dtype == "float32"
+    assert all(v.dtype == "float32" for v in state.ae_variables)

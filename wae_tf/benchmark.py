@@ -20,12 +20,13 @@ import numpy as np
 import tensorflow as tf
 from absl import app
 from absl import flags
+from absl import logging
 
 from wae_tf import data
 from wae_tf import export
 from wae_tf import regularizers
 from wae_tf import training
-from wae_tf.config import Config
+from wae_tf.config import CHOICES, Config
 
 # Layers whose multiply-adds count as the work of the network (BatchNorm, ReLU, Adam, the
 # regulariser are not counted: they are the overhead the fraction of the limit exposes).
@@ -106,17 +107,15 @@ def analytic_step_flops(state: training.TrainState) -> Dict[str, float]:
     return {"forward": float(ae), "step": float(3 * ae + 9 * disc)}
 
 
-def profiled_step_flops(config: Config, state: training.TrainState, image_shape) -> float:
-    """FLOPs per image of the conv and matmul ops of one step's graph, by tf.compat.v1.profiler."""
-    step = tf.function(lambda images, step: training.train_step(config, state, images, step))
-    graph = step.get_concrete_function(
-        tf.TensorSpec([config.batch_size, *image_shape], tf.float32),
-        tf.TensorSpec([], tf.int64)).graph
+def profiled_step_flops(train_fn, iterator, global_batch: int) -> float:
+    """FLOPs per image of the conv and matmul ops of the traced training function, counted by
+    tf.compat.v1.profiler. Its graph holds the first step inline (the rest run in a loop body)."""
+    graph = train_fn.get_concrete_function(iterator, tf.constant(1)).graph
     options = tf.compat.v1.profiler.ProfileOptionBuilder(
         tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()).with_empty_output().build()
     profile = tf.compat.v1.profiler.profile(graph, cmd="op", options=options)
     counted = sum(node.total_float_ops for node in profile.children if node.name in _COUNTED_OPS)
-    return counted / config.batch_size
+    return counted / global_batch
 
 
 # ----------------------------------------------------------------------------- training
@@ -165,7 +164,7 @@ def benchmark_training(config: Config, train: data.ImageData, options: Options) 
     seconds = _run_window(train_fn, iterator, 1, config.steps_per_loop)  # second warm-up
     calls = max(1, options.window_steps // config.steps_per_loop)
     if not options.window_steps:  # about 2 s per window
-        calls = max(2, int(2.0 / seconds))
+        calls = max(1, int(2.0 / seconds))
     rates, fractions, limits = [], [], []
     for _ in range(options.windows):
         limits.append(matmul_flops_per_second(options.matmul_size, options.matmul_runs))
@@ -174,20 +173,22 @@ def benchmark_training(config: Config, train: data.ImageData, options: Options) 
         fractions.append(rates[-1] * flops["step"] / limits[-1])
     step_s = config.batch_size / statistics.median(rates)
     input_s = time_input(dataset, 20)
+    retraces = train_fn.experimental_get_tracing_count() - traces_first
     return {
         "images_per_second": statistics.median(rates),
         "step_seconds": step_s,
         "matmul_flops_per_second": statistics.median(limits),
         "step_flops_per_image": flops["step"],
         "forward_flops_per_image": flops["forward"],
-        "profiled_step_flops_per_image": profiled_step_flops(config, state, train.image_shape),
+        "profiled_step_flops_per_image": profiled_step_flops(train_fn, iterator,
+                                                             config.batch_size),
         "limit_images_per_second": statistics.median(limits) / flops["step"],
         "fraction_of_limit": statistics.median(fractions),
         "input_seconds": input_s,
         "input_share": input_s / step_s,
         "steps_per_window": calls * config.steps_per_loop,
         "traces_after_first_call": traces_first,
-        "retraces": train_fn.experimental_get_tracing_count() - traces_first,
+        "retraces": retraces,
         "state": state,
     }
 
@@ -257,7 +258,8 @@ def benchmark_serving(state: training.TrainState, config: Config, image_shape,
 def benchmark_config(options: Options, width_divisor: int, regularizer: str) -> Config:
     return Config(width_divisor=width_divisor, regularizer=regularizer,
                   batch_size=options.batch_size, train_steps=1, steps_per_loop=options.steps_per_loop,
-                  jit_compile=options.jit_compile, data_dir=options.data_dir, export=False,
+                  jit_compile=options.jit_compile, mixed_precision=options.mixed_precision,
+                  data_dir=options.data_dir, export=False,
                   strategy=options.strategy).validate()
 
 
@@ -270,10 +272,14 @@ def run(options: Options) -> dict:
         for regularizer in options.regularizers:
             config = benchmark_config(options, width, regularizer)
             measured = benchmark_training(config, train, options)
+            logging.info("%s/w%d: %.1f images/s, %.1f%% of the limit (load %s)", regularizer,
+                         width, measured["images_per_second"],
+                         100 * measured["fraction_of_limit"], _load())
             state = measured.pop("state")
             results["training"][f"{regularizer}/w{width}"] = measured
-        results["serving"][f"w{width}"] = benchmark_serving(state, config, train.image_shape,
-                                                            options)
+        if options.serving_runs:
+            results["serving"][f"w{width}"] = benchmark_serving(state, config, train.image_shape,
+                                                                options)
     step_s = {key: value["step_seconds"] for key, value in results["training"].items()}
     results["mmd"] = {}
     for batch in options.mmd_batches:
@@ -323,9 +329,13 @@ def define_flags() -> None:
     flags.DEFINE_integer("window_steps", 0, "Training steps per window; 0 = about 2 s worth.")
     flags.DEFINE_integer("steps_per_loop", 1, "Training steps per tf.function call.")
     flags.DEFINE_bool("jit_compile", False, "XLA-compile the training step.")
+    flags.DEFINE_enum("mixed_precision", "none", CHOICES["mixed_precision"],
+                      "16-bit layer compute (see Config.mixed_precision).")
     flags.DEFINE_integer("matmul_size", 4096, "Side of the square matmul measuring the limit.")
-    flags.DEFINE_list("mmd_batches", ["100", "400", "1600"], "Batch sizes of the MMD timing.")
+    flags.DEFINE_list("mmd_batches", ["100", "400", "1600"], "Batch sizes of the MMD timing "
+                      "(empty = skip).")
     flags.DEFINE_list("serving_batches", ["1", "256"], "Batch sizes of the SavedModel timing.")
+    flags.DEFINE_integer("serving_runs", 5, "Timed calls per signature and batch; 0 = skip.")
     flags.DEFINE_string("data_dir", "", "Fashion-MNIST IDX directory (default: the Debian one).")
     flags.DEFINE_integer("inter_op_threads", 0, "tf.config inter-op threads (0 = TF's default).")
     flags.DEFINE_integer("intra_op_threads", 0, "tf.config intra-op threads (0 = TF's default).")
@@ -338,9 +348,11 @@ def options_from_flags() -> Options:
                   batch_size=flags.FLAGS.batch_size, windows=flags.FLAGS.windows,
                   window_steps=flags.FLAGS.window_steps,
                   steps_per_loop=flags.FLAGS.steps_per_loop, jit_compile=flags.FLAGS.jit_compile,
+                  mixed_precision=flags.FLAGS.mixed_precision,
                   matmul_size=flags.FLAGS.matmul_size,
                   mmd_batches=tuple(int(b) for b in flags.FLAGS.mmd_batches),
                   serving_batches=tuple(int(b) for b in flags.FLAGS.serving_batches),
+                  serving_runs=flags.FLAGS.serving_runs,
                   data_dir=flags.FLAGS.data_dir)
     if flags.FLAGS.quick:
         values.update(QUICK)

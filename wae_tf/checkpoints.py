@@ -55,6 +55,9 @@ def cleanup_worker_dirs(directories, strategy) -> None:
             path = write_dir(directory, strategy)
             if tf.io.gfile.exists(path):
                 tf.io.gfile.rmtree(path)
+            parent = os.path.dirname(path)  # <directory>/worker_tmp, once no worker uses it
+            if tf.io.gfile.exists(parent) and not tf.io.gfile.listdir(parent):
+                tf.io.gfile.rmtree(parent)
 
 
 def create_manager(checkpoint: tf.train.Checkpoint, workdir: str, config: Config,
@@ -75,7 +78,8 @@ def restore_latest(manager: tf.train.CheckpointManager, directory: str = "") -> 
     for path in reversed(paths):
         try:
             manager.checkpoint.restore(path).assert_existing_objects_matched()
-        except (tf.errors.OpError, AssertionError, ValueError) as error:
+        # Truncated files raise IndexError ("Read less bytes than requested") or DataLossError.
+        except (tf.errors.OpError, AssertionError, ValueError, IndexError, KeyError) as error:
             logging.error("Checkpoint %s is unreadable (%s); trying the previous one.", path,
                           str(error).splitlines()[0])
             continue

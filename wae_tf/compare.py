@@ -1,4 +1,4 @@
-"""The paper's comparison: train VAE, WAE-MMD, WAE-GAN and WAE-SWD alike, evaluate, tabulate.
+"""The paper's comparison: train VAEs, WAE-MMD, WAE-GAN and WAE-SWD alike, evaluate, tabulate.
 
     python -m wae_tf.compare --workdir_root=runs/compare
 
@@ -22,7 +22,8 @@ from wae_tf import cli
 from wae_tf import config as config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUNS = (("vae", "VAE"), ("wae_mmd", "WAE-MMD"), ("wae_gan", "WAE-GAN"), ("wae_swd", "WAE-SWD"))
+RUNS = (("vae", "VAE"), ("vae_lambda01", "VAE (λ=0.1)"), ("wae_mmd", "WAE-MMD"),
+        ("wae_gan", "WAE-GAN"), ("wae_swd", "WAE-SWD"))
 TIMING_FILE = "compare_timing.json"
 
 

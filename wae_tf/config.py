@@ -13,6 +13,7 @@ CHOICES = {
     "recon": ("l2sq", "l2", "l1"),
     "lr_schedule": ("constant", "manual", "smooth"),
     "strategy": ("auto", "default", "mirrored", "multi_worker"),
+    "mixed_precision": ("none", "mixed_float16", "mixed_bfloat16"),
 }
 
 # Fields that shape the models: a checkpoint made with other values cannot be restored.
@@ -80,6 +81,10 @@ class Config:
     seed: int = _field(0, "Seed of initialisation, data order, prior samples and noise.")
     steps_per_loop: int = _field(1, "Training steps run inside one tf.function call.")
     jit_compile: bool = _field(False, "XLA-compile the training step (slower on CPU).")
+    mixed_precision: str = _field("none", "none | mixed_float16 (with dynamic loss scaling) | "
+                                  "mixed_bfloat16: layers compute in 16 bits, variables, losses "
+                                  "and exported signatures stay float32. For GPUs/TPUs; slower "
+                                  "on CPUs without 16-bit units.")
     deterministic: bool = _field(False, "Enable TF op determinism: a resumed run's losses equal "
                                  "an uninterrupted run's (bit for bit on one machine).")
     # Distribution.

@@ -19,12 +19,6 @@ INTERPOLATION_PAIRS = 8
 INTERPOLATION_STEPS = 10
 
 
-def to_rgb(images) -> np.ndarray:
-    """[..., C] with C = 1 or 3 -> [..., 3], so figures of any data set can be concatenated."""
-    images = np.asarray(images, np.float32)
-    return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
-
-
 def interpolation_grid(decode, codes, images, pairs: int = INTERPOLATION_PAIRS,
                        steps: int = INTERPOLATION_STEPS) -> np.ndarray:
     """Rows of [x_a, G(z_a), ..., G(z_b), x_b]: linear paths in Z between test images a = 2i and
@@ -75,11 +69,12 @@ def scatter_image(points, labels, size: int = 400, margin: int = 12, dot: int = 
 
 
 def make_figures(model, outputs: dict, test_images, labels) -> dict:
-    """name -> figure: test images beside reconstructions, samples, interpolations, scatter."""
+    """name -> figure: test images beside reconstructions, samples, interpolations (with the
+    images' channels), and the RGB scatter of codes."""
     return {
-        "reconstructions": to_rgb(visualize.side_by_side(test_images[:NUM_SHOWN],
-                                                         outputs["recon"][:NUM_SHOWN])),
-        "samples": to_rgb(visualize.image_grid(outputs["samples"][:64])),
-        "interpolations": to_rgb(interpolation_grid(model.decode, outputs["codes"], test_images)),
+        "reconstructions": visualize.side_by_side(test_images[:NUM_SHOWN],
+                                                  outputs["recon"][:NUM_SHOWN]),
+        "samples": visualize.image_grid(outputs["samples"][:64]),
+        "interpolations": interpolation_grid(model.decode, outputs["codes"], test_images),
         "latent_scatter": scatter_image(project_2d(outputs["codes"]), labels),
     }

@@ -37,11 +37,12 @@ def make_encoder(config: Config, image_shape) -> keras.Model:
                         name=f"enc{i}")
     x = layers.Flatten(name="flatten")(x)
     if config.encoder == "gaussian":
-        mean = layers.Dense(config.z_dim, name="z_mean")(x)  # [N, z_dim]
-        log_var = layers.Dense(config.z_dim, name="z_log_var")(x)  # [N, z_dim]
+        # float32 heads: codes stay float32 under --mixed_precision.
+        mean = layers.Dense(config.z_dim, name="z_mean", dtype="float32")(x)  # [N, z_dim]
+        log_var = layers.Dense(config.z_dim, name="z_log_var", dtype="float32")(x)  # [N, z_dim]
         outputs = [mean, log_var]
     else:
-        outputs = layers.Dense(config.z_dim, name="z")(x)  # [N, z_dim]
+        outputs = layers.Dense(config.z_dim, name="z", dtype="float32")(x)  # [N, z_dim]
     return keras.Model(images, outputs, name="encoder")
 
 
@@ -95,9 +96,10 @@ def make_discriminator(config: Config, image_shape) -> keras.Model:
     x = z
     for i in range(4):
         x = layers.Dense(units, activation="relu", name=f"dense{i}")(x)
-    logit = layers.Dense(1, name="logit")(x)  # [N, 1]
+    logit = layers.Dense(1, name="logit", dtype="float32")(x)  # [N, 1], float32 when mixed
     if config.disc_prior_logdensity:
-        logit = NormalLogDensity(config.z_dim, config.prior_scale, name="prior_logdensity")(logit, z)
+        logit = NormalLogDensity(config.z_dim, config.prior_scale, name="prior_logdensity",
+                                 dtype="float32")(logit, z)
     return keras.Model(z, logit, name="discriminator")
 
 

@@ -1,6 +1,7 @@
 """Models, optimizers, the per-replica WAE step, the distributed step and the training loop."""
 
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -120,19 +121,33 @@ def create_models(config: Config, image_shape) -> Dict[str, Optional[keras.Model
     """Encoder, decoder and (for --regularizer=gan) discriminator, seeded by --seed."""
     keras.utils.set_random_seed(config.seed)
     networks.network_image_size(image_shape)
-    discriminator = None
-    if config.regularizer == "gan":
-        discriminator = networks.make_discriminator(config, image_shape)
-    return dict(encoder=networks.make_encoder(config, image_shape),
-                decoder=networks.make_decoder(config, image_shape), discriminator=discriminator)
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(  # read by each layer when it is built
+        "float32" if config.mixed_precision == "none" else config.mixed_precision)
+    try:
+        discriminator = None
+        if config.regularizer == "gan":
+            discriminator = networks.make_discriminator(config, image_shape)
+        return dict(encoder=networks.make_encoder(config, image_shape),
+                    decoder=networks.make_decoder(config, image_shape),
+                    discriminator=discriminator)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
 
 
 def create_optimizers(config: Config, steps_per_epoch: int, num_epochs: int):
-    """Adam (beta1 0.5) for the auto-encoder and, for gan, for the discriminator."""
+    """Adam (beta1 0.5) for the auto-encoder and, for gan, for the discriminator.
+
+    With --mixed_precision=mixed_float16 each is wrapped in a dynamic loss scaler (float16
+    gradients underflow otherwise); the step scales its losses with `optimizer.scale_loss`.
+    """
     def adam(rate, name):
         schedule = EpochSchedule(rate, config.lr_schedule, steps_per_epoch, num_epochs)
-        return keras.optimizers.Adam(schedule, beta_1=config.adam_beta1, beta_2=config.adam_beta2,
-                                     name=name)
+        optimizer = keras.optimizers.Adam(schedule, beta_1=config.adam_beta1,
+                                          beta_2=config.adam_beta2, name=name)
+        if config.mixed_precision == "mixed_float16":
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer, name=f"{name}_scaled")
+        return optimizer
     disc = adam(config.disc_learning_rate, "disc_adam") if config.regularizer == "gan" else None
     return adam(config.learning_rate, "ae_adam"), disc
 
@@ -240,7 +255,8 @@ def ae_gradients(config: Config, state: TrainState, images, step):
                       seed_directions=step_seed(config.seed, step, _DIRECTIONS))
         penalty_share = latent_penalty(config, state, latent)
         loss_share = recon_share + config.lambda_reg * penalty_share
-    grads = tape.gradient(loss_share, state.ae_variables)
+        scaled_loss = state.ae_optimizer.scale_loss(loss_share)  # identity unless mixed_float16
+    grads = tape.gradient(scaled_loss, state.ae_variables)
     return grads, dict(loss=loss_share, recon=recon_share, penalty=penalty_share), z, pz_global
 
 
@@ -267,7 +283,8 @@ def discriminator_update(state: TrainState, pz, qz, global_batch):
         per_example = regularizers.gan_discriminator_loss(state.discriminator(pz),
                                                           state.discriminator(qz))
         loss_share = tf.reduce_sum(per_example) / tf.cast(global_batch, tf.float32)
-    grads = tape.gradient(loss_share, variables)
+        scaled_loss = state.disc_optimizer.scale_loss(loss_share)  # identity unless mixed_float16
+    grads = tape.gradient(scaled_loss, variables)
     state.disc_optimizer.apply_gradients(zip(grads, variables))
     return loss_share
 
@@ -436,12 +453,15 @@ def train_and_evaluate(config: Config, workdir: str, strategy=None, data_overrid
 
 
 def _run_loop(config, state, strategy, iterator, manager, total_steps, images) -> dict:
-    """Call the compiled steps until `total_steps`, logging, drawing and checkpointing."""
+    """Call the compiled steps until `total_steps`, logging, drawing and checkpointing.
+
+    After a SIGTERM (on any worker) it saves a checkpoint and raises Preempted.
+    """
     train_fn = make_train_fn(config, state, strategy)
     step, metrics = int(state.step.numpy()), {}
     first, window_start, window_step = step, time.time(), step
     with _SigtermFlag() as sigterm:
-        while step < total_steps and not _all_workers(strategy, sigterm.received, max):
+        while step < total_steps and not any(_all_workers(strategy, sigterm.received)):
             num = min(config.steps_per_loop, total_steps - step)
             metrics = {k: float(v) for k, v in train_fn(iterator, tf.constant(num)).items()}
             previous, step = step, step + num
@@ -472,11 +492,12 @@ class _SigtermFlag:
     """While entered (in the main thread), SIGTERM sets `received` instead of killing."""
 
     def __init__(self):
-        self.received, self._previous = False, None
+        self.received, self._installed, self._previous = False, False, None
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._installed = True
         return self
 
     def _handle(self, signum, frame):
@@ -485,26 +506,34 @@ class _SigtermFlag:
         logging.warning("SIGTERM received: saving a checkpoint after the current step, then exit.")
 
     def __exit__(self, *exc_info):
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
 
 
-def _all_workers(strategy, value, reduce=max):
-    """`reduce` (max or min) of a Python number over the workers of a multi-worker run.
+def _all_workers(strategy, value: float) -> list:
+    """`value` of every replica of a multi-worker run ([value] otherwise), by an all-gather.
 
-    An all-reduce, so every worker must call it at the same point; `value` elsewhere.
+    A collective: every worker must call it at the same point of the run.
     """
     if not checkpoints.is_multi_worker(strategy):
-        return value
-    op = tf.distribute.ReduceOp.MAX
-    sign = 1.0 if reduce is max else -1.0  # min(x) = -max(-x)
-    per_replica = strategy.run(lambda: tf.constant(sign * float(value)))
-    return type(value)(sign * float(strategy.reduce(op, per_replica, axis=None)))
+        return [value]
+    return _gather_fn(strategy)(tf.constant(float(value))).numpy().tolist()
+
+
+@functools.lru_cache(maxsize=None)
+def _gather_fn(strategy):
+    """A tf.function gathering a float32 scalar from every replica (eagerly: 300 ms a call)."""
+    @tf.function
+    def gather(value):
+        per_replica = strategy.run(lambda: tf.reshape(value, [1]))
+        return strategy.gather(per_replica, axis=0)  # [replicas]
+    return gather
 
 
 def _check_workers_agree(strategy, start: int) -> None:
     """Fail (on every worker) if the workers restored different steps: no shared workdir."""
-    low, high = _all_workers(strategy, start, min), _all_workers(strategy, start, max)
+    steps = _all_workers(strategy, start)
+    low, high = int(min(steps)), int(max(steps))
     if low != high:
         raise ConfigError(f"The workers resumed from steps {low} to {high}: every worker must "
                           "read the chief's --workdir (a shared file system such as NFS or gs://).")

@@ -1,0 +1,50 @@
+"""Tests of the benchmark: a quick run reports every figure; FLOP counts by hand."""
+
+import json
+
+import pytest
+import tensorflow as tf
+
+from tests.conftest import tiny_config
+from wae_tf import benchmark
+from wae_tf import training
+
+
+def test_quick_run_reports_positive_figures():
+    options = benchmark.Options(**{**benchmark.QUICK, "regularizers": ("mmd",),
+                                   "strategy": "default", "serving_runs": 1})
+    results = json.loads(json.dumps(benchmark.run(options)))  # JSON-ready
+    run = results["training"]["mmd/w32"]
+    for key in ("images_per_second", "step_seconds", "matmul_flops_per_second",
+                "step_flops_per_image", "profiled_step_flops_per_image",
+                "limit_images_per_second", "fraction_of_limit", "input_seconds", "input_share"):
+        assert run[key] > 0, key
+    assert run["traces_after_first_call"] == 1 and run["retraces"] == 0
+    assert run["steps_per_window"] == 2
+    # Hand count (3x forward) vs the profiler on the traced step: 3x forward ignores that the
+    # first conv needs no input gradient, and the profiler's stride-2 formulas round
+    # differently on odd sizes (7 -> 4): within 10%.
+    assert run["profiled_step_flops_per_image"] == pytest.approx(run["step_flops_per_image"],
+                                                                 rel=0.1)
+    for batch in ("16", "64"):
+        assert results["mmd"][batch]["seconds"] > 0
+    served = results["serving"]["w32"]
+    assert set(served) == {f"{name}@{batch}" for name in benchmark.SERVING_SIGNATURES
+                           for batch in (1, 8)}
+    assert all(v["latency_ms"] > 0 and v["images_per_second"] > 0 for v in served.values())
+    assert "mmd/w32" in benchmark.format_table(results)
+
+
+def test_forward_flops_by_hand():
+    config = tiny_config(width_divisor=4)
+    state = training.create_state(config, (28, 28, 1), 4, 1)
+    flops = benchmark.layer_forward_flops(state.decoder)
+    # dec0: transposed 4x4 conv 7x7x256 -> 14x14x128: 49 input pixels * 16*256*128 MACs * 2.
+    assert flops["decoder/dec0_conv"] == 49 * 16 * 256 * 128 * 2
+    # enc1: 4x4 conv 14x14x32 -> 7x7x64, stride 2: 49 output pixels * 16*32*64 MACs * 2.
+    assert benchmark.layer_forward_flops(state.encoder)["encoder/enc1_conv"] == 49 * 16 * 32 * 64 * 2
+
+
+def test_matmul_flops_positive():
+    assert benchmark.matmul_flops_per_second(64, 2) > 0
+    assert tf.config.list_physical_devices("CPU")

@@ -1,0 +1,83 @@
+"""Two `python -m wae_tf.train --strategy=multi_worker` processes on 127.0.0.1 train like one."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+from tests.data_test import make_idx_dir
+from wae_tf import data
+from wae_tf import training
+from wae_tf.config import Config
+
+FLAGS = dict(width_divisor=32, z_dim=4, batch_size=8, train_steps=3, checkpoint_every=2,
+             log_every=1, image_every=1000, seed=3, deterministic=True)
+TIMEOUT_S = 300
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def _launch_workers(workdir, data_dir, log_dir):
+    """Start the two workers of a TF_CONFIG cluster; returns [(process, log path)]."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
+    args = [f"--{k}={v}" for k, v in FLAGS.items()]
+    workers = []
+    for index in range(2):
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(
+            {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+        log = os.path.join(log_dir, f"worker{index}.log")
+        with open(log, "w") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "wae_tf.train", *args, "--strategy=multi_worker",
+                 f"--data_dir={data_dir}", f"--workdir={workdir}"],
+                cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        workers.append((process, log))
+    return workers
+
+
+def _tail(path, chars=3000):
+    with open(path) as f:
+        return f.read()[-chars:]
+
+
+def test_two_workers_finish_and_match_a_single_process_run(tmp_path):
+    data_dir, workdir = str(tmp_path / "data"), str(tmp_path / "run")
+    os.makedirs(data_dir)
+    make_idx_dir(data_dir, num_train=32, num_test=8)
+    config = Config(**FLAGS, data_dir=data_dir, export=False, strategy="default").validate()
+    splits = (data.load_split(config, "train"), data.load_split(config, "test"))
+    reference = training.train_and_evaluate(config, str(tmp_path / "single"),
+                                            data_override=splits)
+    workers = _launch_workers(workdir, data_dir, str(tmp_path))
+    try:
+        for process, log in workers:
+            assert process.wait(timeout=TIMEOUT_S) == 0, _tail(log)
+    finally:
+        for process, _ in workers:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert "on 2 replica(s)" in _tail(workers[0][1], 100000)
+    with open(os.path.join(workdir, "results.json")) as f:
+        results = json.load(f)
+    assert results["step"] == reference["step"] == 3
+    for name in ("train_loss", "train_recon", "train_penalty", "test_recon_cost"):
+        assert results[name] == pytest.approx(reference[name], rel=1e-4, abs=1e-5), name
+    # Only the chief's files remain: checkpoints, summaries and the export.
+    assert os.path.exists(os.path.join(workdir, "export", "3", "saved_model.pb"))
+    assert sorted(os.listdir(os.path.join(workdir, "export"))) == ["3"]
+    names = os.listdir(os.path.join(workdir, "checkpoints"))
+    assert "checkpoint" in names and "ckpt-3.index" in names and "worker_tmp" not in names
+    assert len(os.listdir(os.path.join(workdir, "train"))) == 1  # one events file

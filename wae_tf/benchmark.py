@@ -14,7 +14,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Dict, List, Sequence
+from typing import Dict, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -99,17 +99,18 @@ def layer_forward_flops(model) -> Dict[str, int]:
 
 def analytic_step_flops(state: training.TrainState) -> Dict[str, float]:
     """FLOPs per image of one training step: 3x the forward FLOPs of encoder and decoder
-    (forward, gradient of the input, gradient of the weights), plus the discriminator's
-    (3 forward passes in its own update and the encoder's loss, ~3x each)."""
+    (forward, gradient of the input, gradient of the weights), plus ~8x the discriminator's
+    (its update: 2 forward passes with both gradients; the encoder's loss: 1 with the input's)."""
     ae = sum(layer_forward_flops(state.encoder).values())
     ae += sum(layer_forward_flops(state.decoder).values())
     disc = sum(layer_forward_flops(state.discriminator).values()) if state.discriminator else 0
-    return {"forward": float(ae), "step": float(3 * ae + 9 * disc)}
+    return {"forward": float(ae), "step": float(3 * ae + 8 * disc)}
 
 
 def profiled_step_flops(train_fn, iterator, global_batch: int) -> float:
     """FLOPs per image of the conv and matmul ops of the traced training function, counted by
-    tf.compat.v1.profiler. Its graph holds the first step inline (the rest run in a loop body)."""
+    tf.compat.v1.profiler. Its graph holds the first step inline (the rest run in a loop body).
+    0 with --jit_compile: the step is then one XlaLaunch op the profiler cannot see into."""
     graph = train_fn.get_concrete_function(iterator, tf.constant(1)).graph
     options = tf.compat.v1.profiler.ProfileOptionBuilder(
         tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()).with_empty_output().build()
@@ -131,7 +132,8 @@ def load_train_data(config: Config):
 
 
 def time_input(dataset: tf.data.Dataset, num: int) -> float:
-    """Median seconds of next() on the training pipeline alone (after a warm-up batch)."""
+    """Median seconds of next() on the training pipeline alone (after a warm-up batch): an upper
+    bound of the step's wait, since the prefetching pipeline overlaps with the step."""
     iterator = iter(dataset)
     next(iterator)
     times = []

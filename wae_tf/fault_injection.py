@@ -133,8 +133,9 @@ def _checkpoint_values(workdir: str) -> dict:
 def _compare(reference_dir: str, killed_dir: str) -> dict:
     """Largest difference of any checkpointed value, and whether the key sets agree."""
     ref, killed = _checkpoint_values(reference_dir), _checkpoint_values(killed_dir)
-    diffs = [float(np.max(np.abs(np.asarray(ref[k], np.float64) - np.asarray(killed[k], np.float64)),
-                       initial=0.0)) for k in ref if k in killed]
+    as_float = lambda value: np.asarray(value, np.float64)  # noqa: E731
+    diffs = [float(np.max(np.abs(as_float(ref[k]) - as_float(killed[k])), initial=0.0))
+             for k in ref if k in killed]
     return dict(values=len(ref), same_names=set(ref) == set(killed), max_abs_diff=max(diffs))
 
 
@@ -143,7 +144,8 @@ def _report(interruptions, reference, final, weights) -> bool:
     for i, record in enumerate(interruptions, 1):
         print(f"interruption {i}: {record['signal']} after step {record['killed_after_step']} "
               f"(exit {record['exit_code']}), checkpoint on disk: step "
-              f"{record['checkpoint_on_disk']}, next run resumed from step {record['resumed_next']}")
+              f"{record['checkpoint_on_disk']}, next run resumed from step "
+              f"{record['resumed_next']}")
     resumed_ok = all(r["resumed_next"] == r["checkpoint_on_disk"] for r in interruptions)
     recomputed = [r["killed_after_step"] - r["resumed_next"] for r in interruptions
                   if r["signal"] == "SIGKILL"]
@@ -161,9 +163,9 @@ def _report(interruptions, reference, final, weights) -> bool:
           f"{reference['train_loss']!r}); checkpointed values: {weights['values']}, max |diff| "
           f"{weights['max_abs_diff']:.3g}")
     recomputed_ok = all(0 <= r <= FLAGS.checkpoint_every for r in recomputed)
-    return (resumed_ok and recomputed_ok and sigterm_ok and losses_equal and kills == FLAGS.kills and
-            weights["same_names"] and weights["max_abs_diff"] == 0.0
-            and final["step"] == reference["step"])
+    weights_ok = weights["same_names"] and weights["max_abs_diff"] == 0.0
+    return (resumed_ok and recomputed_ok and sigterm_ok and losses_equal and weights_ok
+            and kills == FLAGS.kills and final["step"] == reference["step"])
 
 
 def main(argv):

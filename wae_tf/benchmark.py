@@ -258,8 +258,10 @@ def benchmark_serving(state: training.TrainState, config: Config, image_shape,
 
 
 def benchmark_config(options: Options, width_divisor: int, regularizer: str) -> Config:
+    """The training Config of one measured run (paper defaults otherwise)."""
     return Config(width_divisor=width_divisor, regularizer=regularizer,
-                  batch_size=options.batch_size, train_steps=1, steps_per_loop=options.steps_per_loop,
+                  batch_size=options.batch_size, train_steps=1,
+                  steps_per_loop=options.steps_per_loop,
                   jit_compile=options.jit_compile, mixed_precision=options.mixed_precision,
                   data_dir=options.data_dir, export=False,
                   strategy=options.strategy).validate()

@@ -14,6 +14,7 @@ CHOICES = {
     "lr_schedule": ("constant", "manual", "smooth"),
     "strategy": ("auto", "default", "mirrored", "multi_worker"),
     "mixed_precision": ("none", "mixed_float16", "mixed_bfloat16"),
+    "conv_impl": ("auto", "native", "patches"),
 }
 
 # Fields that shape the models: a checkpoint made with other values cannot be restored.
@@ -81,6 +82,9 @@ class Config:
     seed: int = _field(0, "Seed of initialisation, data order, prior samples and noise.")
     steps_per_loop: int = _field(1, "Training steps run inside one tf.function call.")
     jit_compile: bool = _field(False, "XLA-compile the training step (slower on CPU).")
+    conv_impl: str = _field("auto", "Encoder convs with outputs of at most 4x4: patches (as one "
+                            "matmul; 16x faster gradients on CPU) | native (Conv2D) | auto "
+                            "(patches without GPU, native with GPU). Same variables either way.")
     mixed_precision: str = _field("none", "none | mixed_float16 (with dynamic loss scaling) | "
                                   "mixed_bfloat16: layers compute in 16 bits, variables, losses "
                                   "and exported signatures stay float32. For GPUs/TPUs; slower "

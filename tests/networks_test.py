@@ -1,5 +1,7 @@
 """Shapes and parameter counts of the paper's networks."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -75,3 +77,41 @@ def test_conv_impls_share_checkpoints(tmp_path):
     tf.train.Checkpoint(encoder=patches).read(path).assert_existing_objects_matched()
     images = tf.random.uniform([2, 28, 28, 1])
     np.testing.assert_allclose(patches(images), native(images), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("size,kernel", [(1, 4), (4, 4), (7, 4), (4, 5), (8, 5), (3, 3)])
+def test_phase_conv_transpose_equals_conv2d_transpose(size, kernel):
+    """Outputs and both gradients of PhaseConv2DTranspose equal layers.Conv2DTranspose's."""
+    x = tf.random.stateless_normal([3, size, size, 5], seed=[3, 4])
+    conv = tf.keras.layers.Conv2DTranspose(6, kernel, strides=2, padding="same", use_bias=False)
+    phase = networks.PhaseConv2DTranspose(6, kernel)
+    conv.build(x.shape)
+    phase.build(x.shape)
+    phase.kernel.assign(conv.kernel)
+    results = []
+    for layer in (conv, phase):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)  # [3, 2*size, 2*size, 6]
+            loss = tf.reduce_sum(tf.sin(y) * y)  # a non-linear loss: dy varies per pixel
+        results.append([y, *tape.gradient(loss, [x, layer.kernel])])
+    assert results[1][0].shape == (3, 2 * size, 2 * size, 6)
+    for got, expected in zip(results[1], results[0]):
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_decoder_conv_impls_share_checkpoints(tmp_path):
+    """The decoder's transposed convs restore across --conv_impl and decode the same images."""
+    config = tiny_config(conv_impl="native", width_divisor=2)  # dec0 has 512 input channels
+    native = networks.make_decoder(config, (28, 28, 1))
+    patches = networks.make_decoder(dataclasses.replace(config, conv_impl="patches"), (28, 28, 1))
+    assert sum(isinstance(l, networks.PhaseConv2DTranspose) for l in patches.layers) == 2
+    auto = networks.make_decoder(dataclasses.replace(config, conv_impl="auto"), (28, 28, 1))
+    # Without GPU, auto: 512 input channels (dec0) as matmuls, 256 (dec1) native.
+    assert [type(l).__name__ for l in auto.layers if l.name.startswith("dec")
+            and l.name.endswith("_conv")] == [
+        "PhaseConv2DTranspose", "Conv2DTranspose"]
+    path = tf.train.Checkpoint(decoder=native).write(str(tmp_path / "ckpt"))
+    tf.train.Checkpoint(decoder=patches).read(path).assert_existing_objects_matched()
+    z = tf.random.stateless_normal([2, config.z_dim], seed=[5, 6])
+    np.testing.assert_allclose(patches(z), native(z), rtol=1e-4, atol=1e-5)

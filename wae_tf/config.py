@@ -82,9 +82,12 @@ class Config:
     seed: int = _field(0, "Seed of initialisation, data order, prior samples and noise.")
     steps_per_loop: int = _field(1, "Training steps run inside one tf.function call.")
     jit_compile: bool = _field(False, "XLA-compile the training step (slower on CPU).")
-    conv_impl: str = _field("auto", "Encoder convs with outputs of at most 4x4: patches (as one "
-                            "matmul; 16x faster gradients on CPU) | native (Conv2D) | auto "
-                            "(patches without GPU, native with GPU). Same variables either way.")
+    conv_impl: str = _field("auto", "Stride-2 layers as matmuls: patches (encoder convs as patches "
+                            "x matrix, decoder transposed convs as one matmul per output phase) | "
+                            "native (Keras Conv2D/Conv2DTranspose) | auto (without GPU, patches for "
+                            "convs with outputs of at most 4x4 and transposed convs with at least "
+                            "512 input channels, where measured faster; native with GPU). Same "
+                            "variables either way.")
     mixed_precision: str = _field("none", "none | mixed_float16 (with dynamic loss scaling) | "
                                   "mixed_bfloat16: layers compute in 16 bits, variables, losses "
                                   "and exported signatures stay float32. For GPUs/TPUs; slower "

@@ -87,7 +87,8 @@ def _summed_gradients(config, strategy, images):
 
 @pytest.mark.parametrize("overrides", [
     dict(regularizer="mmd"), dict(regularizer="mmd", kernel="rbf"), dict(regularizer="swd"),
-    dict(regularizer="gan"), dict(regularizer="kl", encoder="gaussian")],
+    dict(regularizer="gan"), dict(regularizer="kl", encoder="gaussian"),
+    dict(regularizer="mmd", conv_impl="patches")],  # the matmul layers' custom gradients
     ids=lambda o: "-".join(map(str, o.values())))
 def test_one_and_two_replicas_compute_the_same_gradients(overrides):
     config = tiny_config(**overrides)
@@ -195,9 +196,10 @@ def test_batch_not_divisible_by_replicas_is_refused(tmp_path):
                                     data_override=(make_images(16), make_images(8)))
 
 
-@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_mixed_precision_trains_with_float32_variables_and_outputs(policy):
-    config = tiny_config(mixed_precision=policy, regularizer="gan")
+@pytest.mark.parametrize("policy,conv_impl", [
+    ("mixed_float16", "native"), ("mixed_bfloat16", "native"), ("mixed_float16", "patches")])
+def test_mixed_precision_trains_with_float32_variables_and_outputs(policy, conv_impl):
+    config = tiny_config(mixed_precision=policy, regularizer="gan", conv_impl=conv_impl)
     state, losses = _run_steps(config, tf.distribute.get_strategy(), make_images(16), 2)
     assert all(np.isfinite(v) for step in losses for v in step.values())
     assert state.decoder.get_layer("dec0_conv").compute_dtype == policy[len("mixed_"):]

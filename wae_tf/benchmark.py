@@ -45,6 +45,7 @@ class Options:
     steps_per_loop: int = 1
     jit_compile: bool = False
     mixed_precision: str = "none"
+    conv_impl: str = "auto"
     matmul_size: int = 4096
     matmul_runs: int = 3
     mmd_batches: Sequence[int] = (100, 400, 1600)
@@ -265,7 +266,7 @@ def benchmark_config(options: Options, width_divisor: int, regularizer: str) -> 
                   batch_size=options.batch_size, train_steps=1,
                   steps_per_loop=options.steps_per_loop,
                   jit_compile=options.jit_compile, mixed_precision=options.mixed_precision,
-                  data_dir=options.data_dir, export=False,
+                  conv_impl=options.conv_impl, data_dir=options.data_dir, export=False,
                   strategy=options.strategy).validate()
 
 
@@ -337,6 +338,8 @@ def define_flags() -> None:
     flags.DEFINE_bool("jit_compile", False, "XLA-compile the training step.")
     flags.DEFINE_enum("mixed_precision", "none", CHOICES["mixed_precision"],
                       "16-bit layer compute (see Config.mixed_precision).")
+    flags.DEFINE_enum("conv_impl", "auto", CHOICES["conv_impl"],
+                      "Stride-2 layers as matmuls or TF's convs (see Config.conv_impl).")
     flags.DEFINE_integer("matmul_size", 4096, "Side of the square matmul measuring the limit.")
     flags.DEFINE_list("mmd_batches", ["100", "400", "1600"], "Batch sizes of the MMD timing "
                       "(empty = skip).")
@@ -355,7 +358,7 @@ def options_from_flags() -> Options:
                   window_steps=flags.FLAGS.window_steps,
                   steps_per_loop=flags.FLAGS.steps_per_loop, jit_compile=flags.FLAGS.jit_compile,
                   mixed_precision=flags.FLAGS.mixed_precision,
-                  matmul_size=flags.FLAGS.matmul_size,
+                  conv_impl=flags.FLAGS.conv_impl, matmul_size=flags.FLAGS.matmul_size,
                   mmd_batches=tuple(int(b) for b in flags.FLAGS.mmd_batches),
                   serving_batches=tuple(int(b) for b in flags.FLAGS.serving_batches),
                   serving_runs=flags.FLAGS.serving_runs,

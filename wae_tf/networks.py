@@ -31,18 +31,25 @@ def same_patches(x, k: int):
     return tf.image.extract_patches(x, [1, k, k, 1], [1, 2, 2, 1], [1, 1, 1, 1], "VALID")
 
 
+class _StrideTwoLayer(layers.Layer):
+    """A bias-free stride-2 SAME (transposed) conv layer: `filters` outputs, k x k kernel."""
+
+    def __init__(self, filters, kernel_size, **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.kernel_size = filters, kernel_size
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size}
+
+
 @keras.saving.register_keras_serializable(package="wae_tf")
-class PatchConv2D(layers.Layer):
+class PatchConv2D(_StrideTwoLayer):
     """A bias-free stride-2 SAME Conv2D computed as image patches times a matrix.
 
     Same kernel variable [k, k, C_in, C_out] and outputs as `layers.Conv2D`. On CPUs, the
     gradients of convolutions with tiny outputs (4x4 -> 2x2, 1024 channels) run at ~2 GFLOP/s in
     TF's kernels; as one matmul the whole layer is 16x faster (BUILD.md, Performance).
     """
-
-    def __init__(self, filters, kernel_size, **kwargs):
-        super().__init__(**kwargs)
-        self.filters, self.kernel_size = filters, kernel_size
 
     def build(self, input_shape):
         # `_kernel`, as in layers.Conv2D: checkpoints of either layer restore into the other.
@@ -60,9 +67,6 @@ class PatchConv2D(layers.Layer):
         kernel = tf.cast(tf.reshape(self.kernel, [-1, self.filters]), patches.dtype)
         rows = tf.reshape(patches, [-1, patches.shape[-1]])  # [N*out*out, k*k*C_in]
         return tf.reshape(tf.matmul(rows, kernel), [-1, out, out, self.filters])
-
-    def get_config(self):
-        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size}
 
 
 def _phase_taps(k: int):
@@ -116,17 +120,13 @@ def matmul_conv2d_transpose(x, kernel):
 
 
 @keras.saving.register_keras_serializable(package="wae_tf")
-class PhaseConv2DTranspose(layers.Layer):
+class PhaseConv2DTranspose(_StrideTwoLayer):
     """A bias-free stride-2 SAME Conv2DTranspose computed by `matmul_conv2d_transpose`.
 
     Same kernel variable [k, k, C_out, C_in] and outputs as `layers.Conv2DTranspose`. On CPUs,
     TF's transposed conv runs the 7x7x1024 -> 14x14x512 layer at ~18 GFLOP/s forward; as
     matmuls the layer with its gradients is 2.2x faster (BUILD.md, Performance).
     """
-
-    def __init__(self, filters, kernel_size, **kwargs):
-        super().__init__(**kwargs)
-        self.filters, self.kernel_size = filters, kernel_size
 
     def build(self, input_shape):
         self.kernel = self.add_weight(  # `kernel`, as in layers.Conv2DTranspose (Conv2D: `_kernel`)
@@ -135,9 +135,6 @@ class PhaseConv2DTranspose(layers.Layer):
 
     def call(self, x):
         return matmul_conv2d_transpose(x, tf.cast(self.kernel, x.dtype))
-
-    def get_config(self):
-        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size}
 
 
 def use_matmul_conv(config: Config, transpose: bool, in_channels: int, output_size: int) -> bool:

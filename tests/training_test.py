@@ -101,7 +101,9 @@ def test_one_and_two_replicas_compute_the_same_gradients(overrides):
     for name in metrics1:
         assert metrics2[name] == pytest.approx(metrics1[name], rel=1e-4, abs=1e-6), name
     for a, b in zip(grads1, grads2):
-        np.testing.assert_allclose(b, a, rtol=2e-3, atol=1e-5)
+        # One replica normalises with the fused BatchNorm kernel, two with Keras's all-reduced
+        # E[x^2] - E[x]^2: rounding differs by ~1e-5 of the largest gradient entry.
+        np.testing.assert_allclose(b, a, rtol=2e-3, atol=1e-4 * np.abs(a).max() + 1e-7)
 
 
 def test_one_and_two_replicas_take_the_same_steps_with_a_discriminator():

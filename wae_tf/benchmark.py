@@ -77,8 +77,8 @@ def matmul_flops_per_second(size: int, runs: int) -> float:
 
 
 def layer_forward_flops(model) -> Dict[str, int]:
-    """Forward FLOPs per example of each conv (Conv2D, PatchConv2D), transposed conv
-    (Conv2DTranspose, PhaseConv2DTranspose) and Dense layer (2 per MAC).
+    """Forward FLOPs per example of each conv (Conv2D, TunedConv2D), transposed conv
+    (Conv2DTranspose, TunedConv2DTranspose) and Dense layer (2 per MAC).
 
     Conv2D: output positions x k*k*C_in*C_out; Conv2DTranspose: input positions x the same
     (every input pixel scatters a k x k x C_out patch); Dense: C_in*C_out.
@@ -86,13 +86,13 @@ def layer_forward_flops(model) -> Dict[str, int]:
     flops = {}
     for layer in model.layers:
         kind = type(layer).__name__
-        if kind not in ("Conv2D", "PatchConv2D", "Conv2DTranspose", "PhaseConv2DTranspose",
+        if kind not in ("Conv2D", "TunedConv2D", "Conv2DTranspose", "TunedConv2DTranspose",
                         "Dense"):
             continue
         kernel = int(np.prod(layer.kernel.shape))
-        if kind in ("Conv2D", "PatchConv2D"):
+        if kind in ("Conv2D", "TunedConv2D"):
             positions = np.prod(layer.output.shape[1:3])
-        elif kind in ("Conv2DTranspose", "PhaseConv2DTranspose"):
+        elif kind in ("Conv2DTranspose", "TunedConv2DTranspose"):
             positions = np.prod(layer.input.shape[1:3])
         else:
             positions = 1

@@ -1,11 +1,13 @@
 """The paper's encoder, decoder and latent discriminator as named Keras models."""
 
+import dataclasses
 import math
 
 import keras
 import tensorflow as tf
 from keras import layers
 
+from wae_tf import convs
 from wae_tf.config import Config
 
 # Channel counts of the paper's DCGAN-style networks (before --width_divisor).
@@ -19,41 +21,33 @@ def _channels(count: int, config: Config) -> int:
     return max(1, count // config.width_divisor)
 
 
-def same_patches(x, k: int):
-    """The k x k patches [N, ceil(H/2), ceil(W/2), k*k*C] that a stride-2 SAME conv multiplies.
+class _TunedConv(layers.Layer):
+    """A bias-free stride-2 SAME (transposed) conv whose forward and gradients are computed as
+    `plan` says (convs.strided_conv): `filters` outputs, k x k kernel."""
 
-    Padded as tf.nn.conv2d places SAME padding (the extra row and column at the end).
-    """
-    size = x.shape[1]
-    out = -(-size // 2)
-    pad = max((out - 1) * 2 + k - size, 0)
-    x = tf.pad(x, [[0, 0], [pad // 2, pad - pad // 2], [pad // 2, pad - pad // 2], [0, 0]])
-    return tf.image.extract_patches(x, [1, k, k, 1], [1, 2, 2, 1], [1, 1, 1, 1], "VALID")
+    transpose = False
 
-
-class _StrideTwoLayer(layers.Layer):
-    """A bias-free stride-2 SAME (transposed) conv layer: `filters` outputs, k x k kernel."""
-
-    def __init__(self, filters, kernel_size, **kwargs):
+    def __init__(self, filters, kernel_size, plan=None, **kwargs):
         super().__init__(**kwargs)
         self.filters, self.kernel_size = filters, kernel_size
+        self.plan = convs.ConvPlan(**plan) if isinstance(plan, dict) else plan or convs.ALL_MATMUL
+
+    def call(self, x):
+        return convs.strided_conv(x, tf.cast(self.kernel, x.dtype), self.plan, self.transpose)
 
     def get_config(self):
-        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size}
+        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
+                "plan": dataclasses.asdict(self.plan)}
 
 
 @keras.saving.register_keras_serializable(package="wae_tf")
-class PatchConv2D(_StrideTwoLayer):
-    """A bias-free stride-2 SAME Conv2D computed as image patches times a matrix.
-
-    Same kernel variable [k, k, C_in, C_out] and outputs as `layers.Conv2D`. On CPUs, the
-    gradients of convolutions with tiny outputs (4x4 -> 2x2, 1024 channels) run at ~2 GFLOP/s in
-    TF's kernels; as one matmul the whole layer is 16x faster (BUILD.md, Performance).
-    """
+class TunedConv2D(_TunedConv):
+    """layers.Conv2D(filters, k, strides=2, padding="same", use_bias=False), part by part as
+    TF's kernel or matmuls. Same kernel variable [k, k, C_in, C_out], so checkpoints of either
+    layer restore into the other."""
 
     def build(self, input_shape):
-        # `_kernel`, as in layers.Conv2D: checkpoints of either layer restore into the other.
-        self._kernel = self.add_weight(
+        self._kernel = self.add_weight(  # `_kernel`, as in layers.Conv2D
             name="kernel", shape=(self.kernel_size, self.kernel_size, input_shape[-1],
                                   self.filters), initializer="glorot_uniform")
 
@@ -61,104 +55,82 @@ class PatchConv2D(_StrideTwoLayer):
     def kernel(self):
         return self._kernel
 
-    def call(self, x):
-        patches = same_patches(x, self.kernel_size)  # [N, out, out, k*k*C_in]
-        out = patches.shape[1]
-        kernel = tf.cast(tf.reshape(self.kernel, [-1, self.filters]), patches.dtype)
-        rows = tf.reshape(patches, [-1, patches.shape[-1]])  # [N*out*out, k*k*C_in]
-        return tf.reshape(tf.matmul(rows, kernel), [-1, out, out, self.filters])
-
-
-def _phase_taps(k: int):
-    """Per output phase r (0, 1): the (tap t, input offset d) pairs of a stride-2 SAME
-    transposed conv with a k-tap kernel, out[2m + r] = sum x[m - d] * kernel[t].
-
-    It transposes the stride-2 conv whose SAME padding puts (k - 2) // 2 zeros first.
-    """
-    lo = max(k - 2, 0) // 2
-    return [[(t, (t - lo - r) // 2) for t in range(k) if (t - lo - r) % 2 == 0] for r in (0, 1)]
-
-
-def phase_conv2d_transpose(x, kernel):
-    """tf.nn.conv2d_transpose(x, kernel, 2, "SAME") as one matmul per output phase.
-
-    x [N, n, n, C_in], kernel [k, k, C_out, C_in] -> [N, 2n, 2n, C_out]. Each of the four
-    sub-pixel phases (even/odd rows x even/odd columns) of the output is a stride-1 conv of x
-    with its own taps of the kernel: the same FLOPs, as large matmuls (Shi et al. 2016).
-    """
-    n, cout = x.shape[1], kernel.shape[2]
-    taps = _phase_taps(kernel.shape[0])
-    offsets = [d for phase in taps for _, d in phase]
-    lo, hi = max(max(offsets), 0), max(-min(offsets), 0)
-    xp = tf.pad(x, [[0, 0], [lo, hi], [lo, hi], [0, 0]])
-    rows = []
-    for taps_y in taps:
-        row = []
-        for taps_x in taps:
-            views = [xp[:, lo - dy:lo - dy + n, lo - dx:lo - dx + n, :]
-                     for _, dy in taps_y for _, dx in taps_x]
-            weights = tf.concat([kernel[ty, tx] for ty, _ in taps_y for tx, _ in taps_x],
-                                axis=1)  # [C_out, T*C_in]
-            patches = tf.reshape(tf.concat(views, -1), [-1, weights.shape[1]])  # [N*n*n, T*C_in]
-            phase = tf.matmul(patches, weights, transpose_b=True)  # [N*n*n, C_out]
-            row.append(tf.reshape(phase, [-1, n, n, cout]))
-        rows.append(tf.stack(row, axis=3))  # [N, n, n, 2, C_out]
-    return tf.reshape(tf.stack(rows, axis=2), [-1, 2 * n, 2 * n, cout])  # from [N,n,2,n,2,C]
-
-
-@tf.custom_gradient
-def matmul_conv2d_transpose(x, kernel):
-    """phase_conv2d_transpose whose gradients are also matmuls (of the output gradient's
-    stride-2 patches), instead of the autodiff of its slices."""
-    def grad(dy):  # dy [N, 2n, 2n, C_out]
-        k, cout, cin = kernel.shape[0], kernel.shape[2], kernel.shape[3]
-        rows = tf.reshape(same_patches(dy, k), [-1, k * k * cout])  # [N*n*n, k*k*C_out]
-        dx = tf.matmul(rows, tf.reshape(kernel, [-1, cin]))  # the stride-2 conv of dy
-        dkernel = tf.matmul(rows, tf.reshape(x, [-1, cin]), transpose_a=True)
-        return tf.reshape(dx, tf.shape(x)), tf.reshape(dkernel, kernel.shape)
-    return phase_conv2d_transpose(x, kernel), grad
-
 
 @keras.saving.register_keras_serializable(package="wae_tf")
-class PhaseConv2DTranspose(_StrideTwoLayer):
-    """A bias-free stride-2 SAME Conv2DTranspose computed by `matmul_conv2d_transpose`.
+class TunedConv2DTranspose(_TunedConv):
+    """layers.Conv2DTranspose(filters, k, strides=2, padding="same", use_bias=False), part by
+    part as TF's kernel or matmuls; same kernel variable [k, k, C_out, C_in]."""
 
-    Same kernel variable [k, k, C_out, C_in] and outputs as `layers.Conv2DTranspose`. On CPUs,
-    TF's transposed conv runs the 7x7x1024 -> 14x14x512 layer at ~18 GFLOP/s forward; as
-    matmuls the layer with its gradients is 2.2x faster (BUILD.md, Performance).
-    """
+    transpose = True
 
     def build(self, input_shape):
-        self.kernel = self.add_weight(  # `kernel`, as in layers.Conv2DTranspose (Conv2D: `_kernel`)
+        self.kernel = self.add_weight(  # `kernel`, as in layers.Conv2DTranspose
             name="kernel", shape=(self.kernel_size, self.kernel_size, self.filters,
                                   input_shape[-1]), initializer="glorot_uniform")
 
-    def call(self, x):
-        return matmul_conv2d_transpose(x, tf.cast(self.kernel, x.dtype))
+
+@keras.saving.register_keras_serializable(package="wae_tf")
+class BatchNorm(layers.BatchNormalization):
+    """layers.BatchNormalization whose training pass is TF's fused kernel where it can be.
+
+    Keras 3 normalises with ~10 separate elementwise ops (and, synchronised, a full-size tensor
+    of ones to count the batch); FusedBatchNormV3 (oneDNN on CPU, cuDNN on GPU) is one op each
+    way, 2.3x faster with its gradient on [100, 28, 28, 64] (BUILD.md). Used when the statistics
+    are this replica's alone: one replica in sync, or `synchronized=False`; otherwise Keras's
+    all-reduced moments. Same variables, same maths (moving variance biased, as in Keras).
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        ctx = tf.distribute.get_replica_context()
+        local = not self.synchronized or ctx is None or ctx.num_replicas_in_sync == 1
+        if not (training and self.trainable and local and mask is None and not self.renorm
+                and self.axis in (-1, len(inputs.shape) - 1) and len(inputs.shape) == 4):
+            return super().call(inputs, training=training, mask=mask)
+        x = tf.cast(inputs, tf.float32)  # statistics in float32, as Keras does
+        channels = x.shape[-1]
+        gamma = self.gamma if self.scale else tf.ones([channels])
+        beta = self.beta if self.center else tf.zeros([channels])
+        y, mean, unbiased_var, _, _, _ = tf.raw_ops.FusedBatchNormV3(
+            x=x, scale=tf.cast(gamma, tf.float32), offset=tf.cast(beta, tf.float32),
+            mean=tf.zeros([0]), variance=tf.zeros([0]), epsilon=self.epsilon, is_training=True)
+        count = tf.cast(tf.size(x) // channels, tf.float32)
+        variance = unbiased_var * (count - 1.0) / count  # the op returns n/(n-1) x the variance
+        for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
+            moving.assign(moving * self.momentum + tf.stop_gradient(batch) * (1.0 - self.momentum))
+        return tf.cast(y, self.compute_dtype)
 
 
-def use_matmul_conv(config: Config, transpose: bool, in_channels: int, output_size: int) -> bool:
-    """--conv_impl for one stride-2 layer: auto takes the matmul forms on machines without GPU
-    where they measured faster: convs with outputs of at most 4x4 (PatchConv2D) and transposed
-    convs with at least 512 input channels (PhaseConv2DTranspose)."""
-    if config.conv_impl == "auto":
-        if tf.config.list_logical_devices("GPU"):
-            return False
-        return in_channels >= 512 if transpose else output_size <= 4
-    return config.conv_impl == "patches"
+def conv_plan(config: Config, transpose: bool, size: int, in_channels: int,
+              filters: int, kernel_size: int) -> convs.ConvPlan:
+    """--conv_impl for one stride-2 layer with [size, size, in_channels] inputs.
+
+    auto: TF's kernels with a GPU; on CPUs each part timed on this machine (convs.tune), or,
+    with --deterministic (a rerun must compute the same), matmuls only for convs to 2x2 outputs,
+    whose TF kernels were 3.5x to 16x slower on both CPUs measured (BUILD.md).
+    """
+    if config.conv_impl == "native" or (config.conv_impl == "auto"
+                                        and tf.config.list_logical_devices("GPU")):
+        return convs.ALL_NATIVE
+    if config.conv_impl == "patches":
+        fits = transpose or convs.matmul_transpose_fits(size, kernel_size)
+        return convs.ConvPlan(convs.MATMUL, convs.MATMUL if fits else convs.NATIVE, convs.MATMUL)
+    if config.deterministic:
+        return convs.ALL_NATIVE if transpose or -(-size // 2) > 2 else convs.ALL_MATMUL
+    return convs.tune(transpose, config.batch_size, size, in_channels, filters, kernel_size,
+                      keras.config.dtype_policy().compute_dtype)
 
 
 def _conv_block(x, filters, kernel, strides, config, transpose, name):
-    # No bias: the BatchNorm that follows removes it (its gradient is float noise).
-    output_size = x.shape[1] * strides if transpose else -(-x.shape[1] // strides)
-    if use_matmul_conv(config, transpose, x.shape[-1], output_size):
-        matmul_layer = PhaseConv2DTranspose if transpose else PatchConv2D
-        x = matmul_layer(filters, kernel, name=f"{name}_conv")(x)
+    # No bias: the BatchNorm that follows removes it (its gradient would be float noise).
+    plan = conv_plan(config, transpose, x.shape[1], x.shape[-1], filters, kernel)
+    if not plan.all_native:
+        tuned_layer = TunedConv2DTranspose if transpose else TunedConv2D
+        x = tuned_layer(filters, kernel, plan, name=f"{name}_conv")(x)
     else:
         conv = layers.Conv2DTranspose if transpose else layers.Conv2D
         x = conv(filters, kernel, strides=strides, padding="same", use_bias=False,
                  name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(synchronized=config.sync_batchnorm, name=f"{name}_bn")(x)
+    x = BatchNorm(synchronized=config.sync_batchnorm, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 

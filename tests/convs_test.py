@@ -1,0 +1,101 @@
+"""Stride-2 convs part by part as TF's kernels or matmuls, and the timing that picks them."""
+
+import itertools
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from wae_tf import convs
+
+PLANS = [convs.ConvPlan(*parts) for parts in itertools.product(
+    (convs.NATIVE, convs.MATMUL), repeat=3)]
+
+
+def _outputs_and_gradients(layer_fn, x, kernel):
+    with tf.GradientTape() as tape:
+        tape.watch([x, kernel])
+        y = layer_fn(x, kernel)
+        loss = tf.reduce_sum(tf.sin(y) * y)  # a non-linear loss: dy varies per pixel
+    return [y, *tape.gradient(loss, [x, kernel])]
+
+
+def _assert_all_close(got, expected):
+    for g, e in zip(got, expected):
+        assert g.shape == e.shape
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("plan", PLANS, ids=str)
+@pytest.mark.parametrize("size,k", [(4, 4), (7, 4), (8, 5), (1, 4)])
+def test_conv_equals_tf_conv2d(plan, size, k):
+    """Output, input gradient and kernel gradient of every plan equal tf.nn.conv2d's."""
+    x = tf.random.stateless_normal([3, size, size, 5], seed=[1, 2])
+    kernel = tf.random.stateless_normal([k, k, 5, 6], seed=[3, 4])
+    expected = _outputs_and_gradients(lambda x, w: tf.nn.conv2d(x, w, 2, "SAME"), x, kernel)
+    got = _outputs_and_gradients(lambda x, w: convs.strided_conv(x, w, plan, False), x, kernel)
+    assert got[0].shape == (3, -(-size // 2), -(-size // 2), 6)
+    _assert_all_close(got, expected)
+
+
+@pytest.mark.parametrize("plan", PLANS, ids=str)
+@pytest.mark.parametrize("size,k", [(1, 4), (4, 4), (7, 4), (4, 5), (3, 3)])
+def test_conv_transpose_equals_tf_conv2d_transpose(plan, size, k):
+    x = tf.random.stateless_normal([3, size, size, 5], seed=[5, 6])
+    kernel = tf.random.stateless_normal([k, k, 6, 5], seed=[7, 8])
+    native = lambda x, w: tf.nn.conv2d_transpose(  # noqa: E731
+        x, w, [3, 2 * size, 2 * size, 6], 2, "SAME")
+    expected = _outputs_and_gradients(native, x, kernel)
+    got = _outputs_and_gradients(lambda x, w: convs.strided_conv(x, w, plan, True), x, kernel)
+    assert got[0].shape == (3, 2 * size, 2 * size, 6)
+    _assert_all_close(got, expected)
+
+
+def test_no_matmul_input_gradient_for_odd_sizes_with_odd_kernels():
+    """SAME pads 7 -> 4 with a 5-tap kernel differently from 8 -> 4: the cropped phase form
+    would be wrong there, so it is refused (and never offered by tune)."""
+    assert convs.matmul_transpose_fits(8, 5) and convs.matmul_transpose_fits(7, 4)
+    assert not convs.matmul_transpose_fits(7, 5)
+    with pytest.raises(ValueError, match="odd size 7"):
+        convs.conv2d_transpose(tf.zeros([1, 4, 4, 2]), tf.zeros([5, 5, 3, 2]), 7, convs.MATMUL)
+
+
+def test_tune_picks_the_faster_form_of_each_part(monkeypatch):
+    """With timings where only the kernel gradient is faster as a matmul, the plan says so;
+    the plan is cached per shape, and small layers are not timed."""
+    monkeypatch.setattr(convs, "_PLANS", {})
+    labels = {}  # tf.function -> (part, impl)
+    original = convs._part_candidates
+
+    def labelled_candidates(*args):
+        parts = original(*args)
+        for part, impls in parts.items():
+            for impl, (fn, _) in impls.items():
+                labels[fn] = (part, impl)
+        return parts
+
+    def fake_seconds(fn, *args):
+        part, impl = labels[fn]
+        return 0.5 if (part == "kernel_grad") == (impl == convs.MATMUL) else 1.0
+
+    monkeypatch.setattr(convs, "_part_candidates", labelled_candidates)
+    monkeypatch.setattr(convs, "_seconds", fake_seconds)
+    # 2 * 4 * 8*8 * 4*4 * 64*128 = 67 MFLOP: above MIN_TUNED_FLOPS.
+    plan = convs.tune(True, 4, 8, 64, 128, 4)
+    assert plan == convs.ConvPlan(convs.NATIVE, convs.NATIVE, convs.MATMUL)
+    assert len(labels) == 6  # 3 parts x 2 forms
+    labels.clear()
+    assert convs.tune(True, 4, 8, 64, 128, 4) is plan and not labels  # cached, not re-timed
+    assert convs.tune(True, 4, 2, 8, 8, 4) == convs.ALL_NATIVE and not labels  # too small
+
+
+def test_tune_times_real_layers():
+    """An un-mocked tune of a mid-sized conv (2 * 16 * 4*4 * 4*4 * 64*128 = 67 MFLOP) returns a
+    plan of valid forms, and the conv computed by that plan is tf.nn.conv2d."""
+    plan = convs.tune(False, 16, 8, 64, 128, 4)
+    assert set(vars(plan).values()) <= {convs.NATIVE, convs.MATMUL}
+    x = tf.random.stateless_normal([2, 8, 8, 64], seed=[1, 1])
+    kernel = tf.random.stateless_normal([4, 4, 64, 128], seed=[2, 2]) * 0.03  # ~1/sqrt(fan-in)
+    _assert_all_close(
+        _outputs_and_gradients(lambda x, w: convs.strided_conv(x, w, plan, False), x, kernel),
+        _outputs_and_gradients(lambda x, w: tf.nn.conv2d(x, w, 2, "SAME"), x, kernel))

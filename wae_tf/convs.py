@@ -1,0 +1,243 @@
+"""Stride-2 SAME convs and transposed convs with each part (forward, input gradient, kernel
+gradient) as TF's kernel or as matmuls, and the on-machine timing that picks one per part.
+
+Why: on CPUs, TF's (oneDNN's) kernels have shape-dependent cliffs that differ between machines:
+the 4x4x512 -> 2x2x1024 conv runs at 29-56 GFLOP/s where a matmul runs at 210 on an AVX-512
+EPYC, and on an AVX2 one the 7x7x1024 transposed conv ran at 18 GFLOP/s. Timing both forms on
+the layer's own shapes, as cuDNN's autotuner does on GPUs, picks the fast one wherever it runs.
+Both forms use the same kernel variable, so checkpoints do not depend on the choice.
+"""
+
+import dataclasses
+import time
+from typing import Dict, Tuple
+
+import tensorflow as tf
+from absl import logging
+
+NATIVE, MATMUL = "native", "matmul"
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvPlan:
+    """How each part of one layer is computed: NATIVE (TF's kernel) or MATMUL."""
+    forward: str = NATIVE
+    input_grad: str = NATIVE
+    kernel_grad: str = NATIVE
+
+    @property
+    def all_native(self) -> bool:
+        return self == ALL_NATIVE
+
+    def __str__(self):
+        return " ".join(f"{k}={v}" for k, v in dataclasses.asdict(self).items())
+
+
+ALL_NATIVE = ConvPlan()
+ALL_MATMUL = ConvPlan(MATMUL, MATMUL, MATMUL)
+
+
+# ----------------------------------------------------------------------------- matmul forms
+
+
+def same_patches(x, k: int):
+    """The k x k patches [N, ceil(n/2), ceil(n/2), k*k*C] that a stride-2 SAME conv multiplies.
+
+    Padded as tf.nn.conv2d places SAME padding (the extra row and column at the end).
+    """
+    size = x.shape[1]
+    out = -(-size // 2)
+    pad = max((out - 1) * 2 + k - size, 0)
+    x = tf.pad(x, [[0, 0], [pad // 2, pad - pad // 2], [pad // 2, pad - pad // 2], [0, 0]])
+    return tf.image.extract_patches(x, [1, k, k, 1], [1, 2, 2, 1], [1, 1, 1, 1], "VALID")
+
+
+def _phase_taps(k: int):
+    """Per output phase r (0, 1): the (tap t, input offset d) pairs of a stride-2 SAME
+    transposed conv with a k-tap kernel, out[2m + r] = sum x[m - d] * kernel[t].
+
+    It transposes the stride-2 conv whose SAME padding puts (k - 2) // 2 zeros first.
+    """
+    lo = max(k - 2, 0) // 2
+    return [[(t, (t - lo - r) // 2) for t in range(k) if (t - lo - r) % 2 == 0] for r in (0, 1)]
+
+
+def phase_conv2d_transpose(x, kernel):
+    """tf.nn.conv2d_transpose(x, kernel, 2, "SAME") as one matmul per output phase.
+
+    x [N, n, n, C_in], kernel [k, k, C_out, C_in] -> [N, 2n, 2n, C_out]. Each of the four
+    sub-pixel phases (even/odd rows x even/odd columns) of the output is a stride-1 conv of x
+    with its own taps of the kernel: the same FLOPs, as large matmuls (Shi et al. 2016).
+    """
+    n, cout = x.shape[1], kernel.shape[2]
+    taps = _phase_taps(kernel.shape[0])
+    offsets = [d for phase in taps for _, d in phase]
+    lo, hi = max(max(offsets), 0), max(-min(offsets), 0)
+    xp = tf.pad(x, [[0, 0], [lo, hi], [lo, hi], [0, 0]])
+    rows = []
+    for taps_y in taps:
+        row = []
+        for taps_x in taps:
+            views = [xp[:, lo - dy:lo - dy + n, lo - dx:lo - dx + n, :]
+                     for _, dy in taps_y for _, dx in taps_x]
+            weights = tf.concat([kernel[ty, tx] for ty, _ in taps_y for tx, _ in taps_x],
+                                axis=1)  # [C_out, T*C_in]
+            patches = tf.reshape(tf.concat(views, -1), [-1, weights.shape[1]])  # [N*n*n, T*C_in]
+            phase = tf.matmul(patches, weights, transpose_b=True)  # [N*n*n, C_out]
+            row.append(tf.reshape(phase, [-1, n, n, cout]))
+        rows.append(tf.stack(row, axis=3))  # [N, n, n, 2, C_out]
+    return tf.reshape(tf.stack(rows, axis=2), [-1, 2 * n, 2 * n, cout])  # from [N,n,2,n,2,C]
+
+
+def matmul_transpose_fits(size: int, k: int) -> bool:
+    """Whether the 2n-sized phase form, cropped to `size`, is the transposed conv to `size`:
+    always for even sizes; for odd ones SAME puts the same padding first only if k is even."""
+    return size % 2 == 0 or k % 2 == 0
+
+
+# ----------------------------------------------------------------------------- the three ops
+
+
+def conv2d(x, kernel, impl: str):
+    """Stride-2 SAME conv: x [N, n, n, C_in], kernel [k, k, C_in, C_out] -> [N, o, o, C_out],
+    o = ceil(n / 2); MATMUL: patches [N*o*o, k*k*C_in] x kernel [k*k*C_in, C_out]."""
+    if impl == NATIVE:
+        return tf.nn.conv2d(x, kernel, 2, "SAME")
+    k, cout = kernel.shape[0], kernel.shape[3]
+    patches = same_patches(x, k)  # [N, o, o, k*k*C_in]
+    out = patches.shape[1]
+    rows = tf.reshape(patches, [-1, patches.shape[-1]])
+    return tf.reshape(tf.matmul(rows, tf.reshape(kernel, [-1, cout])), [-1, out, out, cout])
+
+
+def conv2d_transpose(x, kernel, size: int, impl: str):
+    """The adjoint of conv2d: x [N, o, o, C_in], kernel [k, k, C_out, C_in] -> [N, size, size,
+    C_out] with size in (2o - 1, 2o); MATMUL: the phase form, cropped for odd sizes."""
+    if impl == NATIVE:
+        shape = tf.stack([tf.shape(x)[0], size, size, kernel.shape[2]])
+        return tf.nn.conv2d_transpose(x, kernel, shape, 2, "SAME")
+    if not matmul_transpose_fits(size, kernel.shape[0]):
+        raise ValueError(f"No matmul form of a transposed conv to odd size {size} with an odd "
+                         f"kernel ({kernel.shape[0]}); use the native one.")
+    return phase_conv2d_transpose(x, kernel)[:, :size, :size, :]
+
+
+def conv2d_kernel_grad(x, dy, k: int, impl: str):
+    """Gradient of conv2d's kernel: x [N, n, n, C_in], dy [N, o, o, C_out] -> [k, k, C_in,
+    C_out]; MATMUL: patches(x) transposed x dy, [k*k*C_in, N*o*o] x [N*o*o, C_out]."""
+    cin, cout = x.shape[-1], dy.shape[-1]
+    if impl == NATIVE:
+        return tf.raw_ops.Conv2DBackpropFilter(
+            input=x, filter_sizes=tf.constant([k, k, cin, cout]), out_backprop=dy,
+            strides=[1, 2, 2, 1], padding="SAME")
+    rows = tf.reshape(same_patches(x, k), [-1, k * k * cin])
+    grad = tf.matmul(rows, tf.reshape(dy, [-1, cout]), transpose_a=True)
+    return tf.reshape(grad, [k, k, cin, cout])
+
+
+def strided_conv(x, kernel, plan: ConvPlan, transpose: bool):
+    """A stride-2 SAME conv (kernel [k, k, C_in, C_out]) or transposed conv (kernel [k, k,
+    C_out, C_in], output 2n) of x [N, n, n, C_in], each part computed as `plan` says.
+
+    A transposed conv is the adjoint of a conv: its forward is a conv's input gradient, its
+    input gradient a conv's forward, its kernel gradient a conv's with the roles swapped.
+    """
+    size, k = x.shape[1], kernel.shape[0]
+
+    @tf.custom_gradient
+    def run(x, kernel):
+        if transpose:
+            y = conv2d_transpose(x, kernel, 2 * size, plan.forward)
+        else:
+            y = conv2d(x, kernel, plan.forward)
+
+        def grad(dy):
+            if transpose:
+                return (conv2d(dy, kernel, plan.input_grad),
+                        conv2d_kernel_grad(dy, x, k, plan.kernel_grad))
+            return (conv2d_transpose(dy, kernel, size, plan.input_grad),
+                    conv2d_kernel_grad(x, dy, k, plan.kernel_grad))
+        return y, grad
+    return run(x, kernel)
+
+
+# ----------------------------------------------------------------------------- tuning
+
+# Layers with fewer forward FLOPs per batch than this keep TF's kernels untimed: timing them
+# costs more than it could save (and keeps tiny test networks free of timing).
+MIN_TUNED_FLOPS = 50e6
+_PLANS: Dict[Tuple, ConvPlan] = {}
+
+
+def _seconds(fn, *args, runs: int = 3, budget: float = 1.0) -> float:
+    """Fastest of `runs` timed calls of a tf.function (after a warm-up call), fewer (at least
+    one) if they exceed `budget` seconds: the minimum is the least disturbed by other work."""
+    fn(*args).numpy()
+    best, spent = float("inf"), 0.0
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn(*args).numpy()
+        elapsed = time.perf_counter() - start
+        best, spent = min(best, elapsed), spent + elapsed
+        if spent > budget:
+            break
+    return best
+
+
+def _part_candidates(transpose: bool, batch: int, size: int, cin: int, cout: int, k: int,
+                     dtype):
+    """{part: {impl: (tf.function, args)}} for one layer; each function returns a corner of
+    its result (the whole result is computed; fetching it all would add a copy)."""
+    out = 2 * size if transpose else -(-size // 2)
+    normal = lambda shape, seed: tf.cast(  # noqa: E731
+        tf.random.stateless_normal(shape, seed=[seed, 0]), dtype)
+    x, dy = normal([batch, size, size, cin], 1), normal([batch, out, out, cout], 2)
+    kernel = normal([k, k, cout, cin] if transpose else [k, k, cin, cout], 3)
+    corner = lambda t: t[:1, :1, :1, :1]  # noqa: E731
+    parts = {}
+    for impl in (NATIVE, MATMUL):
+        if transpose:
+            fns = dict(forward=lambda x, w, dy, i=impl: corner(conv2d_transpose(x, w, out, i)),
+                       input_grad=lambda x, w, dy, i=impl: corner(conv2d(dy, w, i)),
+                       kernel_grad=lambda x, w, dy, i=impl: corner(
+                           conv2d_kernel_grad(dy, x, k, i)))
+        else:
+            fns = dict(forward=lambda x, w, dy, i=impl: corner(conv2d(x, w, i)),
+                       input_grad=lambda x, w, dy, i=impl: corner(
+                           conv2d_transpose(dy, w, size, i)),
+                       kernel_grad=lambda x, w, dy, i=impl: corner(
+                           conv2d_kernel_grad(x, dy, k, i)))
+        if impl == MATMUL and not transpose and not matmul_transpose_fits(size, k):
+            del fns["input_grad"]
+        for part, fn in fns.items():
+            parts.setdefault(part, {})[impl] = (tf.function(fn, autograph=False), (x, kernel, dy))
+    return parts
+
+
+def tune(transpose: bool, batch: int, size: int, cin: int, cout: int, k: int,
+         dtype=tf.float32) -> ConvPlan:
+    """The faster form of each part of one stride-2 layer on this machine, timed on its own
+    shapes (input [batch, size, size, cin], cout filters, k x k kernel); cached per process.
+
+    Layers under MIN_TUNED_FLOPS, and calls that cannot run ops eagerly (inside a graph), get
+    TF's kernels.
+    """
+    out = 2 * size if transpose else -(-size // 2)
+    flops = 2.0 * batch * (size if transpose else out) ** 2 * k * k * cin * cout
+    if flops < MIN_TUNED_FLOPS or not tf.executing_eagerly():
+        return ALL_NATIVE
+    key = (transpose, batch, size, cin, cout, k, tf.as_dtype(dtype).name)
+    if key not in _PLANS:
+        start = time.perf_counter()
+        choice, seconds = {}, {}
+        for part, impls in _part_candidates(transpose, batch, size, cin, cout, k,
+                                            dtype).items():
+            seconds[part] = {impl: _seconds(fn, *args) for impl, (fn, args) in impls.items()}
+            choice[part] = min(seconds[part], key=seconds[part].get)
+        _PLANS[key] = ConvPlan(**choice)
+        timings = "; ".join(f"{part} " + " ".join(f"{impl} {1e3 * s:.1f} ms" for impl, s in
+                                                    t.items()) for part, t in seconds.items())
+        logging.info("%s %dx%dx%d -> %d (k=%d, batch %d): %s [%s; tuned in %.1f s]",
+                     "conv_transpose" if transpose else "conv", size, size, cin, cout, k,
+                     batch, _PLANS[key], timings, time.perf_counter() - start)
+    return _PLANS[key]

@@ -51,6 +51,18 @@ def test_conv_transpose_equals_tf_conv2d_transpose(plan, size, k):
     _assert_all_close(got, expected)
 
 
+@pytest.mark.parametrize("plan", [convs.ALL_NATIVE, convs.ConvPlan(convs.MATMUL)], ids=str)
+@pytest.mark.parametrize("size,k,cout", [(7, 4, 1), (6, 5, 3), (5, 3, 2)])
+def test_stride_one_conv_transpose_equals_tf(plan, size, k, cout):
+    """The decoder's output layer: the shifted-sums forward equals TF's transposed conv."""
+    x = tf.random.stateless_normal([3, size, size, 5], seed=[9, 9])
+    kernel = tf.random.stateless_normal([k, k, cout, 5], seed=[9, 8]) * 0.2  # y of order 1
+    native = lambda x, w: tf.nn.conv2d_transpose(  # noqa: E731
+        x, w, [3, size, size, cout], 1, "SAME")
+    got = _outputs_and_gradients(lambda x, w: convs.strided_conv(x, w, plan, True, 1), x, kernel)
+    _assert_all_close(got, _outputs_and_gradients(native, x, kernel))
+
+
 def test_no_matmul_input_gradient_for_odd_sizes_with_odd_kernels():
     """SAME pads 7 -> 4 with a 5-tap kernel differently from 8 -> 4: the cropped phase form
     would be wrong there, so it is refused (and never offered by tune)."""
@@ -81,18 +93,24 @@ def test_tune_picks_the_faster_form_of_each_part(monkeypatch):
     monkeypatch.setattr(convs, "_part_candidates", labelled_candidates)
     monkeypatch.setattr(convs, "_seconds", fake_seconds)
     # 2 * 4 * 8*8 * 4*4 * 64*128 = 67 MFLOP: above MIN_TUNED_FLOPS.
-    plan = convs.tune(True, 4, 8, 64, 128, 4)
+    shape = convs.LayerShape(True, 4, 8, 64, 128, 4)
+    plan = convs.tune(shape)
     assert plan == convs.ConvPlan(convs.NATIVE, convs.NATIVE, convs.MATMUL)
     assert len(labels) == 6  # 3 parts x 2 forms
     labels.clear()
-    assert convs.tune(True, 4, 8, 64, 128, 4) is plan and not labels  # cached, not re-timed
-    assert convs.tune(True, 4, 2, 8, 8, 4) == convs.ALL_NATIVE and not labels  # too small
+    assert convs.tune(shape) is plan and not labels  # cached, not re-timed
+    small = convs.LayerShape(True, 4, 2, 8, 8, 4)
+    assert convs.tune(small) == convs.ALL_NATIVE and not labels  # too small to time
+    # Stride 1 (the decoder's output layer): only the forward has a matmul form to time.
+    plan = convs.tune(convs.LayerShape(True, 100, 28, 64, 1, 4, stride=1))
+    assert plan == convs.ALL_NATIVE and sorted(labels.values()) == [
+        ("forward", convs.MATMUL), ("forward", convs.NATIVE)]
 
 
 def test_tune_times_real_layers():
     """An un-mocked tune of a mid-sized conv (2 * 16 * 4*4 * 4*4 * 64*128 = 67 MFLOP) returns a
     plan of valid forms, and the conv computed by that plan is tf.nn.conv2d."""
-    plan = convs.tune(False, 16, 8, 64, 128, 4)
+    plan = convs.tune(convs.LayerShape(False, 16, 8, 64, 128, 4))
     assert set(vars(plan).values()) <= {convs.NATIVE, convs.MATMUL}
     x = tf.random.stateless_normal([2, 8, 8, 64], seed=[1, 1])
     kernel = tf.random.stateless_normal([4, 4, 64, 128], seed=[2, 2]) * 0.03  # ~1/sqrt(fan-in)

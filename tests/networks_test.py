@@ -78,7 +78,8 @@ def test_decoder_conv_impls_share_checkpoints(tmp_path):
     config = tiny_config(conv_impl="native", width_divisor=2)
     native = networks.make_decoder(config, (28, 28, 1))
     patches = networks.make_decoder(dataclasses.replace(config, conv_impl="patches"), (28, 28, 1))
-    assert _conv_layer_types(patches) == ["TunedConv2DTranspose"] * 2 + ["Conv2DTranspose"]
+    # Stride 2 and the stride-1 output layer (its forward as shifted sums).
+    assert _conv_layer_types(patches) == ["TunedConv2DTranspose"] * 3
     path = tf.train.Checkpoint(decoder=native).write(str(tmp_path / "ckpt"))
     tf.train.Checkpoint(decoder=patches).read(path).assert_existing_objects_matched()
     z = tf.random.stateless_normal([2, config.z_dim], seed=[5, 6])
@@ -88,9 +89,10 @@ def test_decoder_conv_impls_share_checkpoints(tmp_path):
 def test_deterministic_auto_uses_matmuls_only_for_convs_to_2x2():
     """--deterministic must not time (a rerun could choose differently): a fixed rule."""
     config = tiny_config(conv_impl="auto", deterministic=True, width_divisor=1)
-    plans = [networks.conv_plan(config, False, size, 8, 8, 4) for size in (28, 14, 7, 4)]
+    plans = [networks.conv_plan(config, convs.LayerShape(False, 1, size, 8, 8, 4))
+             for size in (28, 14, 7, 4)]
     assert plans == [convs.ALL_NATIVE] * 3 + [convs.ALL_MATMUL]
-    assert networks.conv_plan(config, True, 7, 8, 8, 4) == convs.ALL_NATIVE
+    assert networks.conv_plan(config, convs.LayerShape(True, 1, 7, 8, 8, 4)) == convs.ALL_NATIVE
 
 
 def test_auto_leaves_tiny_layers_native():

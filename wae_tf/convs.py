@@ -16,6 +16,7 @@ import tensorflow as tf
 from absl import logging
 
 NATIVE, MATMUL = "native", "matmul"
+PARTS = ("forward", "input_grad", "kernel_grad")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +36,11 @@ class ConvPlan:
 
 ALL_NATIVE = ConvPlan()
 ALL_MATMUL = ConvPlan(MATMUL, MATMUL, MATMUL)
+
+
+def matmul_plan(shape: "LayerShape") -> ConvPlan:
+    """Every part that has a matmul form as a matmul (--conv_impl=patches)."""
+    return ConvPlan(*(MATMUL if shape.has_matmul(part) else NATIVE for part in PARTS))
 
 
 # ----------------------------------------------------------------------------- matmul forms
@@ -89,6 +95,25 @@ def phase_conv2d_transpose(x, kernel):
     return tf.reshape(tf.stack(rows, axis=2), [-1, 2 * n, 2 * n, cout])  # from [N,n,2,n,2,C]
 
 
+def shift_sum_conv2d_transpose(x, kernel):
+    """tf.nn.conv2d_transpose(x, kernel, 1, "SAME") as one matmul and k*k shifted sums.
+
+    x [N, h, w, C_in], kernel [k, k, C_out, C_in] -> [N, h, w, C_out]. Every input pixel times
+    every tap at once ([N*h*w, C_in] x [C_in, k*k*C_out]), then each tap's plane is added at
+    its offset: for the decoder's last layer (C_out 1 or 3) TF's kernel is 4-5x slower here.
+    """
+    k, cout, cin = kernel.shape[0], kernel.shape[2], kernel.shape[3]
+    h, w = x.shape[1], x.shape[2]
+    weights = tf.reshape(tf.transpose(kernel, [3, 0, 1, 2]), [cin, k * k * cout])
+    taps = tf.reshape(tf.matmul(tf.reshape(x, [-1, cin]), weights), [-1, h, w, k * k * cout])
+    before = (k - 1) // 2  # SAME: the stride-1 conv pads (k-1)//2 first
+    taps = tf.pad(taps, [[0, 0], [k - 1 - before, before], [k - 1 - before, before], [0, 0]])
+    planes = [taps[:, k - 1 - ty:k - 1 - ty + h, k - 1 - tx:k - 1 - tx + w,
+                   (ty * k + tx) * cout:(ty * k + tx + 1) * cout]
+              for ty in range(k) for tx in range(k)]
+    return tf.add_n(planes)
+
+
 def matmul_transpose_fits(size: int, k: int) -> bool:
     """Whether the 2n-sized phase form, cropped to `size`, is the transposed conv to `size`:
     always for even sizes; for odd ones SAME puts the same padding first only if k is even."""
@@ -98,11 +123,12 @@ def matmul_transpose_fits(size: int, k: int) -> bool:
 # ----------------------------------------------------------------------------- the three ops
 
 
-def conv2d(x, kernel, impl: str):
-    """Stride-2 SAME conv: x [N, n, n, C_in], kernel [k, k, C_in, C_out] -> [N, o, o, C_out],
-    o = ceil(n / 2); MATMUL: patches [N*o*o, k*k*C_in] x kernel [k*k*C_in, C_out]."""
+def conv2d(x, kernel, impl: str, stride: int = 2):
+    """SAME conv: x [N, n, n, C_in], kernel [k, k, C_in, C_out] -> [N, o, o, C_out],
+    o = ceil(n / stride); MATMUL (stride 2): patches [N*o*o, k*k*C_in] x [k*k*C_in, C_out]."""
     if impl == NATIVE:
-        return tf.nn.conv2d(x, kernel, 2, "SAME")
+        return tf.nn.conv2d(x, kernel, stride, "SAME")
+    _require_stride_two(stride)
     k, cout = kernel.shape[0], kernel.shape[3]
     patches = same_patches(x, k)  # [N, o, o, k*k*C_in]
     out = patches.shape[1]
@@ -110,54 +136,104 @@ def conv2d(x, kernel, impl: str):
     return tf.reshape(tf.matmul(rows, tf.reshape(kernel, [-1, cout])), [-1, out, out, cout])
 
 
-def conv2d_transpose(x, kernel, size: int, impl: str):
+def conv2d_transpose(x, kernel, size: int, impl: str, stride: int = 2):
     """The adjoint of conv2d: x [N, o, o, C_in], kernel [k, k, C_out, C_in] -> [N, size, size,
-    C_out] with size in (2o - 1, 2o); MATMUL: the phase form, cropped for odd sizes."""
+    C_out] (stride 2: size is 2o - 1 or 2o). MATMUL: the phase form, cropped for odd sizes;
+    with stride 1, the shifted sums."""
     if impl == NATIVE:
         shape = tf.stack([tf.shape(x)[0], size, size, kernel.shape[2]])
-        return tf.nn.conv2d_transpose(x, kernel, shape, 2, "SAME")
+        return tf.nn.conv2d_transpose(x, kernel, shape, stride, "SAME")
+    if stride == 1:
+        return shift_sum_conv2d_transpose(x, kernel)
     if not matmul_transpose_fits(size, kernel.shape[0]):
         raise ValueError(f"No matmul form of a transposed conv to odd size {size} with an odd "
                          f"kernel ({kernel.shape[0]}); use the native one.")
     return phase_conv2d_transpose(x, kernel)[:, :size, :size, :]
 
 
-def conv2d_kernel_grad(x, dy, k: int, impl: str):
+def conv2d_kernel_grad(x, dy, k: int, impl: str, stride: int = 2):
     """Gradient of conv2d's kernel: x [N, n, n, C_in], dy [N, o, o, C_out] -> [k, k, C_in,
-    C_out]; MATMUL: patches(x) transposed x dy, [k*k*C_in, N*o*o] x [N*o*o, C_out]."""
+    C_out]; MATMUL (stride 2): patches(x) transposed x dy, [k*k*C_in, N*o*o] x [N*o*o, C_out]."""
     cin, cout = x.shape[-1], dy.shape[-1]
     if impl == NATIVE:
         return tf.raw_ops.Conv2DBackpropFilter(
             input=x, filter_sizes=tf.constant([k, k, cin, cout]), out_backprop=dy,
-            strides=[1, 2, 2, 1], padding="SAME")
+            strides=[1, stride, stride, 1], padding="SAME")
+    _require_stride_two(stride)
     rows = tf.reshape(same_patches(x, k), [-1, k * k * cin])
     grad = tf.matmul(rows, tf.reshape(dy, [-1, cout]), transpose_a=True)
     return tf.reshape(grad, [k, k, cin, cout])
 
 
-def strided_conv(x, kernel, plan: ConvPlan, transpose: bool):
-    """A stride-2 SAME conv (kernel [k, k, C_in, C_out]) or transposed conv (kernel [k, k,
-    C_out, C_in], output 2n) of x [N, n, n, C_in], each part computed as `plan` says.
+def _require_stride_two(stride: int):
+    if stride != 2:
+        raise ValueError(f"The matmul forms of convs and kernel gradients are stride 2; got "
+                         f"stride {stride}: use the native one.")
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerShape:
+    """One SAME conv or transposed conv layer: input [batch, size, size, cin], cout filters,
+    k x k kernel, stride 1 or 2."""
+    transpose: bool
+    batch: int
+    size: int
+    cin: int
+    cout: int
+    k: int
+    stride: int = 2
+
+    @property
+    def out(self) -> int:
+        return self.size * self.stride if self.transpose else -(-self.size // self.stride)
+
+    @property
+    def kernel_shape(self):
+        return [self.k, self.k] + ([self.cout, self.cin] if self.transpose else
+                                   [self.cin, self.cout])
+
+    @property
+    def forward_flops(self) -> float:
+        positions = (self.size if self.transpose else self.out) ** 2
+        return 2.0 * self.batch * positions * self.k * self.k * self.cin * self.cout
+
+    def has_matmul(self, part: str) -> bool:
+        """Whether `part` has a matmul form: every part at stride 2 (but a conv's input
+        gradient to an odd size with an odd kernel); at stride 1 a transposed conv's forward."""
+        if self.stride == 1:
+            return self.transpose and part == "forward"
+        return self.transpose or part != "input_grad" or matmul_transpose_fits(self.size, self.k)
+
+
+def layer_part(shape: LayerShape, part: str, impl: str, x, kernel, dy):
+    """One part of the layer: `forward` of x, `input_grad` / `kernel_grad` of dy.
 
     A transposed conv is the adjoint of a conv: its forward is a conv's input gradient, its
     input gradient a conv's forward, its kernel gradient a conv's with the roles swapped.
     """
-    size, k = x.shape[1], kernel.shape[0]
+    s = shape
+    if part == "forward":
+        return (conv2d_transpose(x, kernel, s.out, impl, s.stride) if s.transpose
+                else conv2d(x, kernel, impl, s.stride))
+    if part == "input_grad":
+        return (conv2d(dy, kernel, impl, s.stride) if s.transpose
+                else conv2d_transpose(dy, kernel, s.size, impl, s.stride))
+    return (conv2d_kernel_grad(dy, x, s.k, impl, s.stride) if s.transpose
+            else conv2d_kernel_grad(x, dy, s.k, impl, s.stride))
+
+
+def strided_conv(x, kernel, plan: ConvPlan, transpose: bool, stride: int = 2):
+    """A SAME conv (kernel [k, k, C_in, C_out]) or transposed conv (kernel [k, k, C_out, C_in],
+    output stride * n) of x [N, n, n, C_in], each part computed as `plan` says."""
+    cout = kernel.shape[2] if transpose else kernel.shape[3]
+    shape = LayerShape(transpose, -1, x.shape[1], x.shape[-1], cout, kernel.shape[0], stride)
 
     @tf.custom_gradient
     def run(x, kernel):
-        if transpose:
-            y = conv2d_transpose(x, kernel, 2 * size, plan.forward)
-        else:
-            y = conv2d(x, kernel, plan.forward)
-
         def grad(dy):
-            if transpose:
-                return (conv2d(dy, kernel, plan.input_grad),
-                        conv2d_kernel_grad(dy, x, k, plan.kernel_grad))
-            return (conv2d_transpose(dy, kernel, size, plan.input_grad),
-                    conv2d_kernel_grad(x, dy, k, plan.kernel_grad))
-        return y, grad
+            return (layer_part(shape, "input_grad", plan.input_grad, x, kernel, dy),
+                    layer_part(shape, "kernel_grad", plan.kernel_grad, x, kernel, dy))
+        return layer_part(shape, "forward", plan.forward, x, kernel, None), grad
     return run(x, kernel)
 
 
@@ -184,60 +260,46 @@ def _seconds(fn, *args, runs: int = 3, budget: float = 1.0) -> float:
     return best
 
 
-def _part_candidates(transpose: bool, batch: int, size: int, cin: int, cout: int, k: int,
-                     dtype):
+def _part_candidates(shape: LayerShape, dtype):
     """{part: {impl: (tf.function, args)}} for one layer; each function returns a corner of
     its result (the whole result is computed; fetching it all would add a copy)."""
-    out = 2 * size if transpose else -(-size // 2)
-    normal = lambda shape, seed: tf.cast(  # noqa: E731
-        tf.random.stateless_normal(shape, seed=[seed, 0]), dtype)
-    x, dy = normal([batch, size, size, cin], 1), normal([batch, out, out, cout], 2)
-    kernel = normal([k, k, cout, cin] if transpose else [k, k, cin, cout], 3)
-    corner = lambda t: t[:1, :1, :1, :1]  # noqa: E731
+    normal = lambda dims, seed: tf.cast(  # noqa: E731
+        tf.random.stateless_normal(dims, seed=[seed, 0]), dtype)
+    args = (normal([shape.batch, shape.size, shape.size, shape.cin], 1),
+            normal(shape.kernel_shape, 3),
+            normal([shape.batch, shape.out, shape.out, shape.cout], 2))
     parts = {}
-    for impl in (NATIVE, MATMUL):
-        if transpose:
-            fns = dict(forward=lambda x, w, dy, i=impl: corner(conv2d_transpose(x, w, out, i)),
-                       input_grad=lambda x, w, dy, i=impl: corner(conv2d(dy, w, i)),
-                       kernel_grad=lambda x, w, dy, i=impl: corner(
-                           conv2d_kernel_grad(dy, x, k, i)))
-        else:
-            fns = dict(forward=lambda x, w, dy, i=impl: corner(conv2d(x, w, i)),
-                       input_grad=lambda x, w, dy, i=impl: corner(
-                           conv2d_transpose(dy, w, size, i)),
-                       kernel_grad=lambda x, w, dy, i=impl: corner(
-                           conv2d_kernel_grad(x, dy, k, i)))
-        if impl == MATMUL and not transpose and not matmul_transpose_fits(size, k):
-            del fns["input_grad"]
-        for part, fn in fns.items():
-            parts.setdefault(part, {})[impl] = (tf.function(fn, autograph=False), (x, kernel, dy))
+    for part in PARTS:
+        if not shape.has_matmul(part):
+            continue
+        for impl in (NATIVE, MATMUL):
+            fn = lambda x, w, dy, p=part, i=impl: layer_part(  # noqa: E731
+                shape, p, i, x, w, dy)[:1, :1, :1, :1]
+            parts.setdefault(part, {})[impl] = (tf.function(fn, autograph=False), args)
     return parts
 
 
-def tune(transpose: bool, batch: int, size: int, cin: int, cout: int, k: int,
-         dtype=tf.float32) -> ConvPlan:
-    """The faster form of each part of one stride-2 layer on this machine, timed on its own
-    shapes (input [batch, size, size, cin], cout filters, k x k kernel); cached per process.
+def tune(shape: LayerShape, dtype=tf.float32) -> ConvPlan:
+    """The faster form of each part of one layer on this machine, timed on its own shapes;
+    parts without a matmul form stay native. Cached per process.
 
     Layers under MIN_TUNED_FLOPS, and calls that cannot run ops eagerly (inside a graph), get
     TF's kernels.
     """
-    out = 2 * size if transpose else -(-size // 2)
-    flops = 2.0 * batch * (size if transpose else out) ** 2 * k * k * cin * cout
-    if flops < MIN_TUNED_FLOPS or not tf.executing_eagerly():
+    if shape.forward_flops < MIN_TUNED_FLOPS or not tf.executing_eagerly():
         return ALL_NATIVE
-    key = (transpose, batch, size, cin, cout, k, tf.as_dtype(dtype).name)
+    key = (shape, tf.as_dtype(dtype).name)
     if key not in _PLANS:
         start = time.perf_counter()
         choice, seconds = {}, {}
-        for part, impls in _part_candidates(transpose, batch, size, cin, cout, k,
-                                            dtype).items():
+        for part, impls in _part_candidates(shape, dtype).items():
             seconds[part] = {impl: _seconds(fn, *args) for impl, (fn, args) in impls.items()}
             choice[part] = min(seconds[part], key=seconds[part].get)
         _PLANS[key] = ConvPlan(**choice)
         timings = "; ".join(f"{part} " + " ".join(f"{impl} {1e3 * s:.1f} ms" for impl, s in
                                                     t.items()) for part, t in seconds.items())
-        logging.info("%s %dx%dx%d -> %d (k=%d, batch %d): %s [%s; tuned in %.1f s]",
-                     "conv_transpose" if transpose else "conv", size, size, cin, cout, k,
-                     batch, _PLANS[key], timings, time.perf_counter() - start)
+        logging.info("%s %dx%dx%d -> %d (k=%d, stride %d, batch %d): %s [%s; tuned in %.1f s]",
+                     "conv_transpose" if shape.transpose else "conv", shape.size, shape.size,
+                     shape.cin, shape.cout, shape.k, shape.stride, shape.batch, _PLANS[key],
+                     timings, time.perf_counter() - start)
     return _PLANS[key]

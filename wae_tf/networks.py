@@ -22,34 +22,43 @@ def _channels(count: int, config: Config) -> int:
 
 
 class _TunedConv(layers.Layer):
-    """A bias-free stride-2 SAME (transposed) conv whose forward and gradients are computed as
-    `plan` says (convs.strided_conv): `filters` outputs, k x k kernel."""
+    """A SAME (transposed) conv whose forward and gradients are computed as `plan` says
+    (convs.strided_conv): `filters` outputs, k x k kernel, stride 2 (or 1), optional bias."""
 
     transpose = False
 
-    def __init__(self, filters, kernel_size, plan=None, **kwargs):
+    def __init__(self, filters, kernel_size, plan=None, strides=2, use_bias=False, **kwargs):
         super().__init__(**kwargs)
         self.filters, self.kernel_size = filters, kernel_size
+        self.strides, self.use_bias = strides, use_bias
         self.plan = convs.ConvPlan(**plan) if isinstance(plan, dict) else plan or convs.ALL_MATMUL
 
+    def build(self, input_shape):
+        if self.use_bias:  # `bias`, as in the Keras layers
+            self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
+
     def call(self, x):
-        return convs.strided_conv(x, tf.cast(self.kernel, x.dtype), self.plan, self.transpose)
+        y = convs.strided_conv(x, tf.cast(self.kernel, x.dtype), self.plan, self.transpose,
+                               self.strides)
+        return y + tf.cast(self.bias, y.dtype) if self.use_bias else y
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
-                "plan": dataclasses.asdict(self.plan)}
+                "plan": dataclasses.asdict(self.plan), "strides": self.strides,
+                "use_bias": self.use_bias}
 
 
 @keras.saving.register_keras_serializable(package="wae_tf")
 class TunedConv2D(_TunedConv):
-    """layers.Conv2D(filters, k, strides=2, padding="same", use_bias=False), part by part as
-    TF's kernel or matmuls. Same kernel variable [k, k, C_in, C_out], so checkpoints of either
+    """layers.Conv2D(filters, k, strides, padding="same", use_bias), part by part as TF's
+    kernel or matmuls. Same kernel variable [k, k, C_in, C_out], so checkpoints of either
     layer restore into the other."""
 
     def build(self, input_shape):
         self._kernel = self.add_weight(  # `_kernel`, as in layers.Conv2D
             name="kernel", shape=(self.kernel_size, self.kernel_size, input_shape[-1],
                                   self.filters), initializer="glorot_uniform")
+        super().build(input_shape)
 
     @property
     def kernel(self):
@@ -58,8 +67,8 @@ class TunedConv2D(_TunedConv):
 
 @keras.saving.register_keras_serializable(package="wae_tf")
 class TunedConv2DTranspose(_TunedConv):
-    """layers.Conv2DTranspose(filters, k, strides=2, padding="same", use_bias=False), part by
-    part as TF's kernel or matmuls; same kernel variable [k, k, C_out, C_in]."""
+    """layers.Conv2DTranspose(filters, k, strides, padding="same", use_bias), part by part as
+    TF's kernel or matmuls; same kernel variable [k, k, C_out, C_in]."""
 
     transpose = True
 
@@ -67,6 +76,7 @@ class TunedConv2DTranspose(_TunedConv):
         self.kernel = self.add_weight(  # `kernel`, as in layers.Conv2DTranspose
             name="kernel", shape=(self.kernel_size, self.kernel_size, self.filters,
                                   input_shape[-1]), initializer="glorot_uniform")
+        super().build(input_shape)
 
 
 @keras.saving.register_keras_serializable(package="wae_tf")
@@ -100,36 +110,42 @@ class BatchNorm(layers.BatchNormalization):
         return tf.cast(y, self.compute_dtype)
 
 
-def conv_plan(config: Config, transpose: bool, size: int, in_channels: int,
-              filters: int, kernel_size: int) -> convs.ConvPlan:
-    """--conv_impl for one stride-2 layer with [size, size, in_channels] inputs.
+def conv_plan(config: Config, shape: convs.LayerShape) -> convs.ConvPlan:
+    """--conv_impl for one layer (shape.batch is ignored: --batch_size is timed).
 
     auto: TF's kernels with a GPU; on CPUs each part timed on this machine (convs.tune), or,
     with --deterministic (a rerun must compute the same), matmuls only for convs to 2x2 outputs,
     whose TF kernels were 3.5x to 16x slower on both CPUs measured (BUILD.md).
     """
+    shape = dataclasses.replace(shape, batch=config.batch_size)
     if config.conv_impl == "native" or (config.conv_impl == "auto"
                                         and tf.config.list_logical_devices("GPU")):
         return convs.ALL_NATIVE
     if config.conv_impl == "patches":
-        fits = transpose or convs.matmul_transpose_fits(size, kernel_size)
-        return convs.ConvPlan(convs.MATMUL, convs.MATMUL if fits else convs.NATIVE, convs.MATMUL)
+        return convs.matmul_plan(shape)
     if config.deterministic:
-        return convs.ALL_NATIVE if transpose or -(-size // 2) > 2 else convs.ALL_MATMUL
-    return convs.tune(transpose, config.batch_size, size, in_channels, filters, kernel_size,
-                      keras.config.dtype_policy().compute_dtype)
+        small = not shape.transpose and shape.stride == 2 and shape.out <= 2
+        return convs.ALL_MATMUL if small else convs.ALL_NATIVE
+    return convs.tune(shape, keras.config.dtype_policy().compute_dtype)
 
 
-def _conv_block(x, filters, kernel, strides, config, transpose, name):
-    # No bias: the BatchNorm that follows removes it (its gradient would be float noise).
-    plan = conv_plan(config, transpose, x.shape[1], x.shape[-1], filters, kernel)
+def _conv(x, filters, kernel, strides, use_bias, transpose, config, name):
+    """The Keras (transposed) conv layer applied to x [N, n, n, C], or its tuned form where
+    --conv_impl puts a part on matmuls. Same variables either way."""
+    shape = convs.LayerShape(transpose, config.batch_size, x.shape[1], x.shape[-1], filters,
+                             kernel, strides)
+    plan = conv_plan(config, shape)
     if not plan.all_native:
         tuned_layer = TunedConv2DTranspose if transpose else TunedConv2D
-        x = tuned_layer(filters, kernel, plan, name=f"{name}_conv")(x)
-    else:
-        conv = layers.Conv2DTranspose if transpose else layers.Conv2D
-        x = conv(filters, kernel, strides=strides, padding="same", use_bias=False,
-                 name=f"{name}_conv")(x)
+        return tuned_layer(filters, kernel, plan, strides, use_bias, name=name)(x)
+    conv = layers.Conv2DTranspose if transpose else layers.Conv2D
+    return conv(filters, kernel, strides=strides, padding="same", use_bias=use_bias,
+                name=name)(x)
+
+
+def _conv_block(x, filters, kernel, config, transpose, name):
+    # No bias: the BatchNorm that follows removes it (its gradient would be float noise).
+    x = _conv(x, filters, kernel, 2, False, transpose, config, name=f"{name}_conv")
     x = BatchNorm(synchronized=config.sync_batchnorm, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
@@ -140,7 +156,7 @@ def make_encoder(config: Config, image_shape) -> keras.Model:
     images = keras.Input(shape=tuple(image_shape), name="images")
     x = images
     for i, count in enumerate(ENCODER_CHANNELS):
-        x = _conv_block(x, _channels(count, config), KERNEL_SIZE[size], 2, config, False,
+        x = _conv_block(x, _channels(count, config), KERNEL_SIZE[size], config, False,
                         name=f"enc{i}")
     x = layers.Flatten(name="flatten")(x)
     if config.encoder == "gaussian":
@@ -170,10 +186,9 @@ def make_decoder(config: Config, image_shape) -> keras.Model:
     x = layers.Reshape((base, base, first), name="reshape")(x)
     x = layers.ReLU(name="project_relu")(x)
     for i, count in enumerate(channels):
-        x = _conv_block(x, _channels(count, config), KERNEL_SIZE[size], 2, config, True,
+        x = _conv_block(x, _channels(count, config), KERNEL_SIZE[size], config, True,
                         name=f"dec{i}")
-    x = layers.Conv2DTranspose(out_channels, KERNEL_SIZE[size], strides=1, padding="same",
-                               name="out_conv")(x)
+    x = _conv(x, out_channels, KERNEL_SIZE[size], 1, True, True, config, name="out_conv")
     images = layers.Activation("sigmoid", name="images", dtype="float32")(x)
     return keras.Model(z, images, name="decoder")
 

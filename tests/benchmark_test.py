@@ -21,6 +21,8 @@ def test_quick_run_reports_positive_figures():
         assert run[key] > 0, key
     assert run["traces_after_first_call"] == 1 and run["retraces"] == 0
     assert run["steps_per_window"] == 2
+    # 4 encoder convs, 2 transposed convs and the output layer, each with its plan.
+    assert len(run["conv_plans"]) == 7 and all("forward=" in p for p in run["conv_plans"].values())
     # Hand count (3x forward) vs the profiler on the traced step: 3x forward ignores that the
     # first conv needs no input gradient, and the profiler's stride-2 formulas round
     # differently on odd sizes (7 -> 4): within 10%.

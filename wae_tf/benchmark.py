@@ -22,6 +22,7 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from wae_tf import convs
 from wae_tf import data
 from wae_tf import export
 from wae_tf import regularizers
@@ -194,8 +195,16 @@ def benchmark_training(config: Config, train: data.ImageData, options: Options) 
         "steps_per_window": calls * config.steps_per_loop,
         "traces_after_first_call": traces_first,
         "retraces": retraces,
+        "conv_plans": conv_plans(state),
         "state": state,
     }
+
+
+def conv_plans(state: training.TrainState) -> Dict[str, str]:
+    """How each conv layer computes its forward and gradients (--conv_impl; convs.tune)."""
+    return {f"{model.name}/{layer.name}": str(getattr(layer, "plan", convs.ALL_NATIVE))
+            for model in (state.encoder, state.decoder) for layer in model.layers
+            if layer.name.endswith("_conv")}
 
 
 # ----------------------------------------------------------------------------- MMD
@@ -308,6 +317,9 @@ def format_table(results: dict) -> str:
                      f"{r['input_share']:7.2%} {r['step_flops_per_image'] / 1e9:7.3f} "
                      f"{r['profiled_step_flops_per_image'] / 1e9:7.3f} "
                      f"{r['matmul_flops_per_second'] / 1e9:11.1f} {r['retraces']:7d}")
+        matmuls = [f"{name.split('/')[1]} ({plan})" for name, plan in r["conv_plans"].items()
+                   if plan != str(convs.ALL_NATIVE)]
+        lines.append(f"  {'':8} parts on matmuls: {', '.join(matmuls) or 'none'}")
     lines.append("MMD (IMQ, z_dim 8) value+gradient:")
     for batch, r in results["mmd"].items():
         shares = " ".join(f"{k[9:]}={v:.1%}" for k, v in r.items() if k.startswith("share"))
@@ -339,7 +351,7 @@ def define_flags() -> None:
     flags.DEFINE_enum("mixed_precision", "none", CHOICES["mixed_precision"],
                       "16-bit layer compute (see Config.mixed_precision).")
     flags.DEFINE_enum("conv_impl", "auto", CHOICES["conv_impl"],
-                      "Stride-2 layers as matmuls or TF's convs (see Config.conv_impl).")
+                      "Conv parts as TF's kernels, matmuls or timed (see Config.conv_impl).")
     flags.DEFINE_integer("matmul_size", 4096, "Side of the square matmul measuring the limit.")
     flags.DEFINE_list("mmd_batches", ["100", "400", "1600"], "Batch sizes of the MMD timing "
                       "(empty = skip).")

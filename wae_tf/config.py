@@ -82,12 +82,13 @@ class Config:
     seed: int = _field(0, "Seed of initialisation, data order, prior samples and noise.")
     steps_per_loop: int = _field(1, "Training steps run inside one tf.function call.")
     jit_compile: bool = _field(False, "XLA-compile the training step (slower on CPU).")
-    conv_impl: str = _field("auto", "Stride-2 layers as matmuls: patches (encoder convs as patches "
-                            "x matrix, decoder transposed convs as one matmul per output phase) | "
-                            "native (Keras Conv2D/Conv2DTranspose) | auto (without GPU, patches for "
-                            "convs with outputs of at most 4x4 and transposed convs with at least "
-                            "512 input channels, where measured faster; native with GPU). Same "
-                            "variables either way.")
+    conv_impl: str = _field("auto", "How the stride-2 convs, transposed convs and the decoder's "
+                            "output layer compute their forward pass and gradients: auto (TF's "
+                            "kernels with a GPU; on CPUs each part timed once per process against "
+                            "a matmul form on the layer's shapes and the faster kept; with "
+                            "--deterministic a fixed rule: matmuls for convs to 2x2 outputs) | "
+                            "native (TF's kernels) | patches (matmuls wherever there is a form). "
+                            "Same variables either way.")
     mixed_precision: str = _field("none", "none | mixed_float16 (with dynamic loss scaling) | "
                                   "mixed_bfloat16: layers compute in 16 bits, variables, losses "
                                   "and exported signatures stay float32. For GPUs/TPUs; slower "

@@ -179,7 +179,7 @@ def mmd_penalty(qz, pz, kernel="imq", prior_scale=1.0, rbf_sigma2=0.0):
     The three kernel blocks are computed separately (3n^2 entries, not the pooled sample's 4n^2),
     and summed whole minus their diagonal: no slices of a big matrix, whose gradients would be
     dense scatters. No gradient flows through the prior's block. The estimate can be slightly
-    negative.
+    negative. The blocks and their sums are one XLA cluster (`_mmd_terms`).
 
     Args:
         qz: Codes of the encoder, [n, z_dim], n >= 2.
@@ -189,33 +189,78 @@ def mmd_penalty(qz, pz, kernel="imq", prior_scale=1.0, rbf_sigma2=0.0):
         rbf_sigma2: RBF bandwidth, a python float; 0 selects `median_heuristic_sigma2` per batch.
 
     Returns:
-        The scalar penalty.
+        The scalar penalty, in qz's dtype.
 
     Raises:
         ValueError: If `kernel` is unknown.
     """
     if kernel == "imq":
-        z_dim = tf.shape(qz)[1]
-        k = lambda d2: imq_kernel(d2, z_dim, prior_scale)  # noqa: E731
+        param = tf.cast(prior_scale, qz.dtype)
     elif kernel == "rbf":
         if rbf_sigma2 > 0:
-            sigma2 = rbf_sigma2
+            param = tf.cast(rbf_sigma2, qz.dtype)
         else:
-            sigma2 = tf.maximum(median_heuristic_sigma2(qz, pz), _MIN_SIGMA2)
-        k = lambda d2: rbf_kernel(d2, sigma2)  # noqa: E731
+            param = tf.maximum(median_heuristic_sigma2(qz, pz), _MIN_SIGMA2)
     else:
         raise ValueError(f"Unknown MMD kernel {kernel!r}; expected imq or rbf.")
-    nf = tf.cast(tf.shape(qz)[0], qz.dtype)
+
+    @tf.custom_gradient
+    def mmd(qz, pz):
+        value, grad_qz = _mmd_value_and_grad(qz, pz, param, kernel, False)
+
+        def grad(upstream):  # the prior's gradient only runs where something uses it
+            grad_pz = _mmd_value_and_grad(qz, pz, param, kernel, True)[1]
+            return upstream * grad_qz, upstream * grad_pz
+        return value, grad
+    return mmd(qz, pz)
+
+
+@tf.function(jit_compile=True, autograph=False)
+def _mmd_value_and_grad(qz, pz, param, kernel, wrt_prior):
+    """mmd_penalty's value and its gradient with respect to qz (or pz), in one XLA cluster.
+
+    XLA fuses the ~25 elementwise passes over each [n, n] block (7 IMQ scales, forward and
+    backward) into one loop: at n = 1600, 12 ms instead of 70 as TF ops (BUILD.md). Computing
+    the gradient here, rather than by autodiff of a compiled forward, keeps the blocks from
+    being written out for the backward pass.
+    """
+    source = pz if wrt_prior else qz
+    with tf.GradientTape() as tape:
+        tape.watch(source)
+        within_q, within_p, cross = _mmd_terms(qz, pz, param, kernel)
+        value = within_q + within_p - 2.0 * cross  # float64
+    return tf.cast(value, qz.dtype), tape.gradient(value, source)
+
+
+def _mmd_terms(qz, pz, param, kernel):
+    """The three mean kernel values of mmd_penalty, float64 [] each; param is the prior scale
+    (imq) or sigma^2 (rbf).
+
+    Each block is summed per row in float32, then over rows in float64: under XLA a plain
+    float32 sum of the n^2 terms lost 1e-5 of a value that is a small difference of large sums
+    (now 1e-8 from a float64 reference at n = 1600, against 8e-8 for TF's own float32 sum).
+    """
+    if kernel == "imq":
+        k = lambda d2: imq_kernel(d2, tf.shape(qz)[1], param)  # noqa: E731
+    else:
+        k = lambda d2: rbf_kernel(d2, param)  # noqa: E731
+    nf = tf.cast(tf.shape(qz)[0], tf.float64)
     off_diagonal = nf * nf - nf
     within_q = _off_diagonal_sum(k(squared_distances(qz, qz))) / off_diagonal  # [n, n] summed
     within_p = _off_diagonal_sum(k(squared_distances(pz, pz))) / off_diagonal
-    cross = tf.reduce_sum(k(squared_distances(qz, pz))) / (nf * nf)
-    return within_q + within_p - 2.0 * cross
+    cross = _accurate_sum(k(squared_distances(qz, pz))) / (nf * nf)
+    return within_q, within_p, cross
+
+
+def _accurate_sum(matrix):
+    """Sum of a matrix [n, m] as float64: float32 row sums, then their float64 sum."""
+    return tf.reduce_sum(tf.cast(tf.reduce_sum(matrix, axis=1), tf.float64))
 
 
 def _off_diagonal_sum(matrix):
-    """Sum of a square matrix [n, n] without its diagonal."""
-    return tf.reduce_sum(matrix) - tf.reduce_sum(tf.linalg.diag_part(matrix))
+    """Sum of a square matrix [n, n] without its diagonal, as float64."""
+    diagonal = tf.reduce_sum(tf.cast(tf.linalg.diag_part(matrix), tf.float64))
+    return _accurate_sum(matrix) - diagonal
 
 
 def gan_encoder_loss(logits_qz):

@@ -50,4 +50,5 @@ def test_forward_flops_by_hand():
 
 def test_matmul_flops_positive():
     assert benchmark.matmul_flops_per_second(64, 2) > 0
+    assert benchmark.matmul_flops_per_second(64, 2, "bfloat16") > 0
     assert tf.config.list_physical_devices("CPU")

@@ -1,4 +1,5 @@
-"""Throughput of training and serving, measured against this machine's fp32 matmul FLOP/s.
+"""Throughput of training and serving, measured against this machine's matmul FLOP/s (fp32;
+with --mixed_precision, the matmul of the layers' 16-bit compute dtype).
 
     python -m wae_tf.benchmark [--width_divisors=1,4] [--regularizers=mmd,gan] [--quick]
 
@@ -63,11 +64,15 @@ QUICK = dict(width_divisors=(32,), batch_size=8, windows=2, window_steps=2, matm
 # ----------------------------------------------------------------------------- the limit
 
 
-def matmul_flops_per_second(size: int, runs: int) -> float:
-    """Median fp32 FLOP/s of a [size, size] x [size, size] matmul (2 size^3 FLOPs each)."""
-    a = tf.random.stateless_normal([size, size], seed=[1, 2])
-    b = tf.random.stateless_normal([size, size], seed=[3, 4])
-    matmul = tf.function(lambda a, b: tf.reduce_sum(tf.matmul(a, b)[:1, :1]))
+# The dtype layers compute in under each --mixed_precision: the limit is that dtype's matmul.
+COMPUTE_DTYPES = {"none": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
+
+
+def matmul_flops_per_second(size: int, runs: int, dtype: str = "float32") -> float:
+    """Median FLOP/s of a [size, size] x [size, size] matmul in `dtype` (2 size^3 FLOPs each)."""
+    a = tf.cast(tf.random.stateless_normal([size, size], seed=[1, 2]), dtype)
+    b = tf.cast(tf.random.stateless_normal([size, size], seed=[3, 4]), dtype)
+    matmul = tf.function(lambda a, b: tf.reduce_sum(tf.cast(tf.matmul(a, b)[:1, :1], tf.float32)))
     matmul(a, b).numpy()  # warm-up: trace, allocate
     times = []
     for _ in range(runs):
@@ -173,7 +178,11 @@ def benchmark_training(config: Config, train: data.ImageData, options: Options) 
         calls = max(1, int(2.0 / seconds))
     rates, fractions, limits = [], [], []
     for _ in range(options.windows):
-        limits.append(matmul_flops_per_second(options.matmul_size, options.matmul_runs))
+        limits.append(matmul_flops_per_second(options.matmul_size, options.matmul_runs,
+                                              COMPUTE_DTYPES[config.mixed_precision]))
+        # One untimed call: the matmul's 200 MB evict the step's working set from the caches
+        # and the allocator, and the first step after it measured 5-15% slower.
+        _run_window(train_fn, iterator, 1, config.steps_per_loop)
         seconds = _run_window(train_fn, iterator, calls, config.steps_per_loop)
         rates.append(calls * config.steps_per_loop * config.batch_size / seconds)
         fractions.append(rates[-1] * flops["step"] / limits[-1])
@@ -184,6 +193,7 @@ def benchmark_training(config: Config, train: data.ImageData, options: Options) 
         "images_per_second": statistics.median(rates),
         "step_seconds": step_s,
         "matmul_flops_per_second": statistics.median(limits),
+        "matmul_dtype": COMPUTE_DTYPES[config.mixed_precision],
         "step_flops_per_image": flops["step"],
         "forward_flops_per_image": flops["forward"],
         "profiled_step_flops_per_image": profiled_step_flops(train_fn, iterator,
@@ -316,7 +326,8 @@ def format_table(results: dict) -> str:
                      f"{r['fraction_of_limit']:6.1%} {r['step_seconds']:8.4f} "
                      f"{r['input_share']:7.2%} {r['step_flops_per_image'] / 1e9:7.3f} "
                      f"{r['profiled_step_flops_per_image'] / 1e9:7.3f} "
-                     f"{r['matmul_flops_per_second'] / 1e9:11.1f} {r['retraces']:7d}")
+                     f"{r['matmul_flops_per_second'] / 1e9:11.1f} {r['retraces']:7d}"
+                     + ("" if r["matmul_dtype"] == "float32" else f"  ({r['matmul_dtype']})"))
         matmuls = [f"{name.split('/')[1]} ({plan})" for name, plan in r["conv_plans"].items()
                    if plan != str(convs.ALL_NATIVE)]
         lines.append(f"  {'':8} parts on matmuls: {', '.join(matmuls) or 'none'}")

@@ -124,3 +124,16 @@ def test_fused_batch_norm_equals_keras_batch_norm(synchronized):
     # Inference uses the moving statistics, as Keras does.
     np.testing.assert_allclose(fused_bn(x, training=False), keras_bn(x, training=False),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_tuned_conv_config_round_trip():
+    """get_config / from_config keep the plan, stride and bias of a tuned layer."""
+    plan = convs.ConvPlan(convs.MATMUL, convs.NATIVE, convs.NATIVE)
+    layer = networks.TunedConv2DTranspose(3, 4, plan, strides=1, use_bias=True, name="out")
+    rebuilt = networks.TunedConv2DTranspose.from_config(layer.get_config())
+    assert (rebuilt.plan, rebuilt.strides, rebuilt.use_bias) == (plan, 1, True)
+    x = tf.random.stateless_normal([2, 5, 5, 4], seed=[3, 3])
+    layer.build(x.shape)
+    rebuilt.build(x.shape)
+    rebuilt.set_weights(layer.get_weights())
+    np.testing.assert_allclose(rebuilt(x), layer(x), rtol=1e-6)

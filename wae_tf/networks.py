@@ -27,11 +27,11 @@ class _TunedConv(layers.Layer):
 
     transpose = False
 
-    def __init__(self, filters, kernel_size, plan=None, strides=2, use_bias=False, **kwargs):
+    def __init__(self, filters, kernel_size, plan, strides=2, use_bias=False, **kwargs):
         super().__init__(**kwargs)
         self.filters, self.kernel_size = filters, kernel_size
         self.strides, self.use_bias = strides, use_bias
-        self.plan = convs.ConvPlan(**plan) if isinstance(plan, dict) else plan or convs.ALL_MATMUL
+        self.plan = convs.ConvPlan(**plan) if isinstance(plan, dict) else plan  # dict: from_config
 
     def build(self, input_shape):
         if self.use_bias:  # `bias`, as in the Keras layers
@@ -111,13 +111,12 @@ class BatchNorm(layers.BatchNormalization):
 
 
 def conv_plan(config: Config, shape: convs.LayerShape) -> convs.ConvPlan:
-    """--conv_impl for one layer (shape.batch is ignored: --batch_size is timed).
+    """--conv_impl for one layer.
 
     auto: TF's kernels with a GPU; on CPUs each part timed on this machine (convs.tune), or,
     with --deterministic (a rerun must compute the same), matmuls only for convs to 2x2 outputs,
     whose TF kernels were 3.5x to 16x slower on both CPUs measured (BUILD.md).
     """
-    shape = dataclasses.replace(shape, batch=config.batch_size)
     if config.conv_impl == "native" or (config.conv_impl == "auto"
                                         and tf.config.list_logical_devices("GPU")):
         return convs.ALL_NATIVE
@@ -125,7 +124,7 @@ def conv_plan(config: Config, shape: convs.LayerShape) -> convs.ConvPlan:
         return convs.matmul_plan(shape)
     if config.deterministic:
         small = not shape.transpose and shape.stride == 2 and shape.out <= 2
-        return convs.ALL_MATMUL if small else convs.ALL_NATIVE
+        return convs.matmul_plan(shape) if small else convs.ALL_NATIVE
     return convs.tune(shape, keras.config.dtype_policy().compute_dtype)
 
 

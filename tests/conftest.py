@@ -17,6 +17,12 @@ tf.config.set_logical_device_configuration(
     tf.config.list_physical_devices("CPU")[0],
     [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "numerics: compares numbers across code paths, replica counts or runs; CI "
+        "runs these again with oneDNN held to AVX2 kernels (ONEDNN_MAX_CPU_ISA=AVX2).")
+
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 

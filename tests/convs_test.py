@@ -11,6 +11,8 @@ from wae_tf import convs
 PLANS = [convs.ConvPlan(*parts) for parts in itertools.product(
     (convs.NATIVE, convs.MATMUL), repeat=3)]
 
+pytestmark = pytest.mark.numerics  # every test compares two computations
+
 
 def _outputs_and_gradients(layer_fn, x, kernel):
     with tf.GradientTape() as tape:

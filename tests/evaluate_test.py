@@ -61,6 +61,7 @@ def test_metrics_json_has_every_field_with_its_counts(trained):
     assert any(n.startswith("events.out.tfevents") for n in os.listdir(eval_dir))
 
 
+@pytest.mark.numerics
 def test_saved_model_gives_the_checkpoints_numbers(trained, tmp_path):
     from_checkpoint = _evaluate_workdir(trained, output_dir=str(tmp_path / "a"))
     from_export = evaluate.evaluate_saved_model(

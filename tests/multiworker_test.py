@@ -1,4 +1,5 @@
-"""Two `python -m wae_tf.train --strategy=multi_worker` processes on 127.0.0.1 train like one."""
+"""Two `python -m wae_tf.train --strategy=multi_worker` processes on 127.0.0.1 train like two
+replicas in one process."""
 
 import json
 import os
@@ -8,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, mirrored_strategy
 from tests.data_test import make_idx_dir
 from wae_tf import data
 from wae_tf import training
@@ -52,14 +53,17 @@ def _tail(path, chars=3000):
         return f.read()[-chars:]
 
 
+@pytest.mark.numerics
 def test_two_workers_finish_and_match_a_single_process_run(tmp_path):
     data_dir, workdir = str(tmp_path / "data"), str(tmp_path / "run")
     os.makedirs(data_dir)
     make_idx_dir(data_dir, num_train=32, num_test=8)
     config = Config(**FLAGS, data_dir=data_dir, export=False, strategy="default").validate()
     splits = (data.load_split(config, "train"), data.load_split(config, "test"))
+    # Two replicas in one process: the same replica count, so the same BatchNorm formula
+    # (Keras's all-reduced moments) as the two workers.
     reference = training.train_and_evaluate(config, str(tmp_path / "single"),
-                                            data_override=splits)
+                                            strategy=mirrored_strategy(), data_override=splits)
     workers = _launch_workers(workdir, data_dir, str(tmp_path))
     try:
         for process, log in workers:

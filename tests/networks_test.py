@@ -1,13 +1,10 @@
-"""Shapes and parameter counts of the paper's networks."""
-
-import dataclasses
+"""Shapes and parameter counts of the paper's networks (plain Keras layers)."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tests.conftest import tiny_config
-from wae_tf import convs
 from wae_tf import networks
 
 
@@ -58,82 +55,10 @@ def test_unsupported_image_size_is_refused():
         networks.network_image_size((32, 32, 3))
 
 
-def _conv_layer_types(model):
-    return [type(l).__name__ for l in model.layers if l.name.endswith("_conv")]
-
-
-def test_conv_impls_share_checkpoints(tmp_path):
-    """A checkpoint written with one --conv_impl restores into the other."""
-    native = networks.make_encoder(tiny_config(conv_impl="native"), (28, 28, 1))
-    patches = networks.make_encoder(tiny_config(conv_impl="patches"), (28, 28, 1))
-    assert _conv_layer_types(patches) == ["TunedConv2D"] * 4
-    path = tf.train.Checkpoint(encoder=native).write(str(tmp_path / "ckpt"))
-    tf.train.Checkpoint(encoder=patches).read(path).assert_existing_objects_matched()
-    images = tf.random.uniform([2, 28, 28, 1])
-    np.testing.assert_allclose(patches(images), native(images), rtol=1e-4, atol=1e-5)
-
-
-def test_decoder_conv_impls_share_checkpoints(tmp_path):
-    """The decoder's transposed convs restore across --conv_impl and decode the same images."""
-    config = tiny_config(conv_impl="native", width_divisor=2)
-    native = networks.make_decoder(config, (28, 28, 1))
-    patches = networks.make_decoder(dataclasses.replace(config, conv_impl="patches"), (28, 28, 1))
-    # Stride 2 and the stride-1 output layer (its forward as shifted sums).
-    assert _conv_layer_types(patches) == ["TunedConv2DTranspose"] * 3
-    path = tf.train.Checkpoint(decoder=native).write(str(tmp_path / "ckpt"))
-    tf.train.Checkpoint(decoder=patches).read(path).assert_existing_objects_matched()
-    z = tf.random.stateless_normal([2, config.z_dim], seed=[5, 6])
-    np.testing.assert_allclose(patches(z), native(z), rtol=1e-4, atol=1e-5)
-
-
-def test_deterministic_auto_uses_matmuls_only_for_convs_to_2x2():
-    """--deterministic must not time (a rerun could choose differently): a fixed rule."""
-    config = tiny_config(conv_impl="auto", deterministic=True, width_divisor=1)
-    plans = [networks.conv_plan(config, convs.LayerShape(False, 1, size, 8, 8, 4))
-             for size in (28, 14, 7, 4)]
-    assert plans == [convs.ALL_NATIVE] * 3 + [convs.ALL_MATMUL]
-    assert networks.conv_plan(config, convs.LayerShape(True, 1, 7, 8, 8, 4)) == convs.ALL_NATIVE
-
-
-def test_auto_leaves_tiny_layers_native():
-    """Layers under convs.MIN_TUNED_FLOPS are not timed (tests and small models stay fast)."""
-    encoder = networks.make_encoder(tiny_config(conv_impl="auto"), (28, 28, 1))
-    assert _conv_layer_types(encoder) == ["Conv2D"] * 4
-
-
-@pytest.mark.parametrize("synchronized", [True, False])
-def test_fused_batch_norm_equals_keras_batch_norm(synchronized):
-    """networks.BatchNorm (FusedBatchNormV3) gives Keras's outputs, gradients and moving
-    statistics (the biased batch variance, not the fused op's n/(n-1) one)."""
-    x = tf.random.stateless_normal([20, 5, 5, 6], seed=[7, 8]) * 3.0 + 1.0
-    keras_bn = tf.keras.layers.BatchNormalization(synchronized=synchronized, momentum=0.9)
-    fused_bn = networks.BatchNorm(synchronized=synchronized, momentum=0.9)
-    for layer in (keras_bn, fused_bn):
-        layer.build(x.shape)
-        layer.set_weights([np.full([6], 0.5 + i, np.float32) for i in range(4)])
-    results = []
-    for layer in (keras_bn, fused_bn):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = layer(x, training=True)  # [20, 5, 5, 6]
-            loss = tf.reduce_sum(tf.sin(y) * y)
-        grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
-        results.append([y, *grads, layer.moving_mean, layer.moving_variance])
-    for got, expected in zip(results[1], results[0]):
-        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
-    # Inference uses the moving statistics, as Keras does.
-    np.testing.assert_allclose(fused_bn(x, training=False), keras_bn(x, training=False),
-                               rtol=1e-5, atol=1e-5)
-
-
-def test_tuned_conv_config_round_trip():
-    """get_config / from_config keep the plan, stride and bias of a tuned layer."""
-    plan = convs.ConvPlan(convs.MATMUL, convs.NATIVE, convs.NATIVE)
-    layer = networks.TunedConv2DTranspose(3, 4, plan, strides=1, use_bias=True, name="out")
-    rebuilt = networks.TunedConv2DTranspose.from_config(layer.get_config())
-    assert (rebuilt.plan, rebuilt.strides, rebuilt.use_bias) == (plan, 1, True)
-    x = tf.random.stateless_normal([2, 5, 5, 4], seed=[3, 3])
-    layer.build(x.shape)
-    rebuilt.build(x.shape)
-    rebuilt.set_weights(layer.get_weights())
-    np.testing.assert_allclose(rebuilt(x), layer(x), rtol=1e-6)
+def test_networks_are_plain_keras_layers_by_default():
+    """Export and evaluation build these: no machine-specific layer in the serving graph."""
+    config = tiny_config(width_divisor=1)
+    kinds = {type(layer).__module__.split(".")[0] for model in (
+        networks.make_encoder(config, (28, 28, 1)), networks.make_decoder(config, (28, 28, 1)))
+        for layer in model.layers}
+    assert kinds == {"keras"}

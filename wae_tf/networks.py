@@ -1,13 +1,18 @@
-"""The paper's encoder, decoder and latent discriminator as named Keras models."""
+"""The paper's encoder, decoder and latent discriminator as named Keras models.
+
+The architectures follow the appendix of Tolstikhin et al. (2018) and the paper's code
+(`models.py`): DCGAN-style stride-2 convolutions with BatchNorm and ReLU. The layers they are
+made of come from a `LayerSet`, plain Keras by default; training passes faster forms with the
+same variables (wae_tf.fast_layers), so a checkpoint restores into either.
+"""
 
 import dataclasses
 import math
+from typing import Callable
 
 import keras
-import tensorflow as tf
 from keras import layers
 
-from wae_tf import convs
 from wae_tf.config import Config
 
 # Channel counts of the paper's DCGAN-style networks (before --width_divisor).
@@ -17,146 +22,40 @@ KERNEL_SIZE = {28: 4, 64: 5}
 DISC_UNITS = {28: 512, 64: 1024}
 
 
+@dataclasses.dataclass(frozen=True)
+class LayerSet:
+    """Constructors of the layers the networks are made of (flax's `ResNet(conv=...)` pattern).
+
+    Each takes the Keras layer's arguments: conv / conv_transpose (filters, kernel_size,
+    strides=, padding="same", use_bias=, name=), batch_norm (synchronized=, name=).
+    """
+    conv: Callable = layers.Conv2D
+    conv_transpose: Callable = layers.Conv2DTranspose
+    batch_norm: Callable = layers.BatchNormalization
+
+
+KERAS_LAYERS = LayerSet()
+
+
 def _channels(count: int, config: Config) -> int:
     return max(1, count // config.width_divisor)
 
 
-class _TunedConv(layers.Layer):
-    """A SAME (transposed) conv whose forward and gradients are computed as `plan` says
-    (convs.strided_conv): `filters` outputs, k x k kernel, stride 2 (or 1), optional bias."""
-
-    transpose = False
-
-    def __init__(self, filters, kernel_size, plan, strides=2, use_bias=False, **kwargs):
-        super().__init__(**kwargs)
-        self.filters, self.kernel_size = filters, kernel_size
-        self.strides, self.use_bias = strides, use_bias
-        self.plan = convs.ConvPlan(**plan) if isinstance(plan, dict) else plan  # dict: from_config
-
-    def build(self, input_shape):
-        if self.use_bias:  # `bias`, as in the Keras layers
-            self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
-
-    def call(self, x):
-        y = convs.strided_conv(x, tf.cast(self.kernel, x.dtype), self.plan, self.transpose,
-                               self.strides)
-        return y + tf.cast(self.bias, y.dtype) if self.use_bias else y
-
-    def get_config(self):
-        return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
-                "plan": dataclasses.asdict(self.plan), "strides": self.strides,
-                "use_bias": self.use_bias}
-
-
-@keras.saving.register_keras_serializable(package="wae_tf")
-class TunedConv2D(_TunedConv):
-    """layers.Conv2D(filters, k, strides, padding="same", use_bias), part by part as TF's
-    kernel or matmuls. Same kernel variable [k, k, C_in, C_out], so checkpoints of either
-    layer restore into the other."""
-
-    def build(self, input_shape):
-        self._kernel = self.add_weight(  # `_kernel`, as in layers.Conv2D
-            name="kernel", shape=(self.kernel_size, self.kernel_size, input_shape[-1],
-                                  self.filters), initializer="glorot_uniform")
-        super().build(input_shape)
-
-    @property
-    def kernel(self):
-        return self._kernel
-
-
-@keras.saving.register_keras_serializable(package="wae_tf")
-class TunedConv2DTranspose(_TunedConv):
-    """layers.Conv2DTranspose(filters, k, strides, padding="same", use_bias), part by part as
-    TF's kernel or matmuls; same kernel variable [k, k, C_out, C_in]."""
-
-    transpose = True
-
-    def build(self, input_shape):
-        self.kernel = self.add_weight(  # `kernel`, as in layers.Conv2DTranspose
-            name="kernel", shape=(self.kernel_size, self.kernel_size, self.filters,
-                                  input_shape[-1]), initializer="glorot_uniform")
-        super().build(input_shape)
-
-
-@keras.saving.register_keras_serializable(package="wae_tf")
-class BatchNorm(layers.BatchNormalization):
-    """layers.BatchNormalization whose training pass is TF's fused kernel where it can be.
-
-    Keras 3 normalises with ~10 separate elementwise ops (and, synchronised, a full-size tensor
-    of ones to count the batch); FusedBatchNormV3 (oneDNN on CPU, cuDNN on GPU) is one op each
-    way, 2.3x faster with its gradient on [100, 28, 28, 64] (BUILD.md). Used when the statistics
-    are this replica's alone: one replica in sync, or `synchronized=False`; otherwise Keras's
-    all-reduced moments. Same variables, same maths (moving variance biased, as in Keras).
-    """
-
-    def call(self, inputs, training=None, mask=None):
-        ctx = tf.distribute.get_replica_context()
-        local = not self.synchronized or ctx is None or ctx.num_replicas_in_sync == 1
-        if not (training and self.trainable and local and mask is None and not self.renorm
-                and self.axis in (-1, len(inputs.shape) - 1) and len(inputs.shape) == 4):
-            return super().call(inputs, training=training, mask=mask)
-        x = tf.cast(inputs, tf.float32)  # statistics in float32, as Keras does
-        channels = x.shape[-1]
-        gamma = self.gamma if self.scale else tf.ones([channels])
-        beta = self.beta if self.center else tf.zeros([channels])
-        y, mean, unbiased_var, _, _, _ = tf.raw_ops.FusedBatchNormV3(
-            x=x, scale=tf.cast(gamma, tf.float32), offset=tf.cast(beta, tf.float32),
-            mean=tf.zeros([0]), variance=tf.zeros([0]), epsilon=self.epsilon, is_training=True)
-        count = tf.cast(tf.size(x) // channels, tf.float32)
-        variance = unbiased_var * (count - 1.0) / count  # the op returns n/(n-1) x the variance
-        for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
-            moving.assign(moving * self.momentum + tf.stop_gradient(batch) * (1.0 - self.momentum))
-        return tf.cast(y, self.compute_dtype)
-
-
-def conv_plan(config: Config, shape: convs.LayerShape) -> convs.ConvPlan:
-    """--conv_impl for one layer.
-
-    auto: TF's kernels with a GPU; on CPUs each part timed on this machine (convs.tune), or,
-    with --deterministic (a rerun must compute the same), matmuls only for convs to 2x2 outputs,
-    whose TF kernels were 3.5x to 16x slower on both CPUs measured (BUILD.md).
-    """
-    if config.conv_impl == "native" or (config.conv_impl == "auto"
-                                        and tf.config.list_logical_devices("GPU")):
-        return convs.ALL_NATIVE
-    if config.conv_impl == "patches":
-        return convs.matmul_plan(shape)
-    if config.deterministic:
-        small = not shape.transpose and shape.stride == 2 and shape.out <= 2
-        return convs.matmul_plan(shape) if small else convs.ALL_NATIVE
-    return convs.tune(shape, keras.config.dtype_policy().compute_dtype)
-
-
-def _conv(x, filters, kernel, strides, use_bias, transpose, config, name):
-    """The Keras (transposed) conv layer applied to x [N, n, n, C], or its tuned form where
-    --conv_impl puts a part on matmuls. Same variables either way."""
-    shape = convs.LayerShape(transpose, config.batch_size, x.shape[1], x.shape[-1], filters,
-                             kernel, strides)
-    plan = conv_plan(config, shape)
-    if not plan.all_native:
-        tuned_layer = TunedConv2DTranspose if transpose else TunedConv2D
-        return tuned_layer(filters, kernel, plan, strides, use_bias, name=name)(x)
-    conv = layers.Conv2DTranspose if transpose else layers.Conv2D
-    return conv(filters, kernel, strides=strides, padding="same", use_bias=use_bias,
-                name=name)(x)
-
-
-def _conv_block(x, filters, kernel, config, transpose, name):
-    # No bias: the BatchNorm that follows removes it (its gradient would be float noise).
-    x = _conv(x, filters, kernel, 2, False, transpose, config, name=f"{name}_conv")
-    x = BatchNorm(synchronized=config.sync_batchnorm, name=f"{name}_bn")(x)
+def _conv_block(x, filters, kernel, config, conv, batch_norm, name):
+    """Stride-2 (transposed) conv, BatchNorm, ReLU. No conv bias: BatchNorm removes it."""
+    x = conv(filters, kernel, strides=2, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = batch_norm(synchronized=config.sync_batchnorm, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def make_encoder(config: Config, image_shape) -> keras.Model:
+def make_encoder(config: Config, image_shape, layer_set: LayerSet = KERAS_LAYERS) -> keras.Model:
     """Images [N,H,W,C] in [0,1] -> z [N,z_dim] (deterministic) or [mean, log_var] (gaussian)."""
     size = image_shape[0]
     images = keras.Input(shape=tuple(image_shape), name="images")
     x = images
-    for i, count in enumerate(ENCODER_CHANNELS):
-        x = _conv_block(x, _channels(count, config), KERNEL_SIZE[size], config, False,
-                        name=f"enc{i}")
+    for i, count in enumerate(ENCODER_CHANNELS):  # 28: 14, 7, 4, 2; 64: 32, 16, 8, 4
+        x = _conv_block(x, _channels(count, config), KERNEL_SIZE[size], config, layer_set.conv,
+                        layer_set.batch_norm, name=f"enc{i}")
     x = layers.Flatten(name="flatten")(x)
     if config.encoder == "gaussian":
         # float32 heads: codes stay float32 under --mixed_precision.
@@ -174,7 +73,7 @@ def encoder_mean(encoder: keras.Model, images):
     return out[0] if isinstance(out, (list, tuple)) else out
 
 
-def make_decoder(config: Config, image_shape) -> keras.Model:
+def make_decoder(config: Config, image_shape, layer_set: LayerSet = KERAS_LAYERS) -> keras.Model:
     """z [N,z_dim] -> images [N,H,W,C] in (0,1) through a sigmoid."""
     size, _, out_channels = image_shape
     channels = DECODER_CHANNELS[size]
@@ -182,12 +81,13 @@ def make_decoder(config: Config, image_shape) -> keras.Model:
     first = _channels(1024, config)
     z = keras.Input(shape=(config.z_dim,), name="z")
     x = layers.Dense(base * base * first, name="project")(z)
-    x = layers.Reshape((base, base, first), name="reshape")(x)
+    x = layers.Reshape((base, base, first), name="reshape")(x)  # [N, base, base, first]
     x = layers.ReLU(name="project_relu")(x)
-    for i, count in enumerate(channels):
-        x = _conv_block(x, _channels(count, config), KERNEL_SIZE[size], config, True,
-                        name=f"dec{i}")
-    x = _conv(x, out_channels, KERNEL_SIZE[size], 1, True, True, config, name="out_conv")
+    for i, count in enumerate(channels):  # doubles the side each time, up to `size`
+        x = _conv_block(x, _channels(count, config), KERNEL_SIZE[size], config,
+                        layer_set.conv_transpose, layer_set.batch_norm, name=f"dec{i}")
+    x = layer_set.conv_transpose(out_channels, KERNEL_SIZE[size], strides=1, padding="same",
+                                 use_bias=True, name="out_conv")(x)
     images = layers.Activation("sigmoid", name="images", dtype="float32")(x)
     return keras.Model(z, images, name="decoder")
 

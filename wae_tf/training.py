@@ -17,6 +17,7 @@ from absl import logging
 from wae_tf import checkpoints
 from wae_tf import data
 from wae_tf import export
+from wae_tf import fast_layers
 from wae_tf import networks
 from wae_tf import regularizers
 from wae_tf import visualize
@@ -117,8 +118,13 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
                     num_epochs=self.num_epochs)
 
 
-def create_models(config: Config, image_shape) -> Dict[str, Optional[keras.Model]]:
-    """Encoder, decoder and (for --regularizer=gan) discriminator, seeded by --seed."""
+def create_models(config: Config, image_shape, layer_set: Optional[networks.LayerSet] = None
+                  ) -> Dict[str, Optional[keras.Model]]:
+    """Encoder, decoder and (for --regularizer=gan) discriminator, seeded by --seed.
+
+    `layer_set` defaults to the fastest layers on this machine (fast_layers.training_layers).
+    """
+    layer_set = layer_set or fast_layers.training_layers(config)
     keras.utils.set_random_seed(config.seed)
     networks.network_image_size(image_shape)
     previous_policy = keras.config.dtype_policy()
@@ -128,8 +134,8 @@ def create_models(config: Config, image_shape) -> Dict[str, Optional[keras.Model
         discriminator = None
         if config.regularizer == "gan":
             discriminator = networks.make_discriminator(config, image_shape)
-        return dict(encoder=networks.make_encoder(config, image_shape),
-                    decoder=networks.make_decoder(config, image_shape),
+        return dict(encoder=networks.make_encoder(config, image_shape, layer_set),
+                    decoder=networks.make_decoder(config, image_shape, layer_set),
                     discriminator=discriminator)
     finally:
         keras.config.set_dtype_policy(previous_policy)
@@ -152,13 +158,14 @@ def create_optimizers(config: Config, steps_per_epoch: int, num_epochs: int):
     return adam(config.learning_rate, "ae_adam"), disc
 
 
-def create_state(config: Config, image_shape, steps_per_epoch: int, num_epochs: int) -> TrainState:
-    """Models, optimizers and step counter; call inside `strategy.scope()`.
+def create_state(config: Config, image_shape, steps_per_epoch: int, num_epochs: int,
+                 layer_set: Optional[networks.LayerSet] = None) -> TrainState:
+    """Models (see create_models), optimizers and step counter; call inside `strategy.scope()`.
 
     The optimizers are built eagerly here: a Keras optimizer first built inside `strategy.run`
     fails in graph mode (keras issue 23085).
     """
-    models = create_models(config, image_shape)
+    models = create_models(config, image_shape, layer_set)
     ae_opt, disc_opt = create_optimizers(config, steps_per_epoch, num_epochs)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step",
                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)

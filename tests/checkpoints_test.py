@@ -14,15 +14,19 @@ from tensorflow.python.checkpoint import checkpoint_management
 from tests.conftest import make_images, tiny_config
 from wae_tf import checkpoints
 from wae_tf import cli
+from wae_tf import cluster
+from wae_tf import errors
+from wae_tf import fileio
+from wae_tf import loop
 from wae_tf import training
-from wae_tf.config import ConfigError
+from wae_tf.errors import ConfigError
 
 CONFIG = tiny_config(train_steps=4, checkpoint_every=2)
 
 
 def _sigterm_at_step(kill_step):
-    """A training._check_finite that also sends SIGTERM to this process after `kill_step`."""
-    check_finite = training._check_finite  # pylint: disable=protected-access
+    """A loop._check_finite that also sends SIGTERM to this process after `kill_step`."""
+    check_finite = loop._check_finite  # pylint: disable=protected-access
 
     def check_then_kill(metrics, step, manager):
         check_finite(metrics, step, manager)
@@ -36,10 +40,10 @@ def preempted_run(tmp_path_factory):
     """A run of 100 steps sent SIGTERM at step 5: checkpoints 2, 4 and (saved on SIGTERM) 5."""
     workdir = str(tmp_path_factory.mktemp("run"))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(training, "_check_finite", _sigterm_at_step(5))
-        with pytest.raises(training.Preempted) as stopped:
-            training.train_and_evaluate(CONFIG.replace(train_steps=100), workdir,
-                                        data_override=(make_images(32), make_images(8)))
+        patch.setattr(loop, "_check_finite", _sigterm_at_step(5))
+        with pytest.raises(errors.Preempted) as stopped:
+            loop.train_and_evaluate(CONFIG.replace(train_steps=100), workdir,
+                                    data_override=(make_images(32), make_images(8)))
     return workdir, str(stopped.value)
 
 
@@ -117,7 +121,7 @@ def test_sigterm_saves_a_checkpoint_and_stops(preempted_run):
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is uninstalled
     assert _restore(os.path.join(workdir, "checkpoints")) == (
         os.path.join(workdir, "checkpoints", "ckpt-5"), 5)
-    assert cli.run_reporting_user_errors(_raise, training.Preempted("x")) == 143
+    assert cli.run_reporting_user_errors(_raise, errors.Preempted("x")) == 143
 
 
 def _raise(error):
@@ -125,11 +129,16 @@ def _raise(error):
 
 
 def test_json_files_are_replaced_atomically(tmp_path):
-    path = str(tmp_path / "model.json")
-    checkpoints.write_json(path, {"a": 1})
-    checkpoints.write_json(path, {"a": 2})
-    assert open(path).read().replace(" ", "").replace("\n", "") == '{"a":2}'
-    assert os.listdir(tmp_path) == ["model.json"]
+    path = str(tmp_path / "results.json")
+    fileio.write_json(path, {"a": 1})
+    fileio.write_json(path, {"a": 2})
+    assert fileio.read_json(path) == {"a": 2}
+    # A write that fails half way (json writes '{"a": 1, "b": ' before it meets the object)
+    # leaves the previous file whole, and no temporary file behind.
+    with pytest.raises(TypeError):
+        fileio.write_json(path, {"a": 1, "b": object()})
+    assert fileio.read_json(path) == {"a": 2}
+    assert os.listdir(tmp_path) == ["results.json"]
 
 
 class _FakeResolver:
@@ -147,11 +156,11 @@ class _FakeStrategy:
 
 def test_only_the_chief_writes_where_users_read(tmp_path):
     chief, other = _FakeStrategy(0), _FakeStrategy(1)
-    assert checkpoints.is_chief(chief) and not checkpoints.is_chief(other)
+    assert cluster.is_chief(chief) and not cluster.is_chief(other)
     base = str(tmp_path / "checkpoints")
-    assert checkpoints.write_dir(base, chief) == base
-    worker_dir = checkpoints.write_dir(base, other)
+    assert cluster.write_dir(base, chief) == base
+    worker_dir = cluster.write_dir(base, other)
     assert worker_dir == os.path.join(base, "worker_tmp", "worker_1")
     os.makedirs(worker_dir)
-    checkpoints.cleanup_worker_dirs([base], other)
+    cluster.cleanup_worker_dirs([base], other)
     assert os.listdir(base) == []

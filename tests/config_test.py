@@ -10,7 +10,8 @@ from absl import flags
 
 from tests.conftest import REPO
 from wae_tf import cli
-from wae_tf.config import Config, ConfigError
+from wae_tf.config import Config
+from wae_tf.errors import ConfigError
 
 FLAGFILES = sorted(glob.glob(os.path.join(REPO, "flags", "*.cfg")))
 

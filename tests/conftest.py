@@ -1,7 +1,9 @@
 """Shared fixtures: two logical CPU devices (for MirroredStrategy), tiny configs and data."""
 
 import functools
+import gzip
 import os
+import struct
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -53,3 +55,37 @@ def tiny_data():
 def mirrored_strategy():
     """One MirroredStrategy per process: a second one would reuse collective instance keys."""
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+# ----------------------------------------------------------------------------- IDX files
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """A valid IDX file: magic 0x0000 0x08 <ndim> (uint8) then big-endian uint32 sizes."""
+    array = np.asarray(array, np.uint8)
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
+    header += struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.tobytes()
+
+
+def write_idx(path, array, compress=True):
+    payload = idx_bytes(array)
+    if compress:
+        payload = gzip.compress(payload)
+    with open(path, "wb") as f:
+        f.write(payload)
+    return str(path)
+
+
+def make_idx_dir(directory, num_train=10, num_test=7, size=28, compress=True, seed=0):
+    """Writes train/t10k images and labels; returns {split: (images [N,H,W], labels [N])}."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, prefix, n in (("train", "train", num_train), ("test", "t10k", num_test)):
+        images = rng.integers(0, 256, size=(n, size, size), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=(n,), dtype=np.uint8)
+        ext = ".gz" if compress else ""
+        write_idx(os.path.join(directory, f"{prefix}-images-idx3-ubyte{ext}"), images, compress)
+        write_idx(os.path.join(directory, f"{prefix}-labels-idx1-ubyte{ext}"), labels, compress)
+        arrays[split] = (images, labels)
+    return arrays

@@ -14,7 +14,7 @@ from wae_tf import classifier
 from wae_tf import compare
 from wae_tf import evaluate
 from wae_tf import figures
-from wae_tf import training
+from wae_tf import loop
 
 METRIC_FIELDS = ("test_recon_cost", "test_mse_per_pixel", "fid", "precision", "recall",
                  "classifier_test_accuracy", "mmd_codes_prior", "sharpness_samples",
@@ -29,7 +29,7 @@ def trained(tmp_path_factory):
     workdir = str(root / "run")
     train, test = make_images(48), make_images(24, seed=1)
     config = tiny_config(export=True)
-    training.train_and_evaluate(config, workdir, data_override=(train, test))
+    loop.train_and_evaluate(config, workdir, data_override=(train, test))
     classifier_dir = str(root / "classifier")
     classifier.load_or_train(classifier_dir, "synthetic", lambda: (train, test), epochs=1)
     return dict(workdir=workdir, test=test, classifier_dir=classifier_dir,

@@ -1,5 +1,6 @@
 """The SavedModel contract: signatures, shapes, dtypes, determinism, loaded without wae_tf."""
 
+import collections
 import json
 import os
 import subprocess
@@ -10,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import tiny_config
-from wae_tf import export
+from wae_tf import serving
 from wae_tf import training
 
 BIN = os.path.dirname(sys.executable)
@@ -75,22 +76,22 @@ def exported(tmp_path_factory):
     config = tiny_config(encoder="gaussian", conv_impl="patches")
     state = training.create_state(config, (28, 28, 1), steps_per_epoch=1, num_epochs=1)
     base = str(tmp_path_factory.mktemp("export"))
-    path = export.export_saved_model(state.encoder, state.decoder, config, (28, 28, 1), base, 7)
-    return base, path
+    path = serving.export_saved_model(state.encoder, state.decoder, config, (28, 28, 1), base, 7)
+    return base, path, state
 
 
 def test_export_writes_a_versioned_directory_atomically(exported):
-    base, path = exported
+    base, path, _ = exported
     assert path == os.path.join(base, "7")
     assert sorted(os.listdir(base)) == ["7"]  # no temporary directory left behind
     assert os.path.exists(os.path.join(path, "saved_model.pb"))
     assert os.path.isdir(os.path.join(path, "variables"))
-    with open(os.path.join(path, export.CONFIG_ASSET)) as f:
+    with open(os.path.join(path, serving.CONFIG_ASSET)) as f:
         assert json.load(f)["encoder"] == "gaussian"
 
 
 def test_signatures_run_in_a_process_without_wae_tf(exported, tmp_path):
-    _, path = exported
+    _, path, _ = exported
     env = dict(os.environ, PYTHONPATH="", TF_CPP_MIN_LOG_LEVEL="2")
     out = subprocess.run([sys.executable, "-c", CLIENT, path], cwd=str(tmp_path), env=env,
                          capture_output=True, text=True, timeout=300, check=True).stdout
@@ -109,7 +110,7 @@ def test_signatures_run_in_a_process_without_wae_tf(exported, tmp_path):
 
 def test_saved_model_cli_shows_and_runs_the_signatures(exported, tmp_path):
     """saved_model_cli loads with the TF1 session loader, as TF Serving does."""
-    _, path = exported
+    _, path, _ = exported
     cli = os.path.join(BIN, "saved_model_cli")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     shown = subprocess.run([cli, "show", "--dir", path, "--tag_set", "serve", "--signature_def",
@@ -125,3 +126,28 @@ def test_saved_model_cli_shows_and_runs_the_signatures(exported, tmp_path):
         images = np.load(outdir / "images.npy")
         assert images.shape == (2, 28, 28, 1) and images.dtype == np.float32
         assert 0 <= images.min() and images.max() <= 1
+
+
+def _op_counts(concrete_function) -> collections.Counter:
+    graph = concrete_function.graph.as_graph_def()
+    return collections.Counter([node.op for node in graph.node] + [
+        node.op for function in graph.library.function for node in function.node_def])
+
+
+def test_the_export_is_plain_keras_whatever_layers_training_used(exported):
+    """Trained with every conv part as matmuls (--conv_impl=patches), served through TF's conv
+    kernels: the graph is the same whatever CPU exported it, and computes the same images."""
+    _, path, state = exported
+    assert "TunedConv2D" in {type(layer).__name__ for layer in state.encoder.layers}
+    loaded = tf.saved_model.load(path)
+    ops = _op_counts(loaded.signatures["reconstruct"])
+    # 4 convs; 2 transposed convs and the output layer; matmuls of the Dense layers only:
+    # z_mean, z_log_var and the decoder's projection. No patches, no per-phase matmuls.
+    assert (ops["Conv2D"], ops["Conv2DBackpropInput"], ops["MatMul"]) == (4, 3, 3), ops
+    assert ops["ExtractImagePatches"] == 0
+    images = tf.random.stateless_uniform([5, 28, 28, 1], seed=[1, 2])
+    served = loaded.signatures["reconstruct"](images=images)
+    z = state.encoder(images, training=False)[0]  # the Gaussian encoder's mean
+    np.testing.assert_allclose(served["z"], z, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(served["images"], state.decoder(z, training=False), rtol=1e-5,
+                               atol=1e-6)

@@ -9,10 +9,9 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, mirrored_strategy
-from tests.data_test import make_idx_dir
+from tests.conftest import REPO, make_idx_dir, mirrored_strategy
 from wae_tf import data
-from wae_tf import training
+from wae_tf import loop
 from wae_tf.config import Config
 
 FLAGS = dict(width_divisor=32, z_dim=4, batch_size=8, train_steps=3, checkpoint_every=2,
@@ -62,7 +61,7 @@ def test_two_workers_finish_and_match_a_single_process_run(tmp_path):
     splits = (data.load_split(config, "train"), data.load_split(config, "test"))
     # Two replicas in one process: the same replica count, so the same BatchNorm formula
     # (Keras's all-reduced moments) as the two workers.
-    reference = training.train_and_evaluate(config, str(tmp_path / "single"),
+    reference = loop.train_and_evaluate(config, str(tmp_path / "single"),
                                             strategy=mirrored_strategy(), data_override=splits)
     workers = _launch_workers(workdir, data_dir, str(tmp_path))
     try:

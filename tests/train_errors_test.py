@@ -12,8 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, tiny_config
-from tests.data_test import idx_bytes, make_idx_dir
+from tests.conftest import REPO, idx_bytes, make_idx_dir, tiny_config
 from wae_tf import checkpoints
 
 FLAGS = ["--width_divisor=32", "--z_dim=4", "--batch_size=8", "--train_steps=1", "--export=false"]
@@ -26,7 +25,7 @@ def _truncate_images(data_dir):
 
 
 def _foreign_workdir(workdir):  # made with --z_dim=5
-    checkpoints.check_model_signature(workdir, tiny_config(z_dim=5), (28, 28, 1), write=True)
+    checkpoints.check_run_record(workdir, tiny_config(z_dim=5), (28, 28, 1), write=True)
 
 
 CASES = {

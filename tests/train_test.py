@@ -25,18 +25,25 @@ def test_train_then_export_on_real_fashion_mnist(tmp_path):
     workdir = str(tmp_path / "run")
     result = _run("wae_tf.train", "--flagfile=flags/test_tiny.cfg", f"--workdir={workdir}")
     assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("config.json", "flags.txt", "model.json", "results.json", "samples.png",
+    for name in ("config.json", "results.json", "samples.png",
                  "reconstructions.png", "export/6/saved_model.pb", "checkpoints/checkpoint"):
         assert os.path.exists(os.path.join(workdir, name)), name
     assert os.listdir(os.path.join(workdir, "train")), "no TensorBoard events"
     results = json.load(open(os.path.join(workdir, "results.json")))
     assert results["step"] == 6 and 0 < results["test_recon_cost"] < 50
     assert "images/s" in result.stderr and "left" in result.stderr
-    # The effective flags repeat the run: resuming from them trains nothing more.
-    again = _run("wae_tf.train", f"--flagfile={workdir}/flags.txt", "--export=false")
+    record = json.load(open(os.path.join(workdir, "config.json")))
+    assert record["image_shape"] == [28, 28, 1] and record["train_steps"] == 6
+    # The workdir alone resumes the run from its config.json: nothing more to train.
+    again = _run("wae_tf.train", f"--workdir={workdir}", "--export=false")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "from step 6 to 6" in again.stderr
-    # Exporting the checkpoint again gives the same version directory.
+    # A flag given again overrides the record: two more steps.
+    longer = _run("wae_tf.train", f"--workdir={workdir}", "--train_steps=8", "--export=false")
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    assert "from step 6 to 8" in longer.stderr
+    # Exporting the latest checkpoint: its step is the version directory.
     exported = _run("wae_tf.export", f"--workdir={workdir}", f"--export_dir={tmp_path}/exp")
     assert exported.returncode == 0, exported.stderr[-3000:]
-    assert os.path.exists(tmp_path / "exp" / "6" / "saved_model.pb")
+    assert os.listdir(tmp_path / "exp") == ["8"]
+    assert os.path.exists(tmp_path / "exp" / "8" / "saved_model.pb")

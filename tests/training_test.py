@@ -10,9 +10,11 @@ import tensorflow as tf
 from tests.conftest import make_images, mirrored_strategy, tiny_config
 from wae_tf import checkpoints
 from wae_tf import data
+from wae_tf import errors
 from wae_tf import fast_layers
+from wae_tf import loop
 from wae_tf import training
-from wae_tf.config import ConfigError
+from wae_tf.errors import ConfigError
 
 SWEEP = [
     dict(regularizer="mmd", kernel="imq"),
@@ -167,10 +169,10 @@ def test_replicas_draw_different_prior_samples():
 def test_resume_continues_step_optimizer_and_equals_uninterrupted_run(tmp_path):
     train, test = make_images(32), make_images(8, seed=1)
     config = tiny_config(train_steps=4, checkpoint_every=2)
-    straight = training.train_and_evaluate(config, str(tmp_path / "a"), data_override=(train, test))
-    training.train_and_evaluate(config.replace(train_steps=2), str(tmp_path / "b"),
+    straight = loop.train_and_evaluate(config, str(tmp_path / "a"), data_override=(train, test))
+    loop.train_and_evaluate(config.replace(train_steps=2), str(tmp_path / "b"),
                                 data_override=(train, test))
-    resumed = training.train_and_evaluate(config, str(tmp_path / "b"), data_override=(train, test))
+    resumed = loop.train_and_evaluate(config, str(tmp_path / "b"), data_override=(train, test))
     assert straight["step"] == resumed["step"] == 4
     assert resumed["train_loss"] == pytest.approx(straight["train_loss"], rel=1e-4)
     assert resumed["test_recon_cost"] == pytest.approx(straight["test_recon_cost"], rel=1e-4)
@@ -189,10 +191,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     train, test = make_images(32), make_images(8, seed=1)
     config = tiny_config(train_steps=2, checkpoint_every=1)
     workdir = str(tmp_path)
-    training.train_and_evaluate(config, workdir, data_override=(train, test))
+    loop.train_and_evaluate(config, workdir, data_override=(train, test))
     monkeypatch.setattr(training.regularizers, "mmd_penalty", lambda *a, **k: tf.constant(np.nan))
-    with pytest.raises(training.NonFiniteLossError, match=r"step 3.*ckpt-2"):
-        training.train_and_evaluate(config.replace(train_steps=5), workdir,
+    with pytest.raises(errors.NonFiniteLossError, match=r"step 3.*ckpt-2"):
+        loop.train_and_evaluate(config.replace(train_steps=5), workdir,
                                     data_override=(train, test))
     assert tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints")).endswith("ckpt-2")
 
@@ -209,19 +211,19 @@ def test_learning_rate_schedules_follow_the_paper_code():
 
 def test_workdir_with_other_model_flags_is_refused(tmp_path):
     config = tiny_config()
-    checkpoints.check_model_signature(str(tmp_path), config, (28, 28, 1), write=True)
-    assert json.load(open(tmp_path / "model.json"))["z_dim"] == 4
+    checkpoints.check_run_record(str(tmp_path), config, (28, 28, 1), write=True)
+    assert json.load(open(tmp_path / "config.json"))["z_dim"] == 4
     with pytest.raises(ConfigError, match="z_dim"):
-        checkpoints.check_model_signature(str(tmp_path), config.replace(z_dim=5), (28, 28, 1),
-                                          write=True)
+        checkpoints.check_run_record(str(tmp_path), config.replace(z_dim=5), (28, 28, 1),
+                                     write=True)
     with pytest.raises(ConfigError, match="image_shape"):
-        checkpoints.check_model_signature(str(tmp_path), config, (64, 64, 3), write=True)
+        checkpoints.check_run_record(str(tmp_path), config, (64, 64, 3), write=True)
 
 
 def test_batch_not_divisible_by_replicas_is_refused(tmp_path):
     config = tiny_config(batch_size=7)
     with pytest.raises(ConfigError, match="not divisible"):
-        training.train_and_evaluate(config, str(tmp_path), strategy=mirrored_strategy(),
+        loop.train_and_evaluate(config, str(tmp_path), strategy=mirrored_strategy(),
                                     data_override=(make_images(16), make_images(8)))
 
 

@@ -23,10 +23,11 @@ from absl import app
 from absl import flags
 from absl import logging
 
+from wae_tf import cluster
 from wae_tf import convs
 from wae_tf import data
-from wae_tf import export
 from wae_tf import regularizers
+from wae_tf import serving
 from wae_tf import training
 from wae_tf.config import CHOICES, Config
 
@@ -163,7 +164,7 @@ def _run_window(train_fn, iterator, calls: int, steps_per_call: int) -> float:
 
 def benchmark_training(config: Config, train: data.ImageData, options: Options) -> dict:
     """Images/s of the training loop's step (pipeline included) and the fraction of the limit."""
-    strategy = training.create_strategy(config)
+    strategy = cluster.create_strategy(config)
     with strategy.scope():
         state = training.create_state(config, train.image_shape, 600, 1)
     dataset = data.make_train_dataset(train, config.batch_size, config.seed)
@@ -181,7 +182,7 @@ def benchmark_training(config: Config, train: data.ImageData, options: Options) 
         limits.append(matmul_flops_per_second(options.matmul_size, options.matmul_runs,
                                               COMPUTE_DTYPES[config.mixed_precision]))
         # One untimed call: the matmul's 200 MB evict the step's working set from the caches
-        # and the allocator, and the first step after it measured 5-15% slower.
+        # and the allocator, which slows the next steps.
         _run_window(train_fn, iterator, 1, config.steps_per_loop)
         seconds = _run_window(train_fn, iterator, calls, config.steps_per_loop)
         rates.append(calls * config.steps_per_loop * config.batch_size / seconds)
@@ -256,7 +257,7 @@ def benchmark_serving(state: training.TrainState, config: Config, image_shape,
                       options: Options) -> Dict[str, dict]:
     """Latency (median s per call) and images/s of the exported signatures, loaded back."""
     with tempfile.TemporaryDirectory() as base:
-        path = export.export_saved_model(state.encoder, state.decoder, config, image_shape,
+        path = serving.export_saved_model(state.encoder, state.decoder, config, image_shape,
                                          base, 1)
         loaded = tf.saved_model.load(path)
         results = {}

@@ -17,9 +17,7 @@ still be evaluated with a feature extractor of the user's choice placed in a cla
 the layout above (it is then used whatever data set it was made for).
 """
 
-import json
 import os
-import tempfile
 from typing import Callable, Optional, Tuple
 
 import keras
@@ -27,9 +25,9 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from wae_tf import checkpoints
 from wae_tf import data
-from wae_tf.config import ConfigError
+from wae_tf import fileio
+from wae_tf.errors import ConfigError
 
 INFO_FILE = "classifier.json"
 MODEL_DIR = "saved_model"
@@ -105,27 +103,24 @@ def train_classifier(train: data.ImageData, test: data.ImageData, epochs: int = 
 
 def save(model: keras.Model, info: dict, directory: str) -> None:
     """Write saved_model/ and classifier.json under `directory`, atomically (tmp dir + rename)."""
-    parent = os.path.dirname(os.path.abspath(directory))
-    tf.io.gfile.makedirs(parent)
-    tmp = tempfile.mkdtemp(prefix=".tmp-classifier-", dir=parent)
+    tmp = fileio.temporary_sibling(directory)
+    tf.io.gfile.makedirs(tmp)
     archive = keras.export.ExportArchive()
     archive.track(model)
     spec = tf.TensorSpec([None, *info["image_shape"]], tf.float32, name="images")
     archive.add_endpoint("embed", lambda images: dict(zip(("features", "logits"),
                                                           model(images, training=False))), [spec])
     archive.write_out(os.path.join(tmp, MODEL_DIR), verbose=False)
-    with open(os.path.join(tmp, INFO_FILE), "w") as f:
-        json.dump(info, f, indent=2, sort_keys=True)
-    checkpoints.replace_directory(tmp, directory)
+    fileio.write_json(os.path.join(tmp, INFO_FILE), info)
+    fileio.replace_directory(tmp, directory)
 
 
 def load(directory: str) -> FeatureClassifier:
     """The cached classifier of `directory`; ConfigError if it is not there."""
     info_path = os.path.join(directory, INFO_FILE)
-    if not os.path.exists(info_path):
+    if not tf.io.gfile.exists(info_path):
         raise ConfigError(f"No feature classifier in {directory} ({INFO_FILE} missing).")
-    with open(info_path) as f:
-        info = json.load(f)
+    info = fileio.read_json(info_path)
     return FeatureClassifier(tf.saved_model.load(os.path.join(directory, MODEL_DIR)), info)
 
 
@@ -137,7 +132,7 @@ def load_or_train(directory: str, dataset: str,
     `load_data()` -> (train, test) ImageData is only called when training is needed, so cached
     runs never read the training split; tests pass small synthetic data here.
     """
-    if not os.path.exists(os.path.join(directory, INFO_FILE)):
+    if not tf.io.gfile.exists(os.path.join(directory, INFO_FILE)):
         if dataset == "celeb_a":
             raise ConfigError(
                 "No feature classifier for celeb_a: it has no class labels to train one on (the "

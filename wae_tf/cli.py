@@ -6,6 +6,7 @@ import sys
 from absl import flags
 
 from wae_tf import config as config_lib
+from wae_tf.errors import ConfigError, NonFiniteLossError, Preempted
 
 FLAGS = flags.FLAGS
 
@@ -42,11 +43,9 @@ def explicit_config_flags() -> dict:
 
 def run_reporting_user_errors(function, *args) -> int:
     """Run `function`; user errors (bad flags or data, NaN losses) become one line on stderr."""
-    # pylint: disable-next=import-outside-toplevel
-    from wae_tf.training import NonFiniteLossError, Preempted
     try:
         function(*args)
-    except config_lib.ConfigError as error:
+    except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except NonFiniteLossError as error:
@@ -58,17 +57,6 @@ def run_reporting_user_errors(function, *args) -> int:
     return 0
 
 
-def config_from_dict_with_flags(saved: dict) -> config_lib.Config:
-    """A saved config (config.json) with the fields given explicitly on the command line."""
-    base = config_lib.from_dict(saved)
-    return dataclasses.replace(base, **explicit_config_flags())
-
-
-def write_flagfile(path: str, config: config_lib.Config, **extra) -> None:
-    """Write a flagfile that repeats this run: every Config field plus `extra` flags."""
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    values = {**dataclasses.asdict(config), **extra}
-    lines = [f"--{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in values.items()]
-    with tf.io.gfile.GFile(path, "w") as f:
-        f.write("# The effective flags of this run: --flagfile=<this file> repeats it.\n")
-        f.write("\n".join(lines) + "\n")
+def config_from_dict_with_flags(saved: config_lib.Config) -> config_lib.Config:
+    """A run's saved Config with the fields given explicitly on the command line."""
+    return dataclasses.replace(saved, **explicit_config_flags()).validate()

@@ -8,7 +8,6 @@ eval/metrics.json already has the requested sample count and seed) and lands in 
 <workdir_root>/compare.md. Wall times are those this script measured (summed over resumes).
 """
 
-import json
 import os
 import sys
 import time
@@ -16,10 +15,13 @@ from typing import Dict, List, Tuple
 
 from absl import app
 from absl import flags
+import tensorflow as tf
 from absl import logging
 
 from wae_tf import cli
 from wae_tf import config as config_lib
+from wae_tf import fileio
+from wae_tf import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = (("vae", "VAE"), ("vae_lambda01", "VAE (λ=0.1)"), ("wae_mmd", "WAE-MMD"),
@@ -45,21 +47,13 @@ def parse_flagfile(path: str) -> config_lib.Config:
 
 
 def _read_json(path: str) -> dict:
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
-
-
-def _write_json(path: str, values: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(values, f, indent=2, sort_keys=True)
+    """The JSON file at `path`, or {} if there is none yet."""
+    return fileio.read_json(path) if tf.io.gfile.exists(path) else {}
 
 
 def train_run(config: config_lib.Config, workdir: str, data_override=None) -> dict:
     """Train (or resume) one run unless its results.json reports the full budget; returns the
     timing record {train_wall_time_s, steps}."""
-    from wae_tf import training  # pylint: disable=import-outside-toplevel; slow import
     timing_path = os.path.join(workdir, TIMING_FILE)
     timing = _read_json(timing_path) or {"train_wall_time_s": 0.0, "steps": 0}
     done = _read_json(os.path.join(workdir, "results.json")).get("step", -1)
@@ -67,11 +61,10 @@ def train_run(config: config_lib.Config, workdir: str, data_override=None) -> di
         logging.info("%s: trained (%d steps), skipping.", workdir, done)
         return timing
     start = time.time()
-    results = training.train_and_evaluate(config, workdir, data_override=data_override)
+    results = loop.train_and_evaluate(config, workdir, data_override=data_override)
     timing["train_wall_time_s"] += time.time() - start
     timing["steps"] = int(results["step"])
-    os.makedirs(workdir, exist_ok=True)
-    _write_json(timing_path, timing)
+    fileio.write_json(timing_path, timing)
     return timing
 
 
@@ -148,7 +141,7 @@ def run_comparison(workdir_root: str, num_samples: int, seed: int, classifier_di
                                classifier_dir)
         results[name] = (metrics, timings[name])
     text = describe(results)
-    with open(os.path.join(workdir_root, "compare.md"), "w") as f:
+    with tf.io.gfile.GFile(os.path.join(workdir_root, "compare.md"), "w") as f:
         f.write(text)
     return text
 

@@ -1,8 +1,9 @@
 """Every hyper-parameter of a run: one frozen dataclass, its defaults and its validation (stdlib only)."""
 
 import dataclasses
-import json
 from typing import Tuple
+
+from wae_tf.errors import ConfigError
 
 # Choices of the enumerated fields; flags and validate() both read these.
 CHOICES = {
@@ -22,10 +23,6 @@ MODEL_FIELDS = ("dataset", "image_size", "width_divisor", "encoder", "z_dim", "r
                 "disc_prior_logdensity", "sync_batchnorm")
 
 DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-
-
-class ConfigError(ValueError):
-    """A user error in the configuration: reported in one line, without a traceback."""
 
 
 def _field(default, help_text):
@@ -81,7 +78,7 @@ class Config:
     input_noise: float = _field(0.0, "Std of the Gaussian noise added to encoder inputs in training.")
     seed: int = _field(0, "Seed of initialisation, data order, prior samples and noise.")
     steps_per_loop: int = _field(1, "Training steps run inside one tf.function call.")
-    jit_compile: bool = _field(False, "XLA-compile the training step (slower on CPU).")
+    jit_compile: bool = _field(False, "XLA-compile the training step (slower on the CPUs measured).")
     conv_impl: str = _field("auto", "How the stride-2 convs, transposed convs and the decoder's "
                             "output layer compute their forward pass and gradients: auto (TF's "
                             "kernels with a GPU; on CPUs each part timed once per process against "
@@ -92,8 +89,8 @@ class Config:
     mixed_precision: str = _field("none", "none | mixed_float16 (with dynamic loss scaling) | "
                                   "mixed_bfloat16: layers compute in 16 bits, variables, losses "
                                   "and exported signatures stay float32. For GPUs/TPUs and CPUs "
-                                  "with AVX512_BF16 (bfloat16 1.4-1.7x faster there); 10x slower "
-                                  "on CPUs without 16-bit units.")
+                                  "with AVX512_BF16 (bfloat16 faster there); much slower on CPUs "
+                                  "without 16-bit units (docs/performance.md).")
     deterministic: bool = _field(False, "Enable TF op determinism: a resumed run's losses equal "
                                  "an uninterrupted run's (bit for bit on one machine).")
     # Distribution.
@@ -106,9 +103,6 @@ class Config:
     image_every: int = _field(1000, "Log reconstruction and sample grids every this many steps.")
     export_dir: str = _field("", "Base directory of the SavedModel export; default <workdir>/export.")
     export: bool = _field(True, "Export a SavedModel at the end of training.")
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -159,7 +153,13 @@ def config_fields() -> Tuple[dataclasses.Field, ...]:
     return dataclasses.fields(Config)
 
 
+def run_record(config: Config, image_shape) -> dict:
+    """What a run writes once to <workdir>/config.json and into its export's assets.extra:
+    every field, and the image shape [H, W, C] the networks were built for."""
+    return dict(dataclasses.asdict(config), image_shape=[int(d) for d in image_shape])
+
+
 def from_dict(values: dict) -> Config:
-    """Build a Config from a dict (e.g. a saved config.json), ignoring unknown keys."""
+    """Build a Config from a dict (e.g. a run record), ignoring unknown keys."""
     known = {f.name for f in config_fields()}
     return Config(**{k: v for k, v in values.items() if k in known})

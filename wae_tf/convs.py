@@ -2,8 +2,8 @@
 gradient) as TF's kernel or as matmuls, and the on-machine timing that picks one per part.
 
 Why: on CPUs, TF's (oneDNN's) kernels have shape-dependent cliffs that differ between machines:
-the 4x4x512 -> 2x2x1024 conv runs at 29-56 GFLOP/s where a matmul runs at 210 on an AVX-512
-EPYC, and on an AVX2 one the 7x7x1024 transposed conv ran at 18 GFLOP/s. Timing both forms on
+some layers run several times below matmul speed on one CPU and not on another
+(docs/performance.md). Timing both forms on
 the layer's own shapes, as cuDNN's autotuner does on GPUs, picks the fast one wherever it runs.
 Both forms use the same kernel variable, so checkpoints do not depend on the choice.
 """
@@ -100,7 +100,7 @@ def shift_sum_conv2d_transpose(x, kernel):
 
     x [N, h, w, C_in], kernel [k, k, C_out, C_in] -> [N, h, w, C_out]. Every input pixel times
     every tap at once ([N*h*w, C_in] x [C_in, k*k*C_out]), then each tap's plane is added at
-    its offset: for the decoder's last layer (C_out 1 or 3) TF's kernel is 4-5x slower here.
+    its offset: for the decoder's last layer (C_out 1 or 3) it can beat TF's kernel; `tune` decides.
     """
     k, cout, cin = kernel.shape[0], kernel.shape[2], kernel.shape[3]
     h, w = x.shape[1], x.shape[2]

@@ -22,7 +22,8 @@ from typing import List, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from wae_tf.config import DEFAULT_FASHION_MNIST_DIR, Config, ConfigError
+from wae_tf.config import DEFAULT_FASHION_MNIST_DIR, Config
+from wae_tf.errors import ConfigError
 
 SPLITS = ("train", "test")
 # File name prefix of each split in the IDX distribution of (Fashion-)MNIST.

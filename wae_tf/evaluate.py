@@ -21,16 +21,17 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from wae_tf import checkpoints
 from wae_tf import classifier as classifier_lib
 from wae_tf import config as config_lib
 from wae_tf import data
-from wae_tf import export
 from wae_tf import figures
+from wae_tf import fileio
 from wae_tf import metrics
 from wae_tf import networks
 from wae_tf import regularizers
-from wae_tf.config import Config, ConfigError
+from wae_tf import serving
+from wae_tf.config import Config
+from wae_tf.errors import ConfigError
 
 BATCH = 500
 PRECISION_RECALL_K = 3
@@ -52,7 +53,7 @@ class Autoencoder:
 
 def load_from_workdir(workdir: str) -> Autoencoder:
     """Rebuild the networks of a training run and restore its latest checkpoint."""
-    run = checkpoints.restore_trained_models(workdir)
+    run = serving.restore_trained_models(workdir)
     encoder, decoder = run.encoder, run.decoder
     encode = tf.function(lambda x: networks.encoder_mean(encoder, x))
     decode = tf.function(lambda z: decoder(z, training=False))
@@ -73,8 +74,8 @@ def latest_version(path: str) -> str:
 def load_from_saved_model(path: str) -> Autoencoder:
     """Load an export's `encode` and `decode` signatures and its wae_config.json."""
     path = latest_version(path)
-    config_path = os.path.join(path, export.CONFIG_ASSET)
-    config = config_lib.from_dict(checkpoints.read_json(config_path))
+    config_path = os.path.join(path, serving.CONFIG_ASSET)
+    config = config_lib.from_dict(fileio.read_json(config_path))
     loaded = tf.saved_model.load(path)
     encode_sig, decode_sig = loaded.signatures["encode"], loaded.signatures["decode"]
     images_spec = encode_sig.structured_input_signature[1]["images"]  # [None, H, W, C]
@@ -114,18 +115,15 @@ def run_model(model: Autoencoder, test_images: np.ndarray, num_samples: int, see
 
 
 def _reconstruction_metrics(config: Config, images, recon) -> dict:
-    cost = _batched_cost(config, images, recon)
-    n = int(images.shape[0])
-    return {"test_recon_cost": dict(value=float(np.mean(cost)), num_images=n, cost=config.recon),
-            "test_mse_per_pixel": dict(value=float(np.mean(np.square(images - recon))),
-                                       num_images=n)}
-
-
-def _batched_cost(config: Config, images, recon) -> np.ndarray:
-    """The training cost c(x, G(E(x))) of each image, [n]."""
-    return np.concatenate([regularizers.reconstruction_cost(
-        tf.constant(images[i:i + BATCH]), tf.constant(recon[i:i + BATCH]), config.recon).numpy()
-        for i in range(0, len(images), BATCH)])
+    """The training loop's test metrics (metrics.ReconstructionMetrics), with their counts."""
+    tracker = metrics.ReconstructionMetrics(config.recon)
+    for i in range(0, len(images), BATCH):
+        tracker.update(tf.constant(images[i:i + BATCH]), tf.constant(recon[i:i + BATCH]))
+    values = tracker.result()
+    n = tracker.num_images
+    return {"test_recon_cost": dict(value=values["test_recon_cost"], num_images=n,
+                                    cost=config.recon),
+            "test_mse_per_pixel": dict(value=values["test_mse_per_pixel"], num_images=n)}
 
 
 def _feature_metrics(classifier, test_images, samples, seed: int) -> dict:

@@ -6,9 +6,10 @@ made of come from a `LayerSet`, plain Keras by default; training passes faster f
 same variables (wae_tf.fast_layers), so a checkpoint restores into either.
 """
 
+import contextlib
 import dataclasses
 import math
-from typing import Callable
+from typing import Callable, NamedTuple, Optional
 
 import keras
 from keras import layers
@@ -131,3 +132,34 @@ def network_image_size(image_shape) -> int:
         raise ValueError(f"Images of shape {tuple(image_shape)}: the paper's networks take 28x28 "
                          "or 64x64; pass --image_size=28 or 64 to resize.")
     return height
+
+
+class Models(NamedTuple):
+    encoder: keras.Model
+    decoder: keras.Model
+    discriminator: Optional[keras.Model]  # --regularizer=gan only
+
+
+@contextlib.contextmanager
+def _dtype_policy(config: Config):
+    """Keras's global dtype policy from --mixed_precision while layers are created."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(
+        "float32" if config.mixed_precision == "none" else config.mixed_precision)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def make_models(config: Config, image_shape, layer_set: LayerSet = KERAS_LAYERS,
+                with_discriminator: bool = True) -> Models:
+    """Encoder, decoder and (for gan, unless with_discriminator is False) discriminator in the
+    --mixed_precision policy; initialised from Keras's global seed (keras.utils.set_random_seed)."""
+    network_image_size(image_shape)
+    with _dtype_policy(config):
+        discriminator = None
+        if config.regularizer == "gan" and with_discriminator:  # first: the seed's stream as in earlier releases
+            discriminator = make_discriminator(config, image_shape)
+        return Models(make_encoder(config, image_shape, layer_set),
+                      make_decoder(config, image_shape, layer_set), discriminator)

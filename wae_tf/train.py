@@ -1,4 +1,8 @@
-"""Entry point: python -m wae_tf.train --flagfile=flags/<experiment>.cfg --workdir=DIR."""
+"""Entry point: python -m wae_tf.train --flagfile=flags/<experiment>.cfg --workdir=DIR.
+
+Rerunning with the same --workdir resumes; the run's flags come from DIR/config.json, with any
+flag given on the command line (or in a flagfile) taking precedence.
+"""
 
 import os
 import sys
@@ -7,6 +11,7 @@ from absl import app
 from absl import flags
 
 from wae_tf import cli
+from wae_tf.errors import ConfigError
 
 cli.define_config_flags()
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, images and the export.")
@@ -14,25 +19,28 @@ flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 
 
-def _train(config, workdir):
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    from wae_tf import checkpoints, training  # pylint: disable=import-outside-toplevel
-    training.configure_cpu_devices(config.cpu_devices)
+def _train(workdir):
+    # pylint: disable=import-outside-toplevel; TensorFlow loads after the flags are parsed
+    import tensorflow as tf
+    from wae_tf import checkpoints, cluster, loop
+    if not workdir:
+        raise ConfigError("--workdir is empty: name the run's directory.")
+    record = os.path.join(workdir, checkpoints.RECORD_FILE)
+    config = (cli.config_from_dict_with_flags(checkpoints.read_run_record(workdir)[0])
+              if tf.io.gfile.exists(record) else cli.config_from_flags())
+    cluster.configure_cpu_devices(config.cpu_devices)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     # Before any other TF op: MultiWorkerMirroredStrategy configures collectives at startup.
-    strategy = training.create_strategy(config)
-    tf.io.gfile.makedirs(workdir)
-    if checkpoints.is_chief(strategy):
-        cli.write_flagfile(os.path.join(workdir, "flags.txt"), config, workdir=workdir)
-    training.train_and_evaluate(config, workdir, strategy=strategy)
+    strategy = cluster.create_strategy(config)
+    loop.train_and_evaluate(config, workdir, strategy=strategy)
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    sys.exit(cli.run_reporting_user_errors(
-        lambda: _train(cli.config_from_flags(), FLAGS.workdir)))
+    sys.exit(cli.run_reporting_user_errors(lambda: _train(FLAGS.workdir)))
+
 
 if __name__ == "__main__":
     app.run(main)

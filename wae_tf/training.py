@@ -1,35 +1,19 @@
-"""Models, optimizers, the per-replica WAE step, the distributed step and the training loop."""
+"""The WAE step: models, optimizers and step counter (TrainState), the per-replica step and the
+distributed step that runs it on every replica."""
 
 import dataclasses
-import functools
-import json
-import os
-import signal
-import threading
-import time
 from typing import Callable, Dict, Optional
 
 import keras
-import numpy as np
 import tensorflow as tf
-from absl import logging
 
-from wae_tf import checkpoints
-from wae_tf import data
-from wae_tf import export
 from wae_tf import fast_layers
 from wae_tf import networks
 from wae_tf import regularizers
-from wae_tf import visualize
-from wae_tf.config import Config, ConfigError
+from wae_tf.config import Config
 
 # Tags folded into the per-step seed so that each random draw has its own stream.
 _NOISE, _PRIOR, _EPS, _DIRECTIONS = 1, 2, 3, 4
-NUM_IMAGES_LOGGED = 64
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training produced NaN or Inf; the run stops without saving the broken state."""
 
 
 @dataclasses.dataclass
@@ -55,39 +39,6 @@ class TrainState:
 
 
 # ----------------------------------------------------------------------------- setup
-
-
-def configure_cpu_devices(count: int) -> None:
-    """Split the CPU into `count` logical devices; must run before TensorFlow initialises."""
-    if count <= 0:
-        return
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    try:
-        tf.config.set_logical_device_configuration(
-            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)])
-    except RuntimeError as error:  # TF already initialised: only fine if the split matches.
-        if len(tf.config.list_logical_devices("CPU")) != count:
-            raise ConfigError(f"--cpu_devices={count} must be applied before TensorFlow starts "
-                              f"({error}).") from error
-
-
-def create_strategy(config: Config) -> tf.distribute.Strategy:
-    """The tf.distribute strategy named by --strategy (auto: mirrored with more than one GPU).
-
-    multi_worker reads TF_CONFIG and must be created before TensorFlow initialises (listing
-    devices does), so before anything else.
-    """
-    if config.strategy == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    gpus = tf.config.list_logical_devices("GPU")
-    cpus = tf.config.list_logical_devices("CPU")
-    name = config.strategy
-    if name == "auto":
-        name = "mirrored" if len(gpus) > 1 or (not gpus and len(cpus) > 1) else "default"
-    if name == "default":
-        return tf.distribute.get_strategy()
-    devices = [d.name for d in (gpus or cpus)]
-    return tf.distribute.MirroredStrategy(devices)
 
 
 def learning_rate_multiplier(schedule: str, epoch, num_epochs: int):
@@ -119,26 +70,14 @@ class EpochSchedule(keras.optimizers.schedules.LearningRateSchedule):
 
 
 def create_models(config: Config, image_shape, layer_set: Optional[networks.LayerSet] = None
-                  ) -> Dict[str, Optional[keras.Model]]:
+                  ) -> networks.Models:
     """Encoder, decoder and (for --regularizer=gan) discriminator, seeded by --seed.
 
     `layer_set` defaults to the fastest layers on this machine (fast_layers.training_layers).
     """
-    layer_set = layer_set or fast_layers.training_layers(config)
     keras.utils.set_random_seed(config.seed)
-    networks.network_image_size(image_shape)
-    previous_policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(  # read by each layer when it is built
-        "float32" if config.mixed_precision == "none" else config.mixed_precision)
-    try:
-        discriminator = None
-        if config.regularizer == "gan":
-            discriminator = networks.make_discriminator(config, image_shape)
-        return dict(encoder=networks.make_encoder(config, image_shape, layer_set),
-                    decoder=networks.make_decoder(config, image_shape, layer_set),
-                    discriminator=discriminator)
-    finally:
-        keras.config.set_dtype_policy(previous_policy)
+    return networks.make_models(config, image_shape,
+                                layer_set or fast_layers.training_layers(config))
 
 
 def create_optimizers(config: Config, steps_per_epoch: int, num_epochs: int):
@@ -169,8 +108,8 @@ def create_state(config: Config, image_shape, steps_per_epoch: int, num_epochs: 
     ae_opt, disc_opt = create_optimizers(config, steps_per_epoch, num_epochs)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step",
                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-    state = TrainState(models["encoder"], models["decoder"], models["discriminator"], ae_opt,
-                       disc_opt, step)
+    state = TrainState(models.encoder, models.decoder, models.discriminator, ae_opt, disc_opt,
+                       step)
     ae_opt.build(state.ae_variables)
     if disc_opt is not None:
         disc_opt.build(state.discriminator.trainable_variables)
@@ -316,231 +255,3 @@ def make_train_fn(config: Config, state: TrainState, strategy) -> Callable:
         return metrics
 
     return train_fn
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-def make_eval_fns(config: Config, state: TrainState):
-    """tf.functions (not distributed) for test reconstructions and prior samples."""
-    @tf.function(autograph=False)  # no Python control flow to convert
-    def reconstruct(images):
-        recon = state.decoder(networks.encoder_mean(state.encoder, images), training=False)
-        return recon, regularizers.reconstruction_cost(images, recon, config.recon)
-
-    @tf.function(autograph=False)
-    def decode(z):
-        return state.decoder(z, training=False)
-
-    return reconstruct, decode
-
-
-def evaluate_reconstruction(reconstruct, test: data.ImageData, batch_size: int) -> dict:
-    """Test reconstruction cost per image (the training cost) and MSE per pixel."""
-    cost, sq_err, count = 0.0, 0.0, 0
-    for images, _ in data.make_eval_dataset(test, batch_size):
-        recon, per_example = reconstruct(images)
-        cost += float(tf.reduce_sum(per_example))
-        sq_err += float(tf.reduce_sum(tf.square(images - recon)))
-        count += int(images.shape[0])
-    pixels = count * int(np.prod(test.image_shape))
-    return {"test_recon_cost": cost / count, "test_mse_per_pixel": sq_err / pixels}
-
-
-def image_summaries(config: Config, reconstruct, decode, test_images, step: int, workdir: str,
-                    write_png: bool) -> None:
-    """Reconstruction and sample grids to TensorBoard (and PNG files at the end of a run)."""
-    recon, _ = reconstruct(test_images)
-    prior_z = regularizers.sample_prior(config.prior, NUM_IMAGES_LOGGED, config.z_dim,
-                                        config.prior_scale, tf.constant([config.seed, 12345]))
-    samples = decode(prior_z)
-    grids = {"reconstructions": visualize.side_by_side(test_images[:32], recon[:32]),
-             "samples": visualize.image_grid(samples)}
-    for name, grid in grids.items():
-        tf.summary.image(name, grid[None], step=step)
-        if write_png:
-            visualize.save_png(os.path.join(workdir, f"{name}.png"), grid)
-
-
-# ----------------------------------------------------------------------------- the loop
-
-
-def _total_steps(config: Config, steps_per_epoch: int) -> int:
-    return config.train_steps if config.train_steps > 0 else config.epochs * steps_per_epoch
-
-
-def _load_data(config: Config, data_override):
-    if data_override is not None:
-        return data_override
-    return data.load_split(config, "train"), data.load_split(config, "test")
-
-
-def _check_batch(config: Config, strategy, train: data.ImageData) -> None:
-    replicas = strategy.num_replicas_in_sync
-    if config.batch_size % replicas:
-        raise ConfigError(f"--batch_size={config.batch_size} is not divisible by the "
-                          f"{replicas} replicas: use a multiple of {replicas}.")
-    if train.num_examples < config.batch_size:
-        raise ConfigError(f"{train.name} has {train.num_examples} images, fewer than "
-                          f"--batch_size={config.batch_size}.")
-
-
-def _log_scalars(metrics: dict, lr: float, step: int, rate: float, left_s: float) -> None:
-    for name, value in metrics.items():
-        tf.summary.scalar(f"train/{name}", value, step=step)
-    tf.summary.scalar("train/learning_rate", lr, step=step)
-    tf.summary.scalar("train/images_per_second", rate, step=step)
-    text = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
-    logging.info("step %d %s lr=%.2e %.0f images/s, %.0f s left", step, text, lr, rate, left_s)
-
-
-def _check_finite(metrics: dict, step: int, manager) -> None:
-    bad = {k: v for k, v in metrics.items() if not np.isfinite(v)}
-    if bad:
-        raise NonFiniteLossError(
-            f"Non-finite loss at step {step}: {bad}. Nothing was saved after it; the last good "
-            f"checkpoint is {manager.latest_checkpoint or '(none)'}. Lower --learning_rate or "
-            "--lambda_reg, or check the data for NaN.")
-
-
-def train_and_evaluate(config: Config, workdir: str, strategy=None, data_override=None) -> dict:
-    """Train (resuming from `workdir`), then evaluate and export; returns the final metrics.
-
-    `strategy` and `data_override` = (train, test) ImageData let tests inject both.
-    """
-    config.validate()
-    strategy = strategy or create_strategy(config)
-    train, test = _load_data(config, data_override)
-    image_shape = train.image_shape
-    _check_batch(config, strategy, train)
-    steps_per_epoch = data.steps_per_epoch(train.num_examples, config.batch_size)
-    total_steps = _total_steps(config, steps_per_epoch)
-    num_epochs = config.epochs or -(-total_steps // steps_per_epoch)
-    chief = checkpoints.is_chief(strategy)
-    tf.io.gfile.makedirs(workdir)
-    checkpoints.check_model_signature(workdir, config, image_shape, write=chief)
-    with strategy.scope():
-        state = create_state(config, image_shape, steps_per_epoch, num_epochs)
-    manager = checkpoints.create_manager(state.checkpoint(), workdir, config, strategy)
-    checkpoints.restore_latest(manager, os.path.join(workdir, "checkpoints"))  # the chief's
-    if chief:
-        checkpoints.write_json(os.path.join(workdir, "config.json"), dataclasses.asdict(config))
-    start = int(state.step.numpy())
-    _check_workers_agree(strategy, start)
-    logging.info("%s: %d train images %s, %d steps/epoch, from step %d to %d on %d replica(s).",
-                 train.name, train.num_examples, image_shape, steps_per_epoch, start, total_steps,
-                 strategy.num_replicas_in_sync)
-    dataset = data.make_train_dataset(train, config.batch_size, config.seed, start_step=start)
-    iterator = iter(strategy.experimental_distribute_dataset(dataset))
-    writer = tf.summary.create_file_writer(os.path.join(workdir, "train")) if chief else \
-        tf.summary.create_noop_writer()
-    reconstruct, decode = make_eval_fns(config, state)
-    test_images = tf.convert_to_tensor(data.to_float(test.images[:NUM_IMAGES_LOGGED]))
-    with writer.as_default():
-        metrics = _run_loop(config, state, strategy, iterator, manager, total_steps,
-                            (reconstruct, decode, test_images, workdir))
-        step = int(state.step.numpy())
-        if step > start or not manager.latest_checkpoint:
-            manager.save(checkpoint_number=step)
-        results = evaluate_reconstruction(reconstruct, test, config.batch_size)
-        for name, value in results.items():
-            tf.summary.scalar(f"test/{name}", value, step=step)
-        image_summaries(config, reconstruct, decode, test_images, step, workdir, write_png=chief)
-    writer.flush()
-    results.update({f"train_{k}": v for k, v in metrics.items()}, step=step)
-    logging.info("Finished at step %d: %s", step, json.dumps(results))
-    if chief:
-        checkpoints.write_json(os.path.join(workdir, "results.json"), results)
-    export_base = config.export_dir or os.path.join(workdir, "export")
-    if config.export:
-        export.export_saved_model(state.encoder, state.decoder, config, image_shape,
-                                  checkpoints.write_dir(export_base, strategy), step)
-    checkpoints.cleanup_worker_dirs([os.path.join(workdir, "checkpoints"), export_base], strategy)
-    return results
-
-
-def _run_loop(config, state, strategy, iterator, manager, total_steps, images) -> dict:
-    """Call the compiled steps until `total_steps`, logging, drawing and checkpointing.
-
-    After a SIGTERM (on any worker) it saves a checkpoint and raises Preempted.
-    """
-    train_fn = make_train_fn(config, state, strategy)
-    step, metrics = int(state.step.numpy()), {}
-    first, window_start, window_step = step, time.time(), step
-    with _SigtermFlag() as sigterm:
-        while step < total_steps and not any(_all_workers(strategy, sigterm.received)):
-            num = min(config.steps_per_loop, total_steps - step)
-            metrics = {k: float(v) for k, v in train_fn(iterator, tf.constant(num)).items()}
-            previous, step = step, step + num
-            _check_finite(metrics, step, manager)
-            crossed = lambda every: step // every > previous // every or step == total_steps  # noqa
-            if crossed(config.log_every) or previous == first:
-                elapsed = max(time.time() - window_start, 1e-9)
-                rate = (step - window_step) * config.batch_size / elapsed
-                lr = float(state.ae_optimizer.learning_rate)
-                _log_scalars(metrics, lr, step, rate,
-                             (total_steps - step) * config.batch_size / rate)
-                window_start, window_step = time.time(), step
-            if crossed(config.image_every):
-                image_summaries(config, *images[:3], step, images[3], write_png=False)
-            if crossed(config.checkpoint_every):
-                manager.save(checkpoint_number=step)
-    if step < total_steps:  # stopped by SIGTERM
-        raise Preempted(f"SIGTERM at step {step}: saved {manager.save(checkpoint_number=step)}; "
-                        "rerun the same command to resume.")
-    return metrics
-
-
-class Preempted(Exception):
-    """SIGTERM stopped training after saving a checkpoint; entry points exit with code 143."""
-
-
-class _SigtermFlag:
-    """While entered (in the main thread), SIGTERM sets `received` instead of killing."""
-
-    def __init__(self):
-        self.received, self._installed, self._previous = False, False, None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-            self._installed = True
-        return self
-
-    def _handle(self, signum, frame):
-        del signum, frame
-        self.received = True
-        logging.warning("SIGTERM received: saving a checkpoint after the current step, then exit.")
-
-    def __exit__(self, *exc_info):
-        if self._installed:
-            signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
-
-
-def _all_workers(strategy, value: float) -> list:
-    """`value` of every replica of a multi-worker run ([value] otherwise), by an all-gather.
-
-    A collective: every worker must call it at the same point of the run.
-    """
-    if not checkpoints.is_multi_worker(strategy):
-        return [value]
-    return _gather_fn(strategy)(tf.constant(float(value))).numpy().tolist()
-
-
-@functools.lru_cache(maxsize=None)
-def _gather_fn(strategy):
-    """A tf.function gathering a float32 scalar from every replica (eagerly: 300 ms a call)."""
-    @tf.function
-    def gather(value):
-        per_replica = strategy.run(lambda: tf.reshape(value, [1]))
-        return strategy.gather(per_replica, axis=0)  # [replicas]
-    return gather
-
-
-def _check_workers_agree(strategy, start: int) -> None:
-    """Fail (on every worker) if the workers restored different steps: no shared workdir."""
-    steps = _all_workers(strategy, start)
-    low, high = int(min(steps)), int(max(steps))
-    if low != high:
-        raise ConfigError(f"The workers resumed from steps {low} to {high}: every worker must "
-                          "read the chief's --workdir (a shared file system such as NFS or gs://).")

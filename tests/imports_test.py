@@ -1,0 +1,89 @@
+"""The package's imports flow one way: each module imports on its own, and no cycle exists."""
+
+import ast
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+PACKAGE = os.path.join(REPO, "wae_tf")
+MODULES = sorted(name[:-3] for name in os.listdir(PACKAGE)
+                 if name.endswith(".py") and name != "__init__.py")
+# Modules that every other module may import: they import nothing but the standard library.
+STDLIB_ONLY = ("config", "errors")
+
+
+def _imports(module: str) -> set:
+    """wae_tf modules that `module` imports (at the top or inside functions)."""
+    with open(os.path.join(PACKAGE, f"{module}.py")) as f:
+        tree = ast.parse(f.read())
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "wae_tf":
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("wae_tf."):
+            found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("wae_tf."))
+    return found & set(MODULES)
+
+
+def _cycle(graph: dict):
+    """One import cycle as a list of modules, or None."""
+    state = {}
+
+    def visit(node, path):
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                return path[path.index(nxt):] + [nxt] if nxt in path else [node, nxt]
+            if nxt not in state:
+                found = visit(nxt, path + [nxt])
+                if found:
+                    return found
+        state[node] = "done"
+        return None
+
+    for start in sorted(graph):
+        if start not in state:
+            found = visit(start, [start])
+            if found:
+                return found
+    return None
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = {module: _imports(module) for module in MODULES}
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+    for module in STDLIB_ONLY:
+        assert graph[module] <= set(STDLIB_ONLY), (module, graph[module])
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) is not None
+    assert _cycle({"a": {"b"}, "b": set(), "c": {"a"}}) is None
+
+
+def test_every_module_imports_in_a_fresh_interpreter():
+    code = ("import importlib, sys\n"
+            "for name in sys.argv[1:]:\n"
+            "    importlib.import_module('wae_tf.' + name)\n")
+    # Entry points define absl flags when imported: one interpreter each.
+    entry_points = ("train", "export", "evaluate", "compare", "benchmark", "fault_injection")
+    library = [m for m in MODULES if m not in entry_points]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    for group in [library] + [[m] for m in entry_points if m in MODULES]:
+        result = subprocess.run([sys.executable, "-c", code, *group], cwd=REPO, env=env,
+                                capture_output=True, text=True, timeout=300, check=False)
+        assert result.returncode == 0, (group, result.stderr[-2000:])
+
+
+@pytest.mark.parametrize("module", ["config", "errors"])
+def test_stdlib_only_modules_do_not_load_tensorflow(module):
+    code = f"import sys, wae_tf.{module}; print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    assert out.strip() == "False"

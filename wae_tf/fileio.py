@@ -1,0 +1,56 @@
+"""Files through tf.io.gfile, so gs:// and other TF file systems work wherever a path is taken:
+JSON read and written atomically, directories replaced atomically, fresh temporary names."""
+
+import json
+import os
+import uuid
+
+import tensorflow as tf
+
+from wae_tf.errors import ConfigError
+
+
+def write_json(path: str, value: dict) -> None:
+    """Write JSON to a temporary file renamed over `path`: a kill never leaves half a file."""
+    tmp = temporary_sibling(path)
+    try:
+        with tf.io.gfile.GFile(tmp, "w") as f:
+            json.dump(value, f, indent=2, sort_keys=True)
+        tf.io.gfile.rename(tmp, path, overwrite=True)
+    finally:
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.remove(tmp)
+
+
+def read_json(path: str) -> dict:
+    """A JSON file, or ConfigError naming it (missing or corrupt)."""
+    if not tf.io.gfile.exists(path):
+        raise ConfigError(f"{path} not found: expected a training run's directory.")
+    try:
+        with tf.io.gfile.GFile(path) as f:
+            return json.load(f)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path} is corrupt ({error}).") from error
+
+
+def temporary_sibling(path: str) -> str:
+    """A fresh name beside `path` (same directory, so a rename stays on one file system)."""
+    directory, name = os.path.split(path.rstrip("/"))
+    return os.path.join(directory, f".tmp-{name}-{uuid.uuid4().hex[:12]}")
+
+
+def replace_directory(tmp_dir: str, final_dir: str) -> None:
+    """Move a fully written `tmp_dir` to `final_dir`, replacing any old one only at the end."""
+    old = None
+    if tf.io.gfile.exists(final_dir):
+        old = temporary_sibling(final_dir) + ".old"
+        tf.io.gfile.rename(final_dir, old)
+    tf.io.gfile.rename(tmp_dir, final_dir)
+    if old:
+        tf.io.gfile.rmtree(old)
+
+
+def remove_if_empty(directory: str) -> None:
+    """Delete `directory` if it exists and holds nothing."""
+    if tf.io.gfile.isdir(directory) and not tf.io.gfile.listdir(directory):
+        tf.io.gfile.rmtree(directory)

@@ -1,0 +1,200 @@
+"""The training loop: resume, run the compiled steps, log, checkpoint, then evaluate and export."""
+
+import dataclasses
+import json
+import os
+import time
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from wae_tf import checkpoints
+from wae_tf import cluster
+from wae_tf import data
+from wae_tf import fileio
+from wae_tf import metrics as metrics_lib
+from wae_tf import networks
+from wae_tf import regularizers
+from wae_tf import serving
+from wae_tf import training
+from wae_tf import visualize
+from wae_tf.config import Config
+from wae_tf.errors import ConfigError, NonFiniteLossError, Preempted
+
+NUM_IMAGES_LOGGED = 64
+_SAMPLES_SEED = 12345  # the logged prior samples: the same codes at every step
+
+
+# ----------------------------------------------------------------------------- test images
+
+
+@dataclasses.dataclass
+class TestSet:
+    """What the loop shows of the test split: its metrics and image grids."""
+    reconstruct: Callable  # images [b, H, W, C] -> reconstructions, same shape
+    decode: Callable  # z [b, z_dim] -> images
+    data: data.ImageData
+    shown: tf.Tensor  # [NUM_IMAGES_LOGGED, H, W, C] float32, the images drawn in the grids
+
+    def metrics(self, config: Config) -> dict:
+        """metrics.ReconstructionMetrics over the whole test split."""
+        tracker = metrics_lib.ReconstructionMetrics(config.recon)
+        for images, _ in data.make_eval_dataset(self.data, config.batch_size):
+            tracker.update(images, self.reconstruct(images))
+        return tracker.result()
+
+    def write_images(self, config: Config, step: int, png_dir: str = "") -> None:
+        """Reconstruction and sample grids to TensorBoard (and as PNG files into png_dir)."""
+        recon = self.reconstruct(self.shown)
+        prior_z = regularizers.sample_prior(config.prior, NUM_IMAGES_LOGGED, config.z_dim,
+                                            config.prior_scale,
+                                            tf.constant([config.seed, _SAMPLES_SEED]))
+        grids = {"reconstructions": visualize.side_by_side(self.shown[:32], recon[:32]),
+                 "samples": visualize.image_grid(self.decode(prior_z))}
+        for name, grid in grids.items():
+            tf.summary.image(name, grid[None], step=step)
+            if png_dir:
+                visualize.save_png(os.path.join(png_dir, f"{name}.png"), grid)
+
+
+def make_test_set(state: training.TrainState, test: data.ImageData) -> TestSet:
+    """TestSet of the state's networks (tf.functions, not distributed)."""
+    @tf.function(autograph=False)  # no Python control flow to convert
+    def reconstruct(images):
+        return state.decoder(networks.encoder_mean(state.encoder, images), training=False)
+
+    decode = tf.function(lambda z: state.decoder(z, training=False), autograph=False)
+    shown = tf.convert_to_tensor(data.to_float(test.images[:NUM_IMAGES_LOGGED]))
+    return TestSet(reconstruct, decode, test, shown)
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _total_steps(config: Config, steps_per_epoch: int) -> int:
+    return config.train_steps if config.train_steps > 0 else config.epochs * steps_per_epoch
+
+
+def _load_data(config: Config, data_override):
+    if data_override is not None:
+        return data_override
+    return data.load_split(config, "train"), data.load_split(config, "test")
+
+
+def _check_batch(config: Config, strategy, train: data.ImageData) -> None:
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise ConfigError(f"--batch_size={config.batch_size} is not divisible by the "
+                          f"{replicas} replicas: use a multiple of {replicas}.")
+    if train.num_examples < config.batch_size:
+        raise ConfigError(f"{train.name} has {train.num_examples} images, fewer than "
+                          f"--batch_size={config.batch_size}.")
+
+
+def _log_scalars(metrics: dict, lr: float, step: int, rate: float, left_s: float) -> None:
+    for name, value in metrics.items():
+        tf.summary.scalar(f"train/{name}", value, step=step)
+    tf.summary.scalar("train/learning_rate", lr, step=step)
+    tf.summary.scalar("train/images_per_second", rate, step=step)
+    text = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+    logging.info("step %d %s lr=%.2e %.0f images/s, %.0f s left", step, text, lr, rate, left_s)
+
+
+def _check_finite(metrics: dict, step: int, manager) -> None:
+    bad = {k: v for k, v in metrics.items() if not np.isfinite(v)}
+    if bad:
+        raise NonFiniteLossError(
+            f"Non-finite loss at step {step}: {bad}. Nothing was saved after it; the last good "
+            f"checkpoint is {manager.latest_checkpoint or '(none)'}. Lower --learning_rate or "
+            "--lambda_reg, or check the data for NaN.")
+
+
+def train_and_evaluate(config: Config, workdir: str, strategy=None, data_override=None) -> dict:
+    """Train (resuming from `workdir`), then evaluate and export; returns the final metrics.
+
+    `strategy` and `data_override` = (train, test) ImageData let tests inject both.
+    """
+    config.validate()
+    strategy = strategy or cluster.create_strategy(config)
+    train, test = _load_data(config, data_override)
+    _check_batch(config, strategy, train)
+    steps_per_epoch = data.steps_per_epoch(train.num_examples, config.batch_size)
+    total_steps = _total_steps(config, steps_per_epoch)
+    chief = cluster.is_chief(strategy)
+    tf.io.gfile.makedirs(workdir)
+    checkpoints.check_run_record(workdir, config, train.image_shape, write=chief)
+    with strategy.scope():
+        state = training.create_state(config, train.image_shape, steps_per_epoch,
+                                      config.epochs or -(-total_steps // steps_per_epoch))
+    manager = checkpoints.create_manager(state.checkpoint(), workdir, config, strategy)
+    checkpoints.restore_latest(manager, os.path.join(workdir, "checkpoints"))  # the chief's
+    start = int(state.step.numpy())
+    cluster.check_workers_agree(strategy, start)
+    logging.info("%s: %d train images %s, %d steps/epoch, from step %d to %d on %d replica(s).",
+                 train.name, train.num_examples, train.image_shape, steps_per_epoch, start,
+                 total_steps, strategy.num_replicas_in_sync)
+    dataset = data.make_train_dataset(train, config.batch_size, config.seed, start_step=start)
+    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+    writer = tf.summary.create_file_writer(os.path.join(workdir, "train")) if chief else \
+        tf.summary.create_noop_writer()
+    test_set = make_test_set(state, test)
+    with writer.as_default():
+        train_metrics = _run_loop(config, state, strategy, iterator, manager, total_steps,
+                                  test_set)
+        step = int(state.step.numpy())
+        if step > start or not manager.latest_checkpoint:
+            manager.save(checkpoint_number=step)
+        results = test_set.metrics(config)
+        for name, value in results.items():
+            tf.summary.scalar(f"test/{name}", value, step=step)
+        test_set.write_images(config, step, png_dir=workdir if chief else "")
+    writer.flush()
+    results.update({f"train_{k}": v for k, v in train_metrics.items()}, step=step)
+    _finish(config, state, strategy, workdir, train.image_shape, results)
+    return results
+
+
+def _finish(config, state, strategy, workdir, image_shape, results) -> None:
+    """results.json and the export (the chief's), then the other workers' copies removed."""
+    logging.info("Finished at step %d: %s", results["step"], json.dumps(results))
+    if cluster.is_chief(strategy):
+        fileio.write_json(os.path.join(workdir, "results.json"), results)
+    export_base = config.export_dir or os.path.join(workdir, "export")
+    if config.export:
+        serving.export_saved_model(state.encoder, state.decoder, config, image_shape,
+                                  cluster.write_dir(export_base, strategy), results["step"])
+    cluster.cleanup_worker_dirs([os.path.join(workdir, "checkpoints"), export_base], strategy)
+
+
+def _run_loop(config, state, strategy, iterator, manager, total_steps, test_set) -> dict:
+    """Call the compiled steps until `total_steps`, logging, drawing and checkpointing.
+
+    After a SIGTERM (on any worker) it saves a checkpoint and raises Preempted.
+    """
+    train_fn = training.make_train_fn(config, state, strategy)
+    step, metrics = int(state.step.numpy()), {}
+    first, window_start, window_step = step, time.time(), step
+    with cluster.SigtermFlag() as sigterm:
+        while step < total_steps and not any(cluster.all_workers(strategy, sigterm.received)):
+            num = min(config.steps_per_loop, total_steps - step)
+            metrics = {k: float(v) for k, v in train_fn(iterator, tf.constant(num)).items()}
+            previous, step = step, step + num
+            _check_finite(metrics, step, manager)
+            crossed = lambda every: step // every > previous // every or step == total_steps  # noqa
+            if crossed(config.log_every) or previous == first:
+                elapsed = max(time.time() - window_start, 1e-9)
+                rate = (step - window_step) * config.batch_size / elapsed
+                lr = float(state.ae_optimizer.learning_rate)
+                _log_scalars(metrics, lr, step, rate,
+                             (total_steps - step) * config.batch_size / rate)
+                window_start, window_step = time.time(), step
+            if crossed(config.image_every):
+                test_set.write_images(config, step)
+            if crossed(config.checkpoint_every):
+                manager.save(checkpoint_number=step)
+    if step < total_steps:  # stopped by SIGTERM
+        raise Preempted(f"SIGTERM at step {step}: saved {manager.save(checkpoint_number=step)}; "
+                        "rerun the same command to resume.")
+    return metrics

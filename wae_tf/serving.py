@@ -1,0 +1,151 @@
+"""The serving contract: a tf.Module with encode/decode/reconstruct/sample over plain Keras
+networks, saved atomically as TF Serving's <base>/<version> SavedModel."""
+
+import collections
+import os
+
+import tensorflow as tf
+from absl import logging
+
+from wae_tf import checkpoints
+from wae_tf import config as config_lib
+from wae_tf import fileio
+from wae_tf import networks
+from wae_tf import regularizers
+from wae_tf.config import Config
+from wae_tf.errors import ConfigError
+
+CONFIG_ASSET = os.path.join("assets.extra", "wae_config.json")
+
+
+def _check_images(images, image_shape):
+    """Fail the request unless images are [N, H, W, C] with values in [0, 1] (NaN fails too)."""
+    shape_ok = tf.reduce_all(tf.equal(tf.shape(images)[1:], tf.constant(image_shape)))
+    with tf.control_dependencies([tf.debugging.Assert(
+            shape_ok, ["images must have shape [N, H, W, C] =", tf.constant(image_shape),
+                       "got", tf.shape(images)])]):
+        ok = tf.reduce_all(tf.logical_and(images >= 0.0, images <= 1.0))
+        return tf.debugging.Assert(ok, ["images must be finite float32 values in [0, 1]"])
+
+
+def _check_finite(z):
+    return tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(z)), ["z must be finite"])
+
+
+class _Untracked:
+    """Holds Keras models where tf.Module's attribute tracking does not look."""
+
+    def __init__(self, encoder, decoder):
+        self.encoder, self.decoder = encoder, decoder
+
+
+class WAEModule(tf.Module):
+    """Serving signatures of a trained WAE; batch dimension None, float32 or int64 tensors."""
+
+    def __init__(self, encoder, decoder, config: Config, image_shape):
+        super().__init__(name="wae")
+        # Track the raw tf.Variables, not the Keras models: Keras 3 variables saved through the
+        # models are stored twice, and the TF1 loader that TF Serving and saved_model_cli use
+        # then fails with "Could not find variable" (keras-team/keras#20095).
+        self.model_variables = [v.value for v in encoder.variables + decoder.variables]
+        self._models = _Untracked(encoder, decoder)
+        self._image_shape = [int(d) for d in image_shape]
+        self._prior = (config.prior, config.z_dim, config.prior_scale)
+        images_spec = tf.TensorSpec([None, *image_shape], tf.float32, name="images")
+        z_spec = tf.TensorSpec([None, config.z_dim], tf.float32, name="z")
+        seed_spec = tf.TensorSpec([None], tf.int64, name="seed")
+        self.encode = tf.function(self._encode, input_signature=[images_spec])
+        self.decode = tf.function(self._decode, input_signature=[z_spec])
+        self.reconstruct = tf.function(self._reconstruct, input_signature=[images_spec])
+        self.sample = tf.function(self._sample, input_signature=[seed_spec])
+
+    def _encode(self, images):
+        """images [N,H,W,C] in [0,1] -> z [N,z_dim] (the posterior mean if Gaussian)."""
+        with tf.control_dependencies([_check_images(images, self._image_shape)]):
+            return {"z": networks.encoder_mean(self._models.encoder, images)}
+
+    def _decode(self, z):
+        """z [N,z_dim] -> images [N,H,W,C] in [0,1]."""
+        with tf.control_dependencies([_check_finite(z)]):
+            return {"images": self._models.decoder(z, training=False)}
+
+    def _reconstruct(self, images):
+        """images -> their reconstructions and codes."""
+        with tf.control_dependencies([_check_images(images, self._image_shape)]):
+            z = networks.encoder_mean(self._models.encoder, images)
+            return {"images": self._models.decoder(z, training=False), "z": z}
+
+    def _sample(self, seed):
+        """seed int64 [N] -> images [N,H,W,C] decoded from prior draws; one seed, one image."""
+        kind, z_dim, scale = self._prior
+
+        def draw(one_seed):
+            pair = tf.stack([one_seed, tf.zeros_like(one_seed)])
+            return regularizers.sample_prior(kind, 1, z_dim, scale, pair)[0]  # [z_dim]
+
+        z = tf.map_fn(draw, seed, fn_output_signature=tf.TensorSpec([z_dim], tf.float32))
+        return {"images": self._models.decoder(z, training=False)}
+
+
+def signatures(module: WAEModule) -> dict:
+    return {"serving_default": module.reconstruct, "reconstruct": module.reconstruct,
+            "encode": module.encode, "decode": module.decode, "sample": module.sample}
+
+
+def serving_networks(encoder, decoder, config: Config, image_shape) -> networks.Models:
+    """Plain Keras copies of trained networks (built from any LayerSet): the serving graph is
+    the same whatever machine-specific layers training used."""
+    plain = networks.make_models(config, image_shape, with_discriminator=False)
+    for trained, copy in ((encoder, plain.encoder), (decoder, plain.decoder)):
+        copy.set_weights(trained.get_weights())
+    return plain
+
+
+def export_saved_model(encoder, decoder, config: Config, image_shape, base_dir: str,
+                       version: int) -> str:
+    """Save the trained networks as `<base_dir>/<version>` (TF Serving's layout) atomically;
+    return its path.
+
+    The SavedModel holds plain Keras layers (serving_networks). It is written to a temporary
+    sibling directory and renamed into place, so a crash mid-write never leaves a partial
+    version where TF Serving would load it.
+    """
+    plain = serving_networks(encoder, decoder, config, image_shape)
+    module = WAEModule(plain.encoder, plain.decoder, config, image_shape)
+    final_dir = os.path.join(base_dir, str(int(version)))
+    tmp_dir = fileio.temporary_sibling(final_dir)  # not a number: TF Serving ignores it
+    tf.io.gfile.makedirs(tmp_dir)
+    tf.saved_model.save(module, tmp_dir, signatures=signatures(module))
+    tf.io.gfile.makedirs(os.path.join(tmp_dir, "assets.extra"))
+    fileio.write_json(os.path.join(tmp_dir, CONFIG_ASSET), config_lib.run_record(config, image_shape))
+    fileio.replace_directory(tmp_dir, final_dir)
+    logging.info("Exported SavedModel to %s", final_dir)
+    return final_dir
+
+
+
+TrainedModels = collections.namedtuple(
+    "TrainedModels", "config image_shape encoder decoder step checkpoint_path")
+
+
+def restore_trained_models(workdir: str) -> TrainedModels:
+    """The plain Keras encoder and decoder of a training run, restored from its latest
+    checkpoint (checkpoints hold the same variables whatever layers training used)."""
+    config, image_shape = checkpoints.read_run_record(workdir)
+    latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+    if latest is None:
+        raise ConfigError(f"No checkpoint in {os.path.join(workdir, 'checkpoints')}.")
+    models = networks.make_models(config, image_shape, with_discriminator=False)
+    step = tf.Variable(0, dtype=tf.int64)
+    tf.train.Checkpoint(encoder=models.encoder, decoder=models.decoder, step=step).restore(
+        latest).expect_partial().assert_existing_objects_matched()
+    return TrainedModels(config, image_shape, models.encoder, models.decoder,
+                         int(step.numpy()), latest)
+
+
+def export_from_workdir(workdir: str, export_dir: str = "") -> str:
+    """Export the latest checkpoint of a training run; returns the version directory."""
+    run = restore_trained_models(workdir)
+    base = export_dir or run.config.export_dir or os.path.join(workdir, "export")
+    return export_saved_model(run.encoder, run.decoder, run.config, run.image_shape, base,
+                              run.step)

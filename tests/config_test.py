@@ -36,7 +36,20 @@ def test_there_are_flagfiles_for_every_paper_experiment():
 
 @pytest.mark.parametrize("path", FLAGFILES, ids=os.path.basename)
 def test_every_flagfile_parses_into_a_valid_config(path):
-    assert isinstance(_parse(f"--flagfile={path}"), Config)
+    """Each file's flags (after the files it includes) land in the Config, which validates."""
+    config = _parse(f"--flagfile={path}")
+    assert config.validate() is config and (config.train_steps or config.epochs)
+    values = flags.FlagValues()
+    cli.define_config_flags(values)
+    with open(path) as f:
+        lines = [line.strip() for line in f if line.strip().startswith("--")]
+    for line in lines:
+        name, _, text = line[2:].partition("=")
+        if name == "flagfile":
+            continue
+        assert name in Config.__dataclass_fields__, f"{path}: --{name} is not a Config field"
+        values[name].parse(text)
+        assert getattr(config, name) == values[name].value, (path, name)
 
 
 def test_flagfiles_carry_the_paper_settings():

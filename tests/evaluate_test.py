@@ -11,8 +11,9 @@ import pytest
 
 from tests.conftest import FASHION_DIR, REPO, make_images, tiny_config
 from wae_tf import classifier
-from wae_tf import compare
-from wae_tf import evaluate
+from wae_tf import comparison
+from wae_tf import errors
+from wae_tf import evaluation
 from wae_tf import figures
 from wae_tf import loop
 
@@ -37,7 +38,7 @@ def trained(tmp_path_factory):
 
 
 def _evaluate_workdir(trained, **kwargs):
-    return evaluate.evaluate_workdir(trained["workdir"], num_samples=20, seed=3,
+    return evaluation.evaluate_workdir(trained["workdir"], num_samples=20, seed=3,
                                      classifier_dir=trained["classifier_dir"],
                                      test_data=trained["test"], **kwargs)
 
@@ -64,7 +65,7 @@ def test_metrics_json_has_every_field_with_its_counts(trained):
 @pytest.mark.numerics
 def test_saved_model_gives_the_checkpoints_numbers(trained, tmp_path):
     from_checkpoint = _evaluate_workdir(trained, output_dir=str(tmp_path / "a"))
-    from_export = evaluate.evaluate_saved_model(
+    from_export = evaluation.evaluate_saved_model(
         trained["export"], output_dir=str(tmp_path / "b"), num_samples=20, seed=3,
         classifier_dir=trained["classifier_dir"], test_data=trained["test"])
     for name in ("test_recon_cost", "fid", "mmd_codes_prior", "sharpness_samples"):
@@ -93,7 +94,7 @@ def test_same_seed_same_numbers_other_seed_other_samples(trained, tmp_path):
     first = _evaluate_workdir(trained, output_dir=str(tmp_path / "a"))
     again = _evaluate_workdir(trained, output_dir=str(tmp_path / "b"))
     assert first["fid"]["value"] == again["fid"]["value"]
-    other = evaluate.evaluate_workdir(trained["workdir"], output_dir=str(tmp_path / "c"),
+    other = evaluation.evaluate_workdir(trained["workdir"], output_dir=str(tmp_path / "c"),
                                       num_samples=20, seed=4, test_data=trained["test"],
                                       classifier_dir=trained["classifier_dir"])
     assert other["sharpness_samples"]["value"] != first["sharpness_samples"]["value"]
@@ -107,7 +108,7 @@ def test_classifier_is_cached_and_reports_its_accuracy(trained):
 
 
 def test_celeba_without_a_classifier_is_a_clear_error(tmp_path):
-    with pytest.raises(evaluate.ConfigError, match="celeb_a"):
+    with pytest.raises(errors.ConfigError, match="celeb_a"):
         classifier.load_or_train(str(tmp_path), "celeb_a", lambda: pytest.fail("loaded data"))
 
 
@@ -128,10 +129,10 @@ def test_pca_projection_keeps_the_largest_variance_direction():
     assert abs(np.corrcoef(projected[:, 0], codes[:, 0])[0, 1]) > 0.99
 
 
-@pytest.mark.parametrize("name", [name for name, _ in compare.RUNS])
+@pytest.mark.parametrize("name", [name for name, _ in comparison.RUNS])
 def test_comparison_runs_share_everything_but_the_penalty(name):
-    base = compare.parse_flagfile(compare.flagfile_path("wae_mmd"))
-    config = compare.parse_flagfile(compare.flagfile_path(name))
+    base = comparison.parse_flagfile(comparison.flagfile_path("wae_mmd"))
+    config = comparison.parse_flagfile(comparison.flagfile_path(name))
     shared = ("dataset", "width_divisor", "z_dim", "batch_size", "train_steps", "seed", "recon",
               "learning_rate", "prior")
     assert [getattr(config, f) for f in shared] == [getattr(base, f) for f in shared]
@@ -142,7 +143,7 @@ def test_comparison_table_has_a_row_per_run():
     metrics["fid"].update(num_samples=10, num_test_images=10, feature_dim=128)
     metrics["precision"]["k"] = 3
     metrics["test_recon_cost"]["num_images"] = 10
-    text = compare.describe({"vae": (dict(metrics, seed=0, step=5), {"train_wall_time_s": 60}),
+    text = comparison.describe({"vae": (dict(metrics, seed=0, step=5), {"train_wall_time_s": 60}),
                              "wae_gan": (dict(metrics, seed=0, step=5), {})})
     rows = [line for line in text.splitlines() if line.startswith("| ")]
     assert len(rows) == 3 and rows[1].startswith("| VAE | 0.50") and "WAE-GAN" in rows[2]

@@ -1,272 +1,47 @@
-"""Evaluation of a trained WAE on the test split: metrics.json, PNG figures and TensorBoard.
+"""Entry point: evaluate a trained WAE on the test split (wae_tf.evaluation).
 
     python -m wae_tf.evaluate --workdir=DIR              # latest checkpoint of a training run
     python -m wae_tf.evaluate --saved_model=DIR/export/N # an exported SavedModel
-
-Metrics (each stored with the counts and seeds it was computed from): the test reconstruction
-cost (the training cost, per image) and MSE per pixel; FID, precision and recall (k = 3) of
-decoded prior samples against test images in the feature space of wae_tf.classifier, with its
-test accuracy; MMD between encoded test codes and prior samples; the Laplacian-variance
-sharpness of samples, reconstructions and test images.
 """
 
-import dataclasses
 import json
-import os
 import sys
-import time
-from typing import Callable
 
-import numpy as np
-import tensorflow as tf
-from absl import logging
+from absl import app
+from absl import flags
 
-from wae_tf import classifier as classifier_lib
-from wae_tf import config as config_lib
-from wae_tf import data
-from wae_tf import figures
-from wae_tf import fileio
-from wae_tf import metrics
-from wae_tf import networks
-from wae_tf import regularizers
-from wae_tf import serving
-from wae_tf.config import Config
+from wae_tf import cli
 from wae_tf.errors import ConfigError
 
-BATCH = 500
-PRECISION_RECALL_K = 3
-MMD_SUBSET = 1000
-# Tags of the evaluation's random draws, folded with --seed: [seed, tag].
-_SAMPLES_TAG, _MMD_TAG = 1, 2
+flags.DEFINE_string("workdir", "", "A training run's directory (evaluates its latest "
+                    "checkpoint into <workdir>/eval).")
+flags.DEFINE_string("saved_model", "", "An exported SavedModel version directory "
+                    "(evaluated into <saved_model>/eval).")
+flags.DEFINE_string("output_dir", "", "Where to write metrics.json, PNGs and events.")
+flags.DEFINE_integer("num_samples", 10000, "Prior samples and (at most) test images used.")
+flags.DEFINE_integer("seed", 0, "Seed of the prior samples and of the test subset.")
+flags.DEFINE_string("classifier_dir", "", "Feature classifier cache; default "
+                    "~/.cache/wae_tf/classifier/<dataset>.")
+flags.DEFINE_integer("classifier_epochs", 2, "Epochs of the classifier when it is trained.")
+FLAGS = flags.FLAGS
 
 
-@dataclasses.dataclass(frozen=True)
-class Autoencoder:
-    """A trained model seen through two functions, whatever it was loaded from."""
-    encode: Callable  # float32 [b, H, W, C] in [0, 1] -> float32 [b, z_dim] (posterior mean)
-    decode: Callable  # float32 [b, z_dim] -> float32 [b, H, W, C] in [0, 1]
-    config: Config
-    image_shape: tuple  # (H, W, C)
-    step: int
-    source: str
+def _evaluate() -> dict:
+    from wae_tf import evaluation  # pylint: disable=import-outside-toplevel; after flag parsing
+    if bool(FLAGS.workdir) == bool(FLAGS.saved_model):
+        raise ConfigError("pass exactly one of --workdir and --saved_model.")
+    kwargs = dict(output_dir=FLAGS.output_dir, num_samples=FLAGS.num_samples, seed=FLAGS.seed,
+                  classifier_dir=FLAGS.classifier_dir, classifier_epochs=FLAGS.classifier_epochs)
+    if FLAGS.workdir:
+        return evaluation.evaluate_workdir(FLAGS.workdir, **kwargs)
+    return evaluation.evaluate_saved_model(FLAGS.saved_model, **kwargs)
 
 
-def load_from_workdir(workdir: str) -> Autoencoder:
-    """Rebuild the networks of a training run and restore its latest checkpoint."""
-    run = serving.restore_trained_models(workdir)
-    encoder, decoder = run.encoder, run.decoder
-    encode = tf.function(lambda x: networks.encoder_mean(encoder, x))
-    decode = tf.function(lambda z: decoder(z, training=False))
-    return Autoencoder(encode, decode, run.config, run.image_shape, run.step, run.checkpoint_path)
-
-
-def latest_version(path: str) -> str:
-    """`path` if it holds a SavedModel, else its highest numbered version (TF Serving layout)."""
-    if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
-        return path
-    versions = [int(n.rstrip("/")) for n in tf.io.gfile.listdir(path) if n.rstrip("/").isdigit()] \
-        if tf.io.gfile.isdir(path) else []
-    if not versions:
-        raise ConfigError(f"{path} is neither a SavedModel nor a directory of versions.")
-    return os.path.join(path, str(max(versions)))
-
-
-def load_from_saved_model(path: str) -> Autoencoder:
-    """Load an export's `encode` and `decode` signatures and its wae_config.json."""
-    path = latest_version(path)
-    config_path = os.path.join(path, serving.CONFIG_ASSET)
-    config = config_lib.from_dict(fileio.read_json(config_path))
-    loaded = tf.saved_model.load(path)
-    encode_sig, decode_sig = loaded.signatures["encode"], loaded.signatures["decode"]
-    images_spec = encode_sig.structured_input_signature[1]["images"]  # [None, H, W, C]
-    image_shape = tuple(int(d) for d in images_spec.shape[1:])
-    base = os.path.basename(os.path.normpath(path))
-    return Autoencoder(lambda x: encode_sig(images=x)["z"], lambda z: decode_sig(z=z)["images"],
-                       config, image_shape, int(base) if base.isdigit() else -1, path)
-
-
-def _batched(fn: Callable, array: np.ndarray) -> np.ndarray:
-    """fn over `array` [N, ...] in blocks of BATCH rows, concatenated back to numpy."""
-    return np.concatenate([np.asarray(fn(tf.constant(array[i:i + BATCH])))
-                           for i in range(0, len(array), BATCH)])
-
-
-def prior_samples(config: Config, num: int, seed: int, tag: int) -> np.ndarray:
-    """[num, z_dim] draws of the prior, determined by (seed, tag)."""
-    return regularizers.sample_prior(config.prior, num, config.z_dim, config.prior_scale,
-                                     tf.constant([seed, tag], tf.int64)).numpy()
-
-
-def select_test(test: data.ImageData, num: int, seed: int):
-    """min(num, N) test images (all, in order, if num >= N; else a seeded random subset):
-    float32 images [n, H, W, C] in [0, 1] and labels [n]."""
-    index = np.arange(test.num_examples)
-    if num < test.num_examples:
-        index = np.sort(np.random.default_rng(seed).choice(test.num_examples, num, replace=False))
-    return test.images[index].astype(np.float32) / 255.0, test.labels[index]
-
-
-def run_model(model: Autoencoder, test_images: np.ndarray, num_samples: int, seed: int) -> dict:
-    """Codes, reconstructions and prior samples of one model (numpy arrays)."""
-    codes = _batched(model.encode, test_images)  # [n, z_dim]
-    recon = _batched(model.decode, codes)  # [n, H, W, C]
-    z = prior_samples(model.config, num_samples, seed, _SAMPLES_TAG)  # [num_samples, z_dim]
-    return dict(codes=codes, recon=recon, samples=_batched(model.decode, z))
-
-
-def _reconstruction_metrics(config: Config, images, recon) -> dict:
-    """The training loop's test metrics (metrics.ReconstructionMetrics), with their counts."""
-    tracker = metrics.ReconstructionMetrics(config.recon)
-    for i in range(0, len(images), BATCH):
-        tracker.update(tf.constant(images[i:i + BATCH]), tf.constant(recon[i:i + BATCH]))
-    values = tracker.result()
-    n = tracker.num_images
-    return {"test_recon_cost": dict(value=values["test_recon_cost"], num_images=n,
-                                    cost=config.recon),
-            "test_mse_per_pixel": dict(value=values["test_mse_per_pixel"], num_images=n)}
-
-
-def _feature_metrics(classifier, test_images, samples, seed: int) -> dict:
-    """FID, precision and recall of samples vs test images in the classifier's feature space."""
-    real = classifier.embed(test_images)  # [n, d]
-    fake = classifier.embed(samples)  # [m, d]
-    counts = dict(num_samples=int(fake.shape[0]), num_test_images=int(real.shape[0]), seed=seed,
-                  feature_dim=int(real.shape[1]))
-    pr = metrics.precision_recall(real, fake, k=PRECISION_RECALL_K)
-    info = classifier.info
-    return {"fid": dict(value=metrics.fid(real, fake), **counts),
-            "precision": dict(value=pr["precision"], k=PRECISION_RECALL_K, **counts),
-            "recall": dict(value=pr["recall"], k=PRECISION_RECALL_K, **counts),
-            "classifier_test_accuracy": dict(
-                value=info["test_accuracy"], num_images=info["num_test_images"],
-                dataset=info["dataset"], epochs=info["epochs"], seed=info["seed"])}
-
-
-def _latent_and_sharpness_metrics(config: Config, outputs: dict, test_images, seed: int) -> dict:
-    codes = outputs["codes"]
-    prior = prior_samples(config, codes.shape[0], seed, _MMD_TAG)  # [n, z_dim]
-    mmd = metrics.mmd_to_prior(codes, prior, MMD_SUBSET, config.kernel, config.prior_scale)
-    sharp = lambda images: dict(value=metrics.laplacian_sharpness(images),  # noqa: E731
-                                num_images=int(images.shape[0]))
-    return {"mmd_codes_prior": dict(mmd, num_codes=int(codes.shape[0]), kernel=config.kernel,
-                                    seed=seed),
-            "sharpness_samples": dict(sharp(outputs["samples"]), seed=seed),
-            "sharpness_reconstructions": sharp(outputs["recon"]),
-            "sharpness_test_images": sharp(test_images)}
-
-
-def compute_metrics(model: Autoencoder, test: data.ImageData, classifier, num_samples: int,
-                    seed: int) -> tuple:
-    """(metrics dict, model outputs, test images, labels) on min(num_samples, N) test images."""
-    test_images, labels = select_test(test, num_samples, seed)
-    outputs = run_model(model, test_images, num_samples, seed)
-    results = dict(source=model.source, step=model.step, dataset=model.config.dataset,
-                   regularizer=model.config.regularizer, num_samples=num_samples, seed=seed)
-    results.update(_reconstruction_metrics(model.config, test_images, outputs["recon"]))
-    results.update(_feature_metrics(classifier, test_images, outputs["samples"], seed))
-    results.update(_latent_and_sharpness_metrics(model.config, outputs, test_images, seed))
-    return results, outputs, test_images, labels
-
-
-def write_outputs(results: dict, images: dict, output_dir: str, step: int) -> None:
-    """metrics.json, one PNG per figure, and the same as TensorBoard scalars/images."""
-    tf.io.gfile.makedirs(output_dir)
-    for name, grid in images.items():
-        figures.save_png(os.path.join(output_dir, f"{name}.png"), grid)
-    with tf.io.gfile.GFile(os.path.join(output_dir, "metrics.json"), "w") as f:
-        f.write(json.dumps(results, indent=2, sort_keys=True))
-    writer = tf.summary.create_file_writer(output_dir)
-    with writer.as_default():
-        for name, value in results.items():
-            if isinstance(value, dict) and "value" in value:
-                tf.summary.scalar(f"eval/{name}", value["value"], step=step)
-        for name, grid in images.items():
-            tf.summary.image(f"eval/{name}", np.asarray(grid, np.float32)[None], step=step)
-    writer.close()
-
-
-def evaluate(model: Autoencoder, test: data.ImageData, classifier, output_dir: str,
-             num_samples: int = 10000, seed: int = 0) -> dict:
-    """Compute every metric and figure of `model` and write them to `output_dir`."""
-    start = time.time()
-    results, outputs, test_images, labels = compute_metrics(model, test, classifier,
-                                                            num_samples, seed)
-    images = figures.make_figures(model, outputs, test_images, labels)
-    results["figures"] = sorted(f"{name}.png" for name in images)
-    results["eval_wall_time_s"] = time.time() - start
-    write_outputs(results, images, output_dir, max(model.step, 0))
-    logging.info("Evaluated %s in %.0f s: FID %.3f, precision %.3f, recall %.3f.",
-                 model.source, results["eval_wall_time_s"], results["fid"]["value"],
-                 results["precision"]["value"], results["recall"]["value"])
-    return results
-
-
-def _classifier_for(config: Config, classifier_dir: str, classifier_data=None,
-                    classifier_epochs: int = 2):
-    directory = classifier_dir or classifier_lib.default_dir(config.dataset, config.image_size)
-    load_data = (lambda: classifier_data) if classifier_data is not None else (
-        lambda: (data.load_split(config, "train"), data.load_split(config, "test")))
-    return classifier_lib.load_or_train(directory, config.dataset, load_data,
-                                        epochs=classifier_epochs, seed=0)
-
-
-def evaluate_model(model: Autoencoder, output_dir: str, num_samples: int = 10000,
-                   seed: int = 0, classifier_dir: str = "", test_data=None,
-                   classifier_data=None, classifier_epochs: int = 2) -> dict:
-    """Evaluate a loaded model; `test_data` (ImageData) and `classifier_data` ((train, test)
-    ImageData for the classifier) replace the data set's own splits, for tests."""
-    clf = _classifier_for(model.config, classifier_dir, classifier_data, classifier_epochs)
-    if tuple(clf.info["image_shape"]) != tuple(model.image_shape):
-        raise ConfigError(f"The classifier in {classifier_dir or 'the default cache'} takes "
-                          f"images {tuple(clf.info['image_shape'])}, the model makes "
-                          f"{tuple(model.image_shape)}: pass another --classifier_dir.")
-    test = test_data if test_data is not None else data.load_split(model.config, "test")
-    return evaluate(model, test, clf, output_dir, num_samples, seed)
-
-
-def evaluate_workdir(workdir: str, output_dir: str = "", **kwargs) -> dict:
-    """Evaluate the latest checkpoint of a training run into <workdir>/eval (see evaluate_model)."""
-    model = load_from_workdir(workdir)
-    return evaluate_model(model, output_dir or os.path.join(workdir, "eval"), **kwargs)
-
-
-def evaluate_saved_model(path: str, output_dir: str = "", **kwargs) -> dict:
-    """Evaluate an exported SavedModel into <path>/eval (see evaluate_model)."""
-    model = load_from_saved_model(path)
-    return evaluate_model(model, output_dir or os.path.join(path, "eval"), **kwargs)
-
-
-def main(argv) -> None:
-    """Entry point: exactly one of --workdir / --saved_model."""
-    del argv
-    from absl import flags  # pylint: disable=import-outside-toplevel
-    f = flags.FLAGS
-    if bool(f.workdir) == bool(f.saved_model):
-        print("error: pass exactly one of --workdir and --saved_model.", file=sys.stderr)
-        sys.exit(2)
-    kwargs = dict(output_dir=f.output_dir, num_samples=f.num_samples, seed=f.seed,
-                  classifier_dir=f.classifier_dir, classifier_epochs=f.classifier_epochs)
-    run = (lambda: evaluate_workdir(f.workdir, **kwargs)) if f.workdir else (
-        lambda: evaluate_saved_model(f.saved_model, **kwargs))
-    sys.exit(_run_and_print(run))
-
-
-def _run_and_print(run: Callable[[], dict]) -> int:
-    from wae_tf import cli  # pylint: disable=import-outside-toplevel
-    return cli.run_reporting_user_errors(lambda: print(json.dumps(run(), indent=2)))
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    sys.exit(cli.run_reporting_user_errors(lambda: print(json.dumps(_evaluate(), indent=2))))
 
 
 if __name__ == "__main__":
-    from absl import app, flags
-
-    flags.DEFINE_string("workdir", "", "A training run's directory (evaluates its latest "
-                        "checkpoint into <workdir>/eval).")
-    flags.DEFINE_string("saved_model", "", "An exported SavedModel version directory "
-                        "(evaluated into <saved_model>/eval).")
-    flags.DEFINE_string("output_dir", "", "Where to write metrics.json, PNGs and events.")
-    flags.DEFINE_integer("num_samples", 10000, "Prior samples and (at most) test images used.")
-    flags.DEFINE_integer("seed", 0, "Seed of the prior samples and of the test subset.")
-    flags.DEFINE_string("classifier_dir", "", "Feature classifier cache; default "
-                        "~/.cache/wae_tf/classifier/<dataset>.")
-    flags.DEFINE_integer("classifier_epochs", 2, "Epochs of the classifier when it is trained.")
     app.run(main)

@@ -8,8 +8,6 @@ import tensorflow as tf
 
 from wae_tf import visualize
 
-save_png = visualize.save_png
-
 # Colours of labels 0..9 (matplotlib's "tab10" palette), RGB in [0, 1]; label l uses l mod 10.
 PALETTE = np.array([[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40],
                     [148, 103, 189], [140, 86, 75], [227, 119, 194], [127, 127, 127],

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import tensorflow as tf
 
 from tests.conftest import tiny_config
 from wae_tf import benchmarking

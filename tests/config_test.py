@@ -74,10 +74,14 @@ def test_command_line_overrides_the_flagfile():
     (dict(batch_size=0), "batch_size"),
     (dict(train_steps=0, epochs=0), "training length"),
     (dict(kernel="gauss"), "kernel"),
-    (dict(image_size=32), "image_size"),
+    (dict(image_size=48), "image_size"),
     (dict(adam_beta1=1.0), "adam_beta1"),
     (dict(lr_schedule="manual", train_steps=10, epochs=0), "epochs"),
     (dict(disc_prior_logdensity=True, prior="sphere"), "prior"),
+    (dict(dataset="folder"), "data_dir"),
+    (dict(test_fraction=0.0), "test_fraction"),
+    (dict(channels=2), "channels"),
+    (dict(crop=-1), "crop"),
 ])
 def test_invalid_values_are_refused_with_the_flag_named(changes, message):
     values = dict(train_steps=1)

@@ -8,7 +8,7 @@ from tests.conftest import tiny_config
 from wae_tf import networks
 
 
-@pytest.mark.parametrize("size,channels", [(28, 1), (64, 3)])
+@pytest.mark.parametrize("size,channels", [(28, 1), (32, 3), (64, 3), (128, 3), (256, 1)])
 @pytest.mark.parametrize("encoder", ["deterministic", "gaussian"])
 def test_output_shapes(size, channels, encoder):
     config = tiny_config(z_dim=6, encoder=encoder, regularizer="gan", disc_prior_logdensity=True)
@@ -23,6 +23,22 @@ def test_output_shapes(size, channels, encoder):
     assert decoded.shape == (3,) + shape
     assert float(tf.reduce_min(decoded)) >= 0 and float(tf.reduce_max(decoded)) <= 1
     assert networks.make_discriminator(config, shape)(codes).shape == (3, 1)
+
+
+def test_celeba_64x64_network_is_the_papers_and_128x128_adds_one_block_each_way():
+    config = tiny_config(width_divisor=1, z_dim=8)
+    # 64: 5x5 convs 25*(3*128 + 128*256 + 256*512 + 512*1024) = 17,212,800; BatchNorm
+    # 4*(128+256+512+1024) = 7,680; Dense(8) on 4*4*1024: 16384*8 + 8 = 131,080.
+    assert networks.make_encoder(config, (64, 64, 3)).count_params() == 17_351_560
+    # 128: one more block of 64 channels first: 25*(3*64 + 64*128 + ... + 512*1024) =
+    # 17,412,800; BatchNorm 4*(64+...+1024) = 7,936; the same Dense(8) on 4*4*1024.
+    assert networks.make_encoder(config, (128, 128, 3)).count_params() == 17_551_816
+    # Decoder 128: Dense(8*8*1024) 8*65536 + 65536 = 589,824; transposed 5x5 convs
+    # 25*(1024*512 + 512*256 + 256*128 + 128*64) = 17,408,000; BatchNorm 4*(512+...+64) =
+    # 3,840; output conv 25*64*3 + 3 = 4,803.
+    assert networks.make_decoder(config, (128, 128, 3)).count_params() == 18_006_467
+    assert networks.encoder_channels(64) == (128, 256, 512, 1024)
+    assert networks.decoder_channels(64) == (512, 256, 128)
 
 
 def test_paper_28x28_parameter_count_at_full_width():
@@ -51,8 +67,10 @@ def test_discriminator_adds_the_prior_log_density():
 
 
 def test_unsupported_image_size_is_refused():
-    with pytest.raises(ValueError, match="28x28"):
-        networks.network_image_size((32, 32, 3))
+    with pytest.raises(ValueError, match="28, 32, 64, 128, 256"):
+        networks.network_image_size((48, 48, 3))
+    with pytest.raises(ValueError, match="square"):
+        networks.network_image_size((64, 32, 3))
 
 
 def test_networks_are_plain_keras_layers_by_default():

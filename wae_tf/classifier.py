@@ -74,8 +74,9 @@ def _num_classes(train: data.ImageData) -> int:
     classes = int(train.labels.max()) + 1 if train.num_examples else 0
     if classes < 2:
         raise ConfigError(f"{train.name} has no class labels (all {classes or 'missing'}): no "
-                          "feature classifier can be trained for FID. For celeb_a place a "
-                          "feature extractor in --classifier_dir (see wae_tf/classifier.py).")
+                          "feature classifier can be trained for FID. For celeb_a, or a folder "
+                          "without class sub-folders, place a feature extractor in "
+                          "--classifier_dir (see wae_tf/classifier.py).")
     return classes
 
 

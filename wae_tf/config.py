@@ -35,9 +35,21 @@ class Config:
 
     # Data.
     dataset: str = _field("fashion_mnist", "fashion_mnist (Debian IDX files, else TFDS), mnist, "
-                          "celeb_a or any TFDS image data set name.")
-    data_dir: str = _field("", "Directory of the Fashion-MNIST/MNIST IDX files (*-idx?-ubyte[.gz]); "
-                           f"default {DEFAULT_FASHION_MNIST_DIR} for fashion_mnist.")
+                          "celeb_a, folder (your images in --data_dir) or any TFDS image data "
+                          "set name.")
+    data_dir: str = _field("", "fashion_mnist/mnist: the IDX files (*-idx?-ubyte[.gz]), default "
+                           f"{DEFAULT_FASHION_MNIST_DIR} for fashion_mnist; folder: a directory "
+                           "of JPEG/PNG/BMP/GIF files (train/ and test/ sub-folders, or split by "
+                           "--test_fraction; sub-folders name classes); celeb_a: the official "
+                           "img_align_celeba/ and list_eval_partition.txt (else TFDS).")
+    test_fraction: float = _field(0.1, "folder without train/ and test/: the share of files held "
+                                  "out for testing, chosen by a hash of (--seed, file path).")
+    channels: int = _field(0, "folder: 1 (grayscale) or 3 (RGB); 0 = 1 if the first files are "
+                           "grayscale, else 3.")
+    crop: int = _field(0, "folder: centre crop side before resizing to --image_size; 0 = the "
+                       "largest centred square.")
+    skip_bad_images: bool = _field(False, "folder, celeb_a from --data_dir: leave out (and count "
+                                   "in the log) files that cannot be decoded, instead of stopping.")
     tfds_data_dir: str = _field("", "tensorflow-datasets data_dir (prepared data sets live here).")
     tfds_download: bool = _field(True, "Let tensorflow-datasets download and prepare a missing data "
                                  "set (needs network); false: only use what --tfds_data_dir holds.")
@@ -141,9 +153,17 @@ class Config:
             raise ConfigError("--regularizer=kl computes the KL to a normal prior: use --prior=normal.")
         if self.disc_prior_logdensity and self.prior != "normal":
             raise ConfigError("--disc_prior_logdensity needs --prior=normal.")
-        if self.image_size and self.image_size not in (28, 64):
-            raise ConfigError(f"--image_size={self.image_size}: the paper's networks exist for 28 "
-                              "and 64 only (0 = the data set's own).")
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"--test_fraction must be in (0, 1), got {self.test_fraction}.")
+        if self.channels not in (0, 1, 3):
+            raise ConfigError(f"--channels must be 0 (from the files), 1 or 3, got {self.channels}.")
+        if self.crop < 0:
+            raise ConfigError(f"--crop must be >= 0, got {self.crop}.")
+        if self.dataset == "folder" and not self.data_dir:
+            raise ConfigError("--dataset=folder reads your images from --data_dir=DIR: pass it.")
+        if self.image_size and self.image_size not in (28, 32, 64, 128, 256):
+            raise ConfigError(f"--image_size={self.image_size}: the networks exist for 28 (MNIST) "
+                              "and 32, 64, 128, 256 (0 = the data set's own).")
         if self.lr_schedule != "constant" and self.epochs == 0:
             raise ConfigError(f"--lr_schedule={self.lr_schedule} is defined in epochs: set --epochs.")
         return self

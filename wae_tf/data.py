@@ -3,6 +3,7 @@
 Sources:
   * Fashion-MNIST / MNIST IDX files (`train-images-idx3-ubyte[.gz]`, ...), by default the Debian
     package `dataset-fashion-mnist` in DEFAULT_FASHION_MNIST_DIR;
+  * a folder of your images (`--dataset=folder`), or CelebA's official files (wae_tf.folders);
   * any tensorflow-datasets image data set, downloaded and prepared by TFDS where there is network
     (`--tfds_download`, default) or already prepared in `--tfds_data_dir` (celeb_a is centre
     cropped to `celeba_crop` and resized to 64x64 as in the paper).
@@ -22,6 +23,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
+from wae_tf import folders
 from wae_tf.config import DEFAULT_FASHION_MNIST_DIR, Config
 from wae_tf.errors import ConfigError
 
@@ -69,11 +71,15 @@ def load_split(config: Config, split: str) -> ImageData:
         raise ConfigError(f"Unknown split {split!r}: use one of {', '.join(SPLITS)}.")
     if config.dataset in ("fashion_mnist", "mnist"):
         data = _load_mnist_like(config, split)
+    elif config.dataset == "folder" or (config.dataset == "celeb_a" and config.data_dir):
+        load = folders.load_split if config.dataset == "folder" else folders.load_celeba_split
+        images, labels, name = load(config, split)
+        data = ImageData(images=images, labels=labels, name=name)
     else:
         if config.data_dir:
-            raise ConfigError(f"--data_dir={config.data_dir!r} is for (fashion_)mnist IDX files; "
-                              f"--dataset={config.dataset} is read from TFDS: pass "
-                              "--tfds_data_dir instead.")
+            raise ConfigError(f"--data_dir={config.data_dir!r} is for IDX files, folders of "
+                              f"images and CelebA's files; --dataset={config.dataset} is read "
+                              "from TFDS: pass --tfds_data_dir instead.")
         data = _load_tfds(config, split)
     if config.image_size and data.image_shape[:2] != (config.image_size, config.image_size):
         data = dataclasses.replace(data, images=_resize_array(data.images, config.image_size))

@@ -9,6 +9,7 @@ sharpness of samples, reconstructions and test images.
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import time
@@ -201,7 +202,10 @@ def evaluate(model: Autoencoder, test: data.ImageData, classifier, output_dir: s
 
 def _classifier_for(config: Config, classifier_dir: str, classifier_data=None,
                     classifier_epochs: int = 2):
-    directory = classifier_dir or classifier_lib.default_dir(config.dataset, config.image_size)
+    name = config.dataset
+    if config.dataset == "folder":  # one cache per folder, not one for every folder
+        name += "_" + hashlib.sha256(os.path.abspath(config.data_dir).encode()).hexdigest()[:12]
+    directory = classifier_dir or classifier_lib.default_dir(name, config.image_size)
     load_data = (lambda: classifier_data) if classifier_data is not None else (
         lambda: (data.load_split(config, "train"), data.load_split(config, "test")))
     return classifier_lib.load_or_train(directory, config.dataset, load_data,

@@ -16,11 +16,37 @@ from keras import layers
 
 from wae_tf.config import Config
 
-# Channel counts of the paper's DCGAN-style networks (before --width_divisor).
-ENCODER_CHANNELS = (128, 256, 512, 1024)
-DECODER_CHANNELS = {28: (512, 256), 64: (512, 256, 128)}
-KERNEL_SIZE = {28: 4, 64: 5}
-DISC_UNITS = {28: 512, 64: 1024}
+# Image sides with a network: the paper's MNIST (28) and CelebA (64) networks, and the CelebA
+# family at other powers of two, one stride-2 block more (or less) per doubling (or halving).
+IMAGE_SIZES = (28, 32, 64, 128, 256)
+
+
+def encoder_channels(size: int):
+    """Channels of the encoder's stride-2 blocks (before --width_divisor), down to 4x4 (28: 2x2).
+
+    28 and 64: (128, 256, 512, 1024) as in the paper; 128: (64, 128, ..., 1024); 32: (256, ...).
+    """
+    if size == 28:
+        return (128, 256, 512, 1024)
+    blocks = size.bit_length() - 3  # 64 -> 4 blocks: 64, 32, 16, 8 -> 4
+    return tuple(1024 >> (blocks - 1 - i) for i in range(blocks))
+
+
+def decoder_channels(size: int):
+    """Channels of the decoder's stride-2 transposed blocks, up from 7x7 (28) or 8x8.
+
+    28: (512, 256) and 64: (512, 256, 128) as in the paper; 128: (512, 256, 128, 64)."""
+    if size == 28:
+        return (512, 256)
+    return tuple(512 >> i for i in range(size.bit_length() - 4))  # 64 -> 3 blocks: 8 -> 64
+
+
+def kernel_size(size: int) -> int:
+    return 4 if size == 28 else 5
+
+
+def disc_units(size: int) -> int:
+    return 512 if size == 28 else 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,8 +80,8 @@ def make_encoder(config: Config, image_shape, layer_set: LayerSet = KERAS_LAYERS
     size = image_shape[0]
     images = keras.Input(shape=tuple(image_shape), name="images")
     x = images
-    for i, count in enumerate(ENCODER_CHANNELS):  # 28: 14, 7, 4, 2; 64: 32, 16, 8, 4
-        x = _conv_block(x, _channels(count, config), KERNEL_SIZE[size], config, layer_set.conv,
+    for i, count in enumerate(encoder_channels(size)):  # 28: 14, 7, 4, 2; 64: 32, 16, 8, 4
+        x = _conv_block(x, _channels(count, config), kernel_size(size), config, layer_set.conv,
                         layer_set.batch_norm, name=f"enc{i}")
     x = layers.Flatten(name="flatten")(x)
     if config.encoder == "gaussian":
@@ -77,7 +103,7 @@ def encoder_mean(encoder: keras.Model, images):
 def make_decoder(config: Config, image_shape, layer_set: LayerSet = KERAS_LAYERS) -> keras.Model:
     """z [N,z_dim] -> images [N,H,W,C] in (0,1) through a sigmoid."""
     size, _, out_channels = image_shape
-    channels = DECODER_CHANNELS[size]
+    channels = decoder_channels(size)
     base = size // 2 ** (len(channels))  # 28 -> 7, 64 -> 8
     first = _channels(1024, config)
     z = keras.Input(shape=(config.z_dim,), name="z")
@@ -85,9 +111,9 @@ def make_decoder(config: Config, image_shape, layer_set: LayerSet = KERAS_LAYERS
     x = layers.Reshape((base, base, first), name="reshape")(x)  # [N, base, base, first]
     x = layers.ReLU(name="project_relu")(x)
     for i, count in enumerate(channels):  # doubles the side each time, up to `size`
-        x = _conv_block(x, _channels(count, config), KERNEL_SIZE[size], config,
+        x = _conv_block(x, _channels(count, config), kernel_size(size), config,
                         layer_set.conv_transpose, layer_set.batch_norm, name=f"dec{i}")
-    x = layer_set.conv_transpose(out_channels, KERNEL_SIZE[size], strides=1, padding="same",
+    x = layer_set.conv_transpose(out_channels, kernel_size(size), strides=1, padding="same",
                                  use_bias=True, name="out_conv")(x)
     images = layers.Activation("sigmoid", name="images", dtype="float32")(x)
     return keras.Model(z, images, name="decoder")
@@ -113,7 +139,7 @@ class NormalLogDensity(layers.Layer):
 
 def make_discriminator(config: Config, image_shape) -> keras.Model:
     """z [N,z_dim] -> logit [N,1] that z was drawn from the prior (WAE-GAN)."""
-    units = _channels(DISC_UNITS[image_shape[0]], config)
+    units = _channels(disc_units(image_shape[0]), config)
     z = keras.Input(shape=(config.z_dim,), name="z")
     x = z
     for i in range(4):
@@ -128,9 +154,10 @@ def make_discriminator(config: Config, image_shape) -> keras.Model:
 def network_image_size(image_shape) -> int:
     """Check that a paper network exists for these images and return their side."""
     height, width, _ = image_shape
-    if height != width or height not in KERNEL_SIZE:
-        raise ValueError(f"Images of shape {tuple(image_shape)}: the paper's networks take 28x28 "
-                         "or 64x64; pass --image_size=28 or 64 to resize.")
+    if height != width or height not in IMAGE_SIZES:
+        sizes = ", ".join(map(str, IMAGE_SIZES))
+        raise ValueError(f"Images of shape {tuple(image_shape)}: the networks take square images "
+                         f"of side {sizes}; pass --image_size to resize.")
     return height
 
 

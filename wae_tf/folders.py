@@ -1,0 +1,177 @@
+"""Folders of image files (JPEG, PNG, BMP, GIF, WebP) -> uint8 arrays at the networks' resolution.
+
+Layout, as keras.utils.image_dataset_from_directory reads it: files anywhere below DIR; if
+DIR/train and DIR/test exist they are the splits, otherwise each file's split is fixed by a hash
+of (--seed, its path relative to DIR), so adding files never moves another file between splits.
+The first-level sub-folder names are the class labels when there are several, else every label is
+0. Each image is centre cropped (--crop) and resized (antialiased) to --image_size.
+"""
+
+import hashlib
+import os
+from typing import List, Tuple
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from wae_tf.config import Config
+from wae_tf.errors import ConfigError
+
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")  # tf.io.decode_image reads them
+DEFAULT_SIZE = 64  # --image_size=0 on a folder: the paper's 64x64 networks
+_HASH_BUCKETS = 10 ** 6
+
+
+def list_images(directory: str) -> List[str]:
+    """Image file paths below `directory` (recursive, by extension), sorted."""
+    if not tf.io.gfile.isdir(directory):
+        raise ConfigError(f"--data_dir={directory!r} is not a directory of images.")
+    paths = [os.path.join(root, name) for root, _, names in tf.io.gfile.walk(directory)
+             for name in names if name.lower().endswith(EXTENSIONS)]
+    return sorted(paths)
+
+
+def in_test_split(relative_path: str, seed: int, test_fraction: float) -> bool:
+    """Whether a file belongs to the held-out split: a hash of (seed, path) below the fraction."""
+    digest = hashlib.sha256(f"{seed}/{relative_path}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % _HASH_BUCKETS < test_fraction * _HASH_BUCKETS
+
+
+def split_files(config: Config, split: str) -> Tuple[str, List[str]]:
+    """(the directory labels are relative to, the files of `split`)."""
+    root = config.data_dir
+    if all(tf.io.gfile.isdir(os.path.join(root, name)) for name in ("train", "test")):
+        base = os.path.join(root, split)
+        return base, list_images(base)
+    files = list_images(root)
+    held_out = split == "test"
+    return root, [p for p in files if in_test_split(
+        os.path.relpath(p, root), config.seed, config.test_fraction) == held_out]
+
+
+def class_labels(base: str, paths: List[str]) -> np.ndarray:
+    """int64 [N]: the index of each file's first-level sub-folder when there are several."""
+    folders = [os.path.relpath(p, base).split(os.sep)[0] if os.sep in os.path.relpath(p, base)
+               else "" for p in paths]
+    names = sorted(set(folders))
+    if len(names) < 2:
+        return np.zeros(len(paths), np.int64)
+    index = {name: i for i, name in enumerate(names)}
+    return np.array([index[f] for f in folders], np.int64)
+
+
+def _preprocess(size: int, channels: int, crop: int):
+    """Encoded bytes -> uint8 [size, size, channels]: decode (a GIF's first frame), centre crop
+    to crop x crop (0: the largest centred square), antialiased resize."""
+    def fn(contents):
+        image = tf.io.decode_image(contents, channels=3, expand_animations=False)  # [H, W, 3]
+        if channels == 1:
+            image = tf.image.rgb_to_grayscale(image)
+        if crop:
+            image = tf.image.resize_with_crop_or_pad(image, crop, crop)
+        else:  # the largest centred square
+            side = tf.minimum(tf.shape(image)[0], tf.shape(image)[1])
+            image = tf.image.resize_with_crop_or_pad(image, side, side)
+        resized = tf.image.resize(tf.cast(image, tf.float32), [size, size], antialias=True)
+        return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+    return fn
+
+
+def _file_channels(path: str) -> int:
+    """1 for a grayscale file (gray or gray+alpha), 3 otherwise; 0 if it cannot be decoded
+    (decode_files reports it)."""
+    try:
+        image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
+        return 0
+    return 1 if image.shape[-1] in (1, 2) else 3
+
+
+def _decode_all(paths: List[str], fn) -> np.ndarray:
+    """Decode in parallel with tf.data; uint8 [N, size, size, C]."""
+    dataset = tf.data.Dataset.from_tensor_slices(paths).map(
+        lambda p: fn(tf.io.read_file(p)), num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True).batch(256)
+    return np.concatenate([batch.numpy() for batch in dataset])
+
+
+def _find_bad(paths: List[str], fn) -> List[Tuple[str, str]]:
+    """(path, reason) of each file that cannot be read or decoded, one file at a time."""
+    bad = []
+    for path in paths:
+        try:
+            fn(tf.io.read_file(path))
+        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, ValueError) as error:
+            bad.append((path, " ".join(str(error).split())[:200]))
+    return bad
+
+
+def load_split(config: Config, split: str) -> Tuple[np.ndarray, np.ndarray, str]:
+    """(uint8 images [N, S, S, C], int64 labels [N], name) of one split of --data_dir."""
+    base, paths = split_files(config, split)
+    if not paths:
+        raise ConfigError(f"No {split} images ({', '.join(EXTENSIONS)}) under {base!r}: check "
+                          "--data_dir (and --test_fraction if it has no train/ and test/).")
+    channels = config.channels or max(_file_channels(p) for p in paths[:64]) or 3
+    images, kept = decode_files(paths, config.image_size or DEFAULT_SIZE, channels, config.crop,
+                                config.skip_bad_images)
+    return images, class_labels(base, kept), f"folder:{config.data_dir}/{split}"
+
+
+# The official CelebA files (mmlab.ie.cuhk.edu.hk/projects/CelebA.html), downloaded by hand.
+CELEBA_IMAGES = "img_align_celeba"
+CELEBA_PARTITION = "list_eval_partition.txt"
+_CELEBA_PARTS = {"train": "0", "validation": "1", "test": "2"}
+
+
+def celeba_files(data_dir: str, split: str) -> List[str]:
+    """The official split's aligned images: list_eval_partition.txt lines `<file> <0|1|2>`."""
+    partition = os.path.join(data_dir, CELEBA_PARTITION)
+    if not tf.io.gfile.exists(partition) or not tf.io.gfile.isdir(
+            os.path.join(data_dir, CELEBA_IMAGES)):
+        raise ConfigError(f"--data_dir={data_dir!r} must hold CelebA's {CELEBA_IMAGES}/ folder and "
+                          f"{CELEBA_PARTITION} (the official aligned images and split).")
+    with tf.io.gfile.GFile(partition) as f:
+        rows = [line.split() for line in f if line.strip()]
+    bad = [row for row in rows if len(row) != 2 or row[1] not in _CELEBA_PARTS.values()]
+    if bad:
+        raise ConfigError(f"{partition}: expected lines '<file> <0|1|2>', got {' '.join(bad[0])!r}.")
+    return [os.path.join(data_dir, CELEBA_IMAGES, name) for name, part in rows
+            if part == _CELEBA_PARTS[split]]
+
+
+def load_celeba_split(config: Config, split: str) -> Tuple[np.ndarray, np.ndarray, str]:
+    """One official CelebA split from --data_dir, cropped to --celeba_crop and resized to 64x64
+    (or --image_size) as the paper's code does; unlabeled."""
+    paths = celeba_files(config.data_dir, split)
+    if not paths:
+        raise ConfigError(f"{CELEBA_PARTITION} in {config.data_dir!r} lists no {split} images.")
+    images, _ = decode_files(paths, config.image_size or DEFAULT_SIZE, 3, config.celeba_crop,
+                             config.skip_bad_images)
+    return images, np.zeros(images.shape[0], np.int64), f"celeb_a:{config.data_dir}/{split}"
+
+
+def decode_files(paths: List[str], size: int, channels: int, crop: int,
+                 skip_bad: bool) -> Tuple[np.ndarray, List[str]]:
+    """(uint8 [N, size, size, channels], the paths decoded): unreadable files are a ConfigError
+    naming the first, or with `skip_bad` left out and counted in the log."""
+    fn = _preprocess(size, channels, crop)
+    try:
+        return _decode_all(paths, fn), paths
+    except tf.errors.OpError:
+        bad = _find_bad(paths, fn)
+        if not bad:
+            raise
+    if not skip_bad:
+        path, reason = bad[0]
+        raise ConfigError(f"Cannot decode {path} ({reason}); {len(bad)} of {len(paths)} files "
+                          "are unreadable: fix or remove them, or pass --skip_bad_images to train "
+                          "without them.") from None
+    logging.warning("Skipped %d unreadable image files of %d, e.g. %s.", len(bad), len(paths),
+                    bad[0][0])
+    skipped = {path for path, _ in bad}
+    kept = [p for p in paths if p not in skipped]
+    if not kept:
+        raise ConfigError(f"None of the {len(paths)} image files could be decoded.")
+    return _decode_all(kept, fn), kept

@@ -59,20 +59,9 @@ def load_from_workdir(workdir: str) -> Autoencoder:
     return Autoencoder(encode, decode, run.config, run.image_shape, run.step, run.checkpoint_path)
 
 
-def latest_version(path: str) -> str:
-    """`path` if it holds a SavedModel, else its highest numbered version (TF Serving layout)."""
-    if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
-        return path
-    versions = [int(n.rstrip("/")) for n in tf.io.gfile.listdir(path) if n.rstrip("/").isdigit()] \
-        if tf.io.gfile.isdir(path) else []
-    if not versions:
-        raise ConfigError(f"{path} is neither a SavedModel nor a directory of versions.")
-    return os.path.join(path, str(max(versions)))
-
-
 def load_from_saved_model(path: str) -> Autoencoder:
     """Load an export's `encode` and `decode` signatures and its wae_config.json."""
-    path = latest_version(path)
+    path = serving.latest_version(path)
     config_path = os.path.join(path, serving.CONFIG_ASSET)
     config = config_lib.from_dict(fileio.read_json(config_path))
     loaded = tf.saved_model.load(path)

@@ -12,10 +12,15 @@ from wae_tf.errors import ConfigError
 
 def write_json(path: str, value: dict) -> None:
     """Write JSON to a temporary file renamed over `path`: a kill never leaves half a file."""
+    write_bytes(path, json.dumps(value, indent=2, sort_keys=True).encode())
+
+
+def write_bytes(path: str, contents: bytes) -> None:
+    """Write `contents` to a temporary file renamed over `path`, removed if anything fails."""
     tmp = temporary_sibling(path)
     try:
-        with tf.io.gfile.GFile(tmp, "w") as f:
-            json.dump(value, f, indent=2, sort_keys=True)
+        with tf.io.gfile.GFile(tmp, "wb") as f:
+            f.write(contents)
         tf.io.gfile.rename(tmp, path, overwrite=True)
     finally:
         if tf.io.gfile.exists(tmp):

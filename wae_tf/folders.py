@@ -78,6 +78,21 @@ def _preprocess(size: int, channels: int, crop: int):
     return fn
 
 
+def crop_of(config: Config) -> int:
+    """The centre crop training applied to files: --celeba_crop for CelebA, else --crop."""
+    return config.celeba_crop if config.dataset == "celeb_a" else config.crop
+
+
+def image_dataset(paths: List[str], size: int, channels: int, crop: int) -> tf.data.Dataset:
+    """(path, uint8 [size, size, channels]) per readable file, in order, decoded in parallel;
+    files that cannot be decoded are left out (compare the paths to find them)."""
+    fn = _preprocess(size, channels, crop)
+    dataset = tf.data.Dataset.from_tensor_slices(paths).map(
+        lambda p: (p, fn(tf.io.read_file(p))), num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True)
+    return dataset.ignore_errors()
+
+
 def _file_channels(path: str) -> int:
     """1 for a grayscale file (gray or gray+alpha), 3 otherwise; 0 if it cannot be decoded
     (decode_files reports it)."""

@@ -149,3 +149,14 @@ def export_from_workdir(workdir: str, export_dir: str = "") -> str:
     base = export_dir or run.config.export_dir or os.path.join(workdir, "export")
     return export_saved_model(run.encoder, run.decoder, run.config, run.image_shape, base,
                               run.step)
+
+
+def latest_version(path: str) -> str:
+    """`path` if it holds a SavedModel, else its highest numbered version (TF Serving layout)."""
+    if tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
+        return path
+    versions = [int(n.rstrip("/")) for n in tf.io.gfile.listdir(path) if n.rstrip("/").isdigit()] \
+        if tf.io.gfile.isdir(path) else []
+    if not versions:
+        raise ConfigError(f"{path} is neither a SavedModel nor a directory of versions.")
+    return os.path.join(path, str(max(versions)))

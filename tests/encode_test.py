@@ -1,0 +1,66 @@
+"""python -m wae_tf.encode: codes of a folder equal the served `encode` of the same images."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import REPO, tiny_config
+from tests.folders_test import _image, _write
+from wae_tf import data
+from wae_tf import encoding
+from wae_tf import folders
+from wae_tf import loop
+from wae_tf.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny WAE trained 2 steps on a folder of 40x30 RGB PNG/JPEG files, exported."""
+    root = tmp_path_factory.mktemp("enc")
+    images = str(root / "images")
+    for i in range(12):
+        _write(os.path.join(images, "a" if i % 2 else "b/deeper", f"{i}.png"), _image(i))
+        _write(os.path.join(images, "jpegs", f"{i}.jpg"), _image(50 + i), "jpeg")
+    config = tiny_config(dataset="folder", data_dir=images, image_size=32, crop=24,
+                         batch_size=4, train_steps=2, export=True)
+    loop.train_and_evaluate(config, str(root / "run"))
+    return dict(images=images, export=str(root / "run" / "export"), root=root)
+
+
+def test_the_entry_point_writes_codes_equal_to_the_served_encode(trained, tmp_path):
+    out = str(tmp_path / "codes.npz")
+    result = subprocess.run(
+        [sys.executable, "-m", "wae_tf.encode", f"--saved_model={trained['export']}",
+         f"--images={trained['images']}", f"--out={out}", "--batch_size=5"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = np.load(out)
+    paths = folders.list_images(trained["images"])
+    assert list(saved["files"]) == [os.path.relpath(p, trained["images"]) for p in paths]
+    assert saved["codes"].shape == (24, 4) and saved["codes"].dtype == np.float32
+    assert saved["skipped"].size == 0
+    # The training pipeline's images (24-pixel centre crop, 32x32 RGB) through the export.
+    images, _ = folders.decode_files(paths, 32, 3, 24, skip_bad=False)
+    served = tf.saved_model.load(os.path.join(trained["export"], "2")).signatures["encode"]
+    expected = served(images=data.to_float(images))["z"].numpy()
+    np.testing.assert_allclose(saved["codes"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_unreadable_files_are_named_or_skipped(trained, tmp_path):
+    images = str(tmp_path / "with_bad")
+    for i in range(3):
+        _write(os.path.join(images, f"{i}.png"), _image(i))
+    with open(os.path.join(images, "broken.jpg"), "wb") as f:
+        f.write(b"\xff\xd8\xff not really a JPEG")
+    out = str(tmp_path / "codes.npz")
+    with pytest.raises(ConfigError, match="broken.jpg.*--skip_bad_images"):
+        encoding.encode_folder(trained["export"], images, out)
+    assert not os.path.exists(out)
+    result = encoding.encode_folder(trained["export"], images, out, skip_bad_images=True)
+    assert (result["num_encoded"], result["num_skipped"]) == (3, 1)
+    assert list(np.load(out)["skipped"]) == ["broken.jpg"]

@@ -45,7 +45,8 @@ def test_the_entry_point_writes_codes_equal_to_the_served_encode(trained, tmp_pa
     assert saved["codes"].shape == (24, 4) and saved["codes"].dtype == np.float32
     assert saved["skipped"].size == 0
     # The training pipeline's images (24-pixel centre crop, 32x32 RGB) through the export.
-    images, _ = folders.decode_files(paths, 32, 3, 24, skip_bad=False)
+    files = folders.FileSplit(tuple(paths), np.zeros(len(paths), np.int64), "x", 32, 3, 24)
+    images, _ = folders.decode_split(files, skip_bad=False)
     served = tf.saved_model.load(os.path.join(trained["export"], "2")).signatures["encode"]
     expected = served(images=data.to_float(images))["z"].numpy()
     np.testing.assert_allclose(saved["codes"], expected, rtol=1e-5, atol=1e-6)

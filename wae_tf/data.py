@@ -15,6 +15,8 @@ since the stream holds its own copy as a tensor). Never falls back to other or r
 
 import dataclasses
 import gzip
+import hashlib
+import json
 import os
 import struct
 import zlib
@@ -22,6 +24,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from wae_tf import folders
 from wae_tf.config import DEFAULT_FASHION_MNIST_DIR, Config
@@ -56,12 +59,38 @@ class ImageData:
         return tuple(int(d) for d in self.images.shape[1:])  # (H, W, C)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class ImageFiles:
+    """One split streamed from its image files (data larger than memory): each batch is
+    decoded while training runs, or read from --cache_dir's decoded copy when `cache` is set."""
+
+    files: folders.FileSplit
+    cache: str = ""  # a file of uint8 rows [N, H, W, C] in the order of files.paths
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.files.paths)
+
+    @property
+    def image_shape(self) -> Tuple[int, int, int]:
+        return self.files.image_shape
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.files.labels
+
+    @property
+    def name(self) -> str:
+        return self.files.name
+
+
 # ----------------------------------------------------------------------------------------------
 # Loading.
 
 
-def load_split(config: Config, split: str) -> ImageData:
-    """Load `split` ("train" or "test") of `config.dataset` into memory as uint8 NHWC.
+def load_split(config: Config, split: str):
+    """Load `split` ("train" or "test") of `config.dataset` into memory as uint8 NHWC
+    (ImageData), or, for a train split of files that --in_memory says to stream, ImageFiles.
 
     If `config.image_size` is set and differs from the data's own side, the images are resized to
     image_size x image_size (antialiased bilinear, rounded back to uint8); e.g. 28 -> 64 lets the
@@ -72,9 +101,7 @@ def load_split(config: Config, split: str) -> ImageData:
     if config.dataset in ("fashion_mnist", "mnist"):
         data = _load_mnist_like(config, split)
     elif config.dataset == "folder" or (config.dataset == "celeb_a" and config.data_dir):
-        load = folders.load_split if config.dataset == "folder" else folders.load_celeba_split
-        images, labels, name = load(config, split)
-        data = ImageData(images=images, labels=labels, name=name)
+        return _load_files(config, split)
     else:
         if config.data_dir:
             raise ConfigError(f"--data_dir={config.data_dir!r} is for IDX files, folders of "
@@ -84,6 +111,60 @@ def load_split(config: Config, split: str) -> ImageData:
     if config.image_size and data.image_shape[:2] != (config.image_size, config.image_size):
         data = dataclasses.replace(data, images=_resize_array(data.images, config.image_size))
     return data
+
+
+def _load_files(config: Config, split: str):
+    """A folder's or CelebA's files: in memory (ImageData), or streamed (ImageFiles) for a
+    train split that --in_memory says to stream."""
+    files = folders.list_split(config, split)
+    if split == "train" and streams(config, files):
+        if not config.cache_dir:
+            return ImageFiles(files)
+        return cached_files(files, config.cache_dir, config.skip_bad_images)
+    images, files = folders.decode_split(files, config.skip_bad_images)
+    return ImageData(images=images, labels=files.labels, name=files.name)
+
+
+def streams(config: Config, files: folders.FileSplit) -> bool:
+    """--in_memory: false streams; auto streams when the decoded split would take more than a
+    quarter of this machine's memory."""
+    if config.in_memory != "auto":
+        return config.in_memory == "false"
+    decoded = len(files.paths) * int(np.prod(files.image_shape))
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return decoded > memory // 4
+
+
+def cached_files(files: folders.FileSplit, cache_dir: str, skip_bad: bool) -> ImageFiles:
+    """ImageFiles reading a decoded copy in `cache_dir`, written on first use (one decoding
+    pass, in order, never the whole split in memory) and found again by its content key."""
+    key = hashlib.sha256(json.dumps([files.paths, files.image_shape, files.crop]).encode())
+    base = os.path.join(cache_dir, f"{files.name.split(':')[0]}-{key.hexdigest()[:16]}")
+    if not os.path.exists(base + ".json"):
+        os.makedirs(cache_dir, exist_ok=True)
+        _write_cache(files, base)
+    with open(base + ".json") as f:
+        kept = json.load(f)["kept"]
+    logging.info("Reading %d decoded images of %s from %s.u8.", len(kept), files.name, base)
+    return ImageFiles(folders.check_unreadable(
+        files, set(files.paths) - set(files.paths[i] for i in kept), skip_bad), base + ".u8")
+
+
+def _write_cache(files: folders.FileSplit, base: str) -> None:
+    """Decode every file into <base>.u8 (rows in order) and list the decodable ones in
+    <base>.json, written last: a cache without its .json is rebuilt."""
+    logging.info("Decoding %d images of %s into %s.u8 (once).", len(files.paths), files.name, base)
+    kept, position = [], {path: i for i, path in enumerate(files.paths)}
+    tmp = f"{base}.u8.tmp{os.getpid()}"
+    with open(tmp, "wb") as out:
+        for paths, images in folders.image_dataset(list(files.paths), files.size, files.channels,
+                                                   files.crop).batch(256).prefetch(2):
+            out.write(images.numpy().tobytes())
+            kept.extend(position[p.decode()] for p in paths.numpy())
+    os.replace(tmp, base + ".u8")
+    with open(f"{base}.json.tmp", "w") as f:
+        json.dump({"kept": kept, "image_shape": files.image_shape}, f)
+    os.replace(f"{base}.json.tmp", base + ".json")
 
 
 def _load_mnist_like(config: Config, split: str) -> ImageData:
@@ -272,36 +353,108 @@ def steps_per_epoch(num_examples: int, global_batch: int) -> int:
     return int(num_examples) // int(global_batch)
 
 
-def make_train_dataset(data: ImageData, global_batch: int, seed: int,
-                       start_step: int = 0) -> tf.data.Dataset:
-    """An infinite stream of float32 [global_batch, H, W, C] image batches in [0, 1].
+def _index_batches(num_examples: int, global_batch: int, seed: int,
+                   start_step: int) -> tf.data.Dataset:
+    """int32 [global_batch] example indices of every step from `start_step` on.
 
     Epoch e visits the examples in the order of a permutation that depends only on (seed, e)
     (stateless shuffle), cut into steps_per_epoch(N, global_batch) batches (the remainder is
-    dropped, so each epoch sees a different subset of at most global_batch - 1 skipped examples).
-    The stream resumed with start_step=k equals the uninterrupted stream from its k-th batch on:
-    whole epochs are skipped arithmetically and the rest on index batches, before any image work.
+    dropped, so each epoch skips a different subset of at most global_batch - 1 examples).
+    Starting at step k equals the uninterrupted stream from its k-th batch on: whole epochs are
+    skipped arithmetically and the rest on index batches, before any image work.
     """
-    steps = steps_per_epoch(data.num_examples, global_batch)
+    steps = steps_per_epoch(num_examples, global_batch)
     if global_batch <= 0 or steps == 0:
-        raise ConfigError(f"--batch_size={global_batch} must be in [1, {data.num_examples}] "
-                          f"(the size of {data.name}).")
+        raise ConfigError(f"--batch_size={global_batch} must be in [1, {num_examples}] "
+                          "(the number of training images).")
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}.")
-    images = tf.constant(data.images)  # uint8 [N, H, W, C], captured once by the map below
     seed = int(seed)
 
     def epoch_batches(epoch):  # int64 scalar -> dataset of int32 [global_batch] index batches
         order = tf.random.experimental.stateless_shuffle(
-            tf.range(data.num_examples), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+            tf.range(num_examples), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
         order = tf.reshape(order[:steps * global_batch], [steps, global_batch])
         return tf.data.Dataset.from_tensor_slices(order)
 
     first_epoch, skip = divmod(int(start_step), steps)
-    dataset = tf.data.Dataset.counter(first_epoch).flat_map(epoch_batches).skip(skip)
+    return tf.data.Dataset.counter(first_epoch).flat_map(epoch_batches).skip(skip)
+
+
+def make_train_dataset(data: ImageData, global_batch: int, seed: int,
+                       start_step: int = 0) -> tf.data.Dataset:
+    """An infinite stream of float32 [global_batch, H, W, C] image batches in [0, 1], in the
+    order of _index_batches (deterministic from --seed, resumable at any step)."""
+    images = tf.constant(data.images)  # uint8 [N, H, W, C], captured once by the map below
+    dataset = _index_batches(data.num_examples, global_batch, seed, start_step)
     dataset = dataset.map(lambda index: to_float(tf.gather(images, index)),
                           num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(_train_options())
+
+
+def make_replica_stream(data: ImageFiles, global_batch: int, seed: int, start_step: int,
+                        context: tf.distribute.InputContext) -> tf.data.Dataset:
+    """float32 [local_batch, H, W, C] batches of the replicas this input pipeline (worker)
+    feeds, in replica order: the rows of _index_batches that N replicas take from a global
+    batch, so each worker reads and decodes only its share of the files."""
+    replicas = context.num_replicas_in_sync
+    local = context.get_per_replica_batch_size(global_batch)
+    per_pipeline = replicas // context.num_input_pipelines
+    first = context.input_pipeline_id * per_pipeline
+    rows = _index_batches(data.num_examples, global_batch, seed, start_step).map(
+        lambda index: tf.reshape(index, [replicas, local])[first:first + per_pipeline]).unbatch()
+    shape = data.image_shape
+    if data.cache:
+        read = _row_reader(data.cache, shape)
+        images = rows.map(lambda index: tf.ensure_shape(
+            tf.numpy_function(read, [index], tf.uint8, stateful=False), [local, *shape]),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:
+        paths, decode = tf.constant(list(data.files.paths)), folders.decoder(data.files)
+        images = rows.unbatch().map(lambda i: decode(tf.gather(paths, i)),
+                                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        images = images.batch(local, drop_remainder=True)
+    options = tf.data.Options()
+    options.experimental_deterministic = True
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return images.map(to_float).prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def _row_reader(path: str, shape):
+    """indices [b] -> uint8 [b, *shape]: rows of a cache file read with pread (page cache, not
+    this process's memory)."""
+    row = int(np.prod(shape))
+    descriptor = os.open(path, os.O_RDONLY)
+
+    def read(indices):
+        out = np.empty((len(indices), row), np.uint8)
+        for k, i in enumerate(indices):
+            out[k] = np.frombuffer(os.pread(descriptor, row, int(i) * row), np.uint8)
+        return out.reshape((len(indices), *shape))
+    return read
+
+
+def distribute(strategy: tf.distribute.Strategy, data, global_batch: int, seed: int,
+               start_step: int = 0):
+    """The training stream of `data` (ImageData or ImageFiles) as the strategy's distributed
+    dataset: every replica gets its consecutive rows of each global batch."""
+    if isinstance(data, ImageFiles):
+        return strategy.distribute_datasets_from_function(
+            lambda context: make_replica_stream(data, global_batch, seed, start_step, context))
+    return strategy.experimental_distribute_dataset(
+        make_train_dataset(data, global_batch, seed, start_step))
+
+
+def materialize(data, limit: int, seed: int = 0) -> ImageData:
+    """`data` in memory: ImageData as it is, ImageFiles as a seeded subset of at most `limit`
+    decoded images (e.g. to train the evaluation's classifier on a streamed split)."""
+    if isinstance(data, ImageData):
+        return data
+    keep = np.arange(data.num_examples)
+    if data.num_examples > limit:
+        keep = np.sort(np.random.default_rng(seed).choice(data.num_examples, limit, replace=False))
+    images, files = folders.decode_split(data.files.select(list(keep)), skip_bad=True)
+    return ImageData(images=images, labels=files.labels, name=files.name)
 
 
 def _train_options() -> tf.data.Options:

@@ -35,6 +35,7 @@ from wae_tf.errors import ConfigError
 BATCH = 500
 PRECISION_RECALL_K = 3
 MMD_SUBSET = 1000
+CLASSIFIER_TRAIN_LIMIT = 60000  # images the classifier trains on when the train split streams
 # Tags of the evaluation's random draws, folded with --seed: [seed, tag].
 _SAMPLES_TAG, _MMD_TAG = 1, 2
 
@@ -196,7 +197,8 @@ def _classifier_for(config: Config, classifier_dir: str, classifier_data=None,
         name += "_" + hashlib.sha256(os.path.abspath(config.data_dir).encode()).hexdigest()[:12]
     directory = classifier_dir or classifier_lib.default_dir(name, config.image_size)
     load_data = (lambda: classifier_data) if classifier_data is not None else (
-        lambda: (data.load_split(config, "train"), data.load_split(config, "test")))
+        lambda: (data.materialize(data.load_split(config, "train"), CLASSIFIER_TRAIN_LIMIT),
+                 data.load_split(config, "test")))
     return classifier_lib.load_or_train(directory, config.dataset, load_data,
                                         epochs=classifier_epochs, seed=0)
 

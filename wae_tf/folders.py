@@ -7,6 +7,7 @@ The first-level sub-folder names are the class labels when there are several, el
 0. Each image is centre cropped (--crop) and resized (antialiased) to --image_size.
 """
 
+import dataclasses
 import hashlib
 import os
 from typing import List, Tuple
@@ -78,6 +79,12 @@ def _preprocess(size: int, channels: int, crop: int):
     return fn
 
 
+def decoder(files: "FileSplit"):
+    """path (string tensor) -> uint8 [size, size, channels], as training decodes `files`."""
+    fn = _preprocess(files.size, files.channels, files.crop)
+    return lambda path: fn(tf.io.read_file(path))
+
+
 def crop_of(config: Config) -> int:
     """The centre crop training applied to files: --celeba_crop for CelebA, else --crop."""
     return config.celeba_crop if config.dataset == "celeb_a" else config.crop
@@ -122,16 +129,43 @@ def _find_bad(paths: List[str], fn) -> List[Tuple[str, str]]:
     return bad
 
 
-def load_split(config: Config, split: str) -> Tuple[np.ndarray, np.ndarray, str]:
-    """(uint8 images [N, S, S, C], int64 labels [N], name) of one split of --data_dir."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class FileSplit:
+    """One split's image files and how training decodes them."""
+    paths: Tuple[str, ...]
+    labels: np.ndarray  # int64 [N]
+    name: str
+    size: int  # side of the decoded images
+    channels: int
+    crop: int  # centre crop before resizing; 0: the largest centred square
+
+    @property
+    def image_shape(self) -> Tuple[int, int, int]:
+        return (self.size, self.size, self.channels)
+
+    def select(self, keep: List[int]) -> "FileSplit":
+        """The files at positions `keep` (e.g. those that decode)."""
+        return dataclasses.replace(self, paths=tuple(self.paths[i] for i in keep),
+                                   labels=self.labels[keep])
+
+
+def list_split(config: Config, split: str) -> FileSplit:
+    """The files of one split: --dataset=folder, or CelebA's official files in --data_dir."""
+    size = config.image_size or DEFAULT_SIZE
+    if config.dataset == "celeb_a":
+        paths = celeba_files(config.data_dir, split)
+        if not paths:
+            raise ConfigError(f"{CELEBA_PARTITION} in {config.data_dir!r} lists no {split} "
+                              "images.")
+        return FileSplit(tuple(paths), np.zeros(len(paths), np.int64),
+                         f"celeb_a:{config.data_dir}/{split}", size, 3, config.celeba_crop)
     base, paths = split_files(config, split)
     if not paths:
         raise ConfigError(f"No {split} images ({', '.join(EXTENSIONS)}) under {base!r}: check "
                           "--data_dir (and --test_fraction if it has no train/ and test/).")
     channels = config.channels or max(_file_channels(p) for p in paths[:64]) or 3
-    images, kept = decode_files(paths, config.image_size or DEFAULT_SIZE, channels, config.crop,
-                                config.skip_bad_images)
-    return images, class_labels(base, kept), f"folder:{config.data_dir}/{split}"
+    return FileSplit(tuple(paths), class_labels(base, paths), f"folder:{config.data_dir}/{split}",
+                     size, channels, config.crop)
 
 
 # The official CelebA files (mmlab.ie.cuhk.edu.hk/projects/CelebA.html), downloaded by hand.
@@ -156,37 +190,33 @@ def celeba_files(data_dir: str, split: str) -> List[str]:
             if part == _CELEBA_PARTS[split]]
 
 
-def load_celeba_split(config: Config, split: str) -> Tuple[np.ndarray, np.ndarray, str]:
-    """One official CelebA split from --data_dir, cropped to --celeba_crop and resized to 64x64
-    (or --image_size) as the paper's code does; unlabeled."""
-    paths = celeba_files(config.data_dir, split)
-    if not paths:
-        raise ConfigError(f"{CELEBA_PARTITION} in {config.data_dir!r} lists no {split} images.")
-    images, _ = decode_files(paths, config.image_size or DEFAULT_SIZE, 3, config.celeba_crop,
-                             config.skip_bad_images)
-    return images, np.zeros(images.shape[0], np.int64), f"celeb_a:{config.data_dir}/{split}"
-
-
-def decode_files(paths: List[str], size: int, channels: int, crop: int,
-                 skip_bad: bool) -> Tuple[np.ndarray, List[str]]:
-    """(uint8 [N, size, size, channels], the paths decoded): unreadable files are a ConfigError
-    naming the first, or with `skip_bad` left out and counted in the log."""
-    fn = _preprocess(size, channels, crop)
+def decode_split(files: FileSplit, skip_bad: bool) -> Tuple[np.ndarray, FileSplit]:
+    """(uint8 [N, size, size, channels], the files decoded) in memory: unreadable files are a
+    ConfigError naming the first, or with `skip_bad` left out and counted in the log."""
+    fn = _preprocess(files.size, files.channels, files.crop)
     try:
-        return _decode_all(paths, fn), paths
+        return _decode_all(list(files.paths), fn), files
     except tf.errors.OpError:
-        bad = _find_bad(paths, fn)
+        bad = _find_bad(files.paths, fn)
         if not bad:
             raise
+    kept = check_unreadable(files, {path for path, _ in bad}, skip_bad, bad[0][1])
+    return _decode_all(list(kept.paths), fn), kept
+
+
+def check_unreadable(files: FileSplit, bad: set, skip_bad: bool, reason: str = "") -> FileSplit:
+    """`files` without the unreadable ones if `skip_bad` (logged), else a ConfigError naming one."""
+    if not bad:
+        return files
+    first = sorted(bad)[0]
     if not skip_bad:
-        path, reason = bad[0]
-        raise ConfigError(f"Cannot decode {path} ({reason}); {len(bad)} of {len(paths)} files "
-                          "are unreadable: fix or remove them, or pass --skip_bad_images to train "
-                          "without them.") from None
-    logging.warning("Skipped %d unreadable image files of %d, e.g. %s.", len(bad), len(paths),
-                    bad[0][0])
-    skipped = {path for path, _ in bad}
-    kept = [p for p in paths if p not in skipped]
-    if not kept:
-        raise ConfigError(f"None of the {len(paths)} image files could be decoded.")
-    return _decode_all(kept, fn), kept
+        detail = f" ({reason})" if reason else ""
+        raise ConfigError(f"Cannot decode {first}{detail}; {len(bad)} of {len(files.paths)} files "
+                          "are unreadable: fix or remove them, or pass --skip_bad_images to leave "
+                          "them out.")
+    logging.warning("Skipped %d unreadable image files of %d, e.g. %s.", len(bad),
+                    len(files.paths), first)
+    keep = [i for i, path in enumerate(files.paths) if path not in bad]
+    if not keep:
+        raise ConfigError(f"None of the {len(files.paths)} image files could be decoded.")
+    return files.select(keep)

@@ -135,8 +135,7 @@ def train_and_evaluate(config: Config, workdir: str, strategy=None, data_overrid
     logging.info("%s: %d train images %s, %d steps/epoch, from step %d to %d on %d replica(s).",
                  train.name, train.num_examples, train.image_shape, steps_per_epoch, start,
                  total_steps, strategy.num_replicas_in_sync)
-    dataset = data.make_train_dataset(train, config.batch_size, config.seed, start_step=start)
-    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+    iterator = iter(data.distribute(strategy, train, config.batch_size, config.seed, start))
     writer = tf.summary.create_file_writer(os.path.join(workdir, "train")) if chief else \
         tf.summary.create_noop_writer()
     test_set = make_test_set(state, test)
@@ -168,6 +167,20 @@ def _finish(config, state, strategy, workdir, image_shape, results) -> None:
     cluster.cleanup_worker_dirs([os.path.join(workdir, "checkpoints"), export_base], strategy)
 
 
+def _call(train_fn, iterator, num: int) -> dict:
+    """Run `num` compiled steps; their losses as floats. An image file that fails to decode
+    while streaming becomes a ConfigError (the checkpoints on disk are untouched)."""
+    try:
+        return {k: float(v) for k, v in train_fn(iterator, tf.constant(num)).items()}
+    except tf.errors.InvalidArgumentError as error:
+        if "decode" not in str(error).lower() and "image" not in str(error).lower():
+            raise
+        raise ConfigError("An image file could not be decoded while streaming the training data "
+                          f"({' '.join(str(error).split())[:200]}). Pass --cache_dir=DIR to "
+                          "check every file once (naming the bad ones; --skip_bad_images leaves "
+                          "them out), or fix the files.") from None
+
+
 def _run_loop(config, state, strategy, iterator, manager, total_steps, test_set) -> dict:
     """Call the compiled steps until `total_steps`, logging, drawing and checkpointing.
 
@@ -179,7 +192,7 @@ def _run_loop(config, state, strategy, iterator, manager, total_steps, test_set)
     with cluster.SigtermFlag() as sigterm:
         while step < total_steps and not any(cluster.all_workers(strategy, sigterm.received)):
             num = min(config.steps_per_loop, total_steps - step)
-            metrics = {k: float(v) for k, v in train_fn(iterator, tf.constant(num)).items()}
+            metrics = _call(train_fn, iterator, num)
             previous, step = step, step + num
             _check_finite(metrics, step, manager)
             crossed = lambda every: step // every > previous // every or step == total_steps  # noqa

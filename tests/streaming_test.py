@@ -1,0 +1,95 @@
+"""Training data streamed from files (--in_memory=false, --cache_dir): the same batches as in
+memory, resumable at any step, split across replicas, with the same handling of bad files."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import mirrored_strategy, tiny_config
+from tests.folders_test import _image, _write
+from wae_tf import data
+from wae_tf import loop
+from wae_tf.errors import ConfigError
+
+pytestmark = pytest.mark.numerics
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """13 JPEG and PNG files of 40x30 RGB in train/ (two classes) and 4 in test/."""
+    root = tmp_path_factory.mktemp("stream")
+    for i in range(13):
+        fmt = "jpeg" if i % 2 else "png"
+        _write(str(root / "train" / ("x" if i % 3 else "y") / f"{i}.{fmt[:3]}"), _image(i), fmt)
+    for i in range(4):
+        _write(str(root / "test" / f"{i}.png"), _image(70 + i))
+    return str(root)
+
+
+def _config(folder, **overrides):
+    return tiny_config(dataset="folder", data_dir=folder, image_size=28, batch_size=4,
+                       seed=3, **overrides)
+
+
+def _batches(dataset, count):
+    """The first `count` global batches of a distributed dataset, as numpy."""
+    out = []
+    for batch in dataset:
+        parts = batch.values if hasattr(batch, "values") else (batch,)
+        out.append(np.concatenate([p.numpy() for p in parts]))
+        if len(out) == count:
+            return out
+    return out
+
+
+def test_streamed_batches_equal_the_in_memory_ones_and_resume_exactly(folder, tmp_path):
+    memory = data.load_split(_config(folder, in_memory="true"), "train")
+    streamed = data.load_split(_config(folder, in_memory="false"), "train")
+    cached = data.load_split(_config(folder, in_memory="false", cache_dir=str(tmp_path)), "train")
+    assert isinstance(memory, data.ImageData) and isinstance(streamed, data.ImageFiles)
+    assert cached.cache and streamed.image_shape == memory.image_shape == (28, 28, 3)
+    np.testing.assert_array_equal(streamed.labels, memory.labels)
+    strategy = tf.distribute.get_strategy()
+    # 13 images, batches of 4: 3 steps per epoch; 7 steps cross two epoch boundaries.
+    expected = _batches(data.distribute(strategy, memory, 4, 3), 7)
+    for source in (streamed, cached):
+        np.testing.assert_array_equal(_batches(data.distribute(strategy, source, 4, 3), 7),
+                                      expected)
+        resumed = _batches(data.distribute(strategy, source, 4, 3, start_step=4), 3)
+        np.testing.assert_array_equal(resumed, expected[4:])
+
+
+def test_two_replicas_read_their_own_rows_of_each_global_batch(folder):
+    streamed = data.load_split(_config(folder, in_memory="false"), "train")
+    memory = data.load_split(_config(folder, in_memory="true"), "train")
+    expected = _batches(data.distribute(tf.distribute.get_strategy(), memory, 4, 3), 4)
+    np.testing.assert_array_equal(
+        _batches(data.distribute(mirrored_strategy(), streamed, 4, 3), 4), expected)
+
+
+def test_the_cache_is_written_once_and_names_bad_files(folder, tmp_path):
+    config = _config(folder, in_memory="false", cache_dir=str(tmp_path / "cache"))
+    data.load_split(config, "train")
+    (manifest,) = [n for n in os.listdir(tmp_path / "cache") if n.endswith(".json")]
+    written = os.path.getmtime(tmp_path / "cache" / manifest)
+    data.load_split(config, "train")  # found again by its key: not rewritten
+    assert os.path.getmtime(tmp_path / "cache" / manifest) == written
+    bad = tmp_path / "bad"
+    for i in range(5):
+        _write(str(bad / "train" / f"{i}.png"), _image(i))
+    (bad / "train" / "9.png").write_bytes(b"\x89PNG broken")
+    _write(str(bad / "test" / "0.png"), _image(0))
+    bad_config = _config(str(bad), in_memory="false", cache_dir=str(tmp_path / "cache2"))
+    with pytest.raises(ConfigError, match=r"9\.png.*--skip_bad_images"):
+        data.load_split(bad_config, "train")
+    kept = data.load_split(bad_config.replace(skip_bad_images=True), "train")
+    assert kept.num_examples == 5 and not any(p.endswith("9.png") for p in kept.files.paths)
+
+
+def test_training_streams_from_a_folder(folder, tmp_path):
+    config = _config(folder, in_memory="false", cache_dir=str(tmp_path / "cache"),
+                     train_steps=3)
+    results = loop.train_and_evaluate(config, str(tmp_path / "run"))
+    assert results["step"] == 3 and np.isfinite(results["train_loss"])

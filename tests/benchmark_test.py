@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import tensorflow as tf
 
 from tests.conftest import tiny_config
 from wae_tf import benchmarking
@@ -54,3 +55,19 @@ def test_matmul_flops_count_two_size_cubed_per_timed_call(monkeypatch):
     monkeypatch.setattr(benchmarking.time, "perf_counter", lambda: 0.5 * next(clock))
     for dtype in ("float32", "bfloat16"):
         assert benchmarking.matmul_flops_per_second(64, 3, dtype) == 2 * 64 ** 3 / 0.5
+
+
+def test_streaming_a_folder_reports_input_share_and_memory(tmp_path):
+    """--input_dir streams synthetic JPEGs at 64x64 (decoded each step, or from --cache_dir)."""
+    benchmarking.write_synthetic_images(str(tmp_path / "images"), 24)
+    assert len(tf.io.gfile.glob(str(tmp_path / "images" / "*" / "*.jpg"))) == 24
+    for cache in ("", str(tmp_path / "cache")):
+        options = benchmarking.Options(**{**benchmarking.QUICK, "regularizers": ("mmd",),
+                                          "strategy": "default", "serving_runs": 0,
+                                          "mmd_batches": (), "windows": 1,
+                                          "input_dir": str(tmp_path / "images"),
+                                          "cache_dir": cache})
+        results = benchmarking.run(options)
+        run = results["training"]["mmd/w32"]
+        assert results["data"].startswith("folder") and ("cache" in results["data"]) == bool(cache)
+        assert run["input_share"] > 0 and run["peak_rss_mb"] > 100

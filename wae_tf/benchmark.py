@@ -33,6 +33,12 @@ def define_flags() -> None:
     flags.DEFINE_string("data_dir", "", "Fashion-MNIST IDX directory (default: the Debian one).")
     flags.DEFINE_integer("inter_op_threads", 0, "tf.config inter-op threads (0 = TF's default).")
     flags.DEFINE_integer("intra_op_threads", 0, "tf.config intra-op threads (0 = TF's default).")
+    flags.DEFINE_string("input_dir", "", "Stream this folder of images at 64x64 (as "
+                        "--dataset=folder --in_memory=false) instead of Fashion-MNIST.")
+    flags.DEFINE_string("cache_dir", "", "With --input_dir: read the decoded copy in this "
+                        "directory (written first if missing) instead of decoding every step.")
+    flags.DEFINE_integer("write_images", 0, "First write this many synthetic 64x64 JPEGs into "
+                         "--input_dir (to measure streaming at scale), then measure.")
     flags.DEFINE_bool("quick", False, "A tiny network and few steps: checks that everything runs.")
 
 
@@ -47,7 +53,8 @@ def options_from_flags() -> benchmarking.Options:
                   mmd_batches=tuple(int(b) for b in flags.FLAGS.mmd_batches),
                   serving_batches=tuple(int(b) for b in flags.FLAGS.serving_batches),
                   serving_runs=flags.FLAGS.serving_runs,
-                  data_dir=flags.FLAGS.data_dir)
+                  data_dir=flags.FLAGS.data_dir, input_dir=flags.FLAGS.input_dir,
+                  cache_dir=flags.FLAGS.cache_dir)
     if flags.FLAGS.quick:
         values.update(benchmarking.QUICK)
     return benchmarking.Options(**values)
@@ -58,6 +65,8 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     tf.config.threading.set_inter_op_parallelism_threads(flags.FLAGS.inter_op_threads)
     tf.config.threading.set_intra_op_parallelism_threads(flags.FLAGS.intra_op_threads)
+    if flags.FLAGS.write_images:
+        benchmarking.write_synthetic_images(flags.FLAGS.input_dir, flags.FLAGS.write_images)
     results = benchmarking.run(options_from_flags())
     results["load_average"] = benchmarking.machine_load()
     print(benchmarking.format_table(results))

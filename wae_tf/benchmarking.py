@@ -7,6 +7,7 @@ same load; every figure is the median over windows.
 
 import dataclasses
 import os
+import resource
 import statistics
 import tempfile
 import time
@@ -49,6 +50,8 @@ class Options:
     serving_runs: int = 5
     data_dir: str = ""
     strategy: str = "auto"
+    input_dir: str = ""  # a folder of images to stream at 64x64 instead of Fashion-MNIST
+    cache_dir: str = ""  # with input_dir: read the decoded copy (--cache_dir) instead of decoding
 
 
 QUICK = dict(width_divisors=(32,), batch_size=8, windows=2, window_steps=2, matmul_size=256,
@@ -126,12 +129,34 @@ def profiled_step_flops(train_fn, iterator, global_batch: int) -> float:
 
 
 def load_train_data(config: Config):
-    """(ImageData, source): Fashion-MNIST's train split if present, else synthetic 28x28 noise."""
+    """(ImageData or ImageFiles, source): the folder of --input_dir streamed, else Fashion-MNIST's
+    train split if present, else synthetic 28x28 noise."""
+    if config.dataset == "folder":
+        return data.load_split(config, "train"), f"folder {config.data_dir} (streamed" + (
+            f", cache {config.cache_dir})" if config.cache_dir else ", decoded every step)")
     try:
         return data.load_split(config, "train"), "fashion_mnist"
     except Exception:  # pylint: disable=broad-except; any missing-data error -> synthetic
         images = np.random.default_rng(0).integers(0, 256, (10000, 28, 28, 1), dtype=np.uint8)
         return data.ImageData(images, np.zeros(10000, np.int64), "synthetic/train"), "synthetic"
+
+
+def write_synthetic_images(directory: str, num: int, size: int = 64, seed: int = 0) -> None:
+    """`num` JPEG files of smooth random colour blobs (size x size) in 100 sub-folders, to
+    measure streaming at scale without a data set."""
+    rng = np.random.default_rng(seed)
+    for i in range(num):
+        coarse = rng.integers(0, 256, (size // 8, size // 8, 3), dtype=np.uint8)
+        image = tf.image.resize(coarse[None], [size, size])[0]
+        path = os.path.join(directory, f"{i % 100:02d}", f"{i:07d}.jpg")
+        if i < 100:
+            tf.io.gfile.makedirs(os.path.dirname(path))
+        tf.io.write_file(path, tf.io.encode_jpeg(tf.cast(image, tf.uint8), quality=90))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far, in MB (Linux reports KB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def time_input(dataset: tf.data.Dataset, num: int) -> float:
@@ -160,8 +185,8 @@ def benchmark_training(config: Config, train: data.ImageData, options: Options) 
     strategy = cluster.create_strategy(config)
     with strategy.scope():
         state = training.create_state(config, train.image_shape, 600, 1)
-    dataset = data.make_train_dataset(train, config.batch_size, config.seed)
-    iterator = iter(strategy.experimental_distribute_dataset(dataset))
+    dataset = data.distribute(strategy, train, config.batch_size, config.seed)
+    iterator = iter(dataset)
     train_fn = training.make_train_fn(config, state, strategy)
     flops = analytic_step_flops(state)
     _run_window(train_fn, iterator, 1, config.steps_per_loop)  # trace + first step
@@ -200,6 +225,7 @@ def benchmark_training(config: Config, train: data.ImageData, options: Options) 
         "traces_after_first_call": traces_first,
         "retraces": retraces,
         "conv_plans": conv_plans(state),
+        "peak_rss_mb": peak_rss_mb(),
         "state": state,
     }
 
@@ -275,12 +301,15 @@ def benchmark_serving(state: training.TrainState, config: Config, image_shape,
 
 def benchmark_config(options: Options, width_divisor: int, regularizer: str) -> Config:
     """The training Config of one measured run (paper defaults otherwise)."""
+    folder = dict(dataset="folder", data_dir=options.input_dir, image_size=64, in_memory="false",
+                  cache_dir=options.cache_dir) if options.input_dir else dict(
+                      data_dir=options.data_dir)
     return Config(width_divisor=width_divisor, regularizer=regularizer,
                   batch_size=options.batch_size, train_steps=1,
                   steps_per_loop=options.steps_per_loop,
                   jit_compile=options.jit_compile, mixed_precision=options.mixed_precision,
-                  conv_impl=options.conv_impl, data_dir=options.data_dir, export=False,
-                  strategy=options.strategy).validate()
+                  conv_impl=options.conv_impl, export=False, strategy=options.strategy,
+                  **folder).validate()
 
 
 def run(options: Options) -> dict:
@@ -324,7 +353,8 @@ def format_table(results: dict) -> str:
                      + ("" if r["matmul_dtype"] == "float32" else f"  ({r['matmul_dtype']})"))
         matmuls = [f"{name.split('/')[1]} ({plan})" for name, plan in r["conv_plans"].items()
                    if plan != str(convs.ALL_NATIVE)]
-        lines.append(f"  {'':8} parts on matmuls: {', '.join(matmuls) or 'none'}")
+        lines.append(f"  {'':8} parts on matmuls: {', '.join(matmuls) or 'none'}; peak RSS "
+                     f"{r['peak_rss_mb']:.0f} MB")
     lines.append("MMD (IMQ, z_dim 8) value+gradient:")
     for batch, r in results["mmd"].items():
         shares = " ".join(f"{k[9:]}={v:.1%}" for k, v in r.items() if k.startswith("share"))

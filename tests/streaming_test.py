@@ -88,8 +88,18 @@ def test_the_cache_is_written_once_and_names_bad_files(folder, tmp_path):
     assert kept.num_examples == 5 and not any(p.endswith("9.png") for p in kept.files.paths)
 
 
-def test_training_streams_from_a_folder(folder, tmp_path):
+def test_training_streams_from_the_cache(folder, tmp_path):
     config = _config(folder, in_memory="false", cache_dir=str(tmp_path / "cache"),
                      train_steps=3)
     results = loop.train_and_evaluate(config, str(tmp_path / "run"))
     assert results["step"] == 3 and np.isfinite(results["train_loss"])
+
+
+def test_a_streamed_run_resumed_equals_an_uninterrupted_one(folder, tmp_path):
+    config = _config(folder, in_memory="false", train_steps=4, checkpoint_every=2)
+    straight = loop.train_and_evaluate(config, str(tmp_path / "a"))
+    loop.train_and_evaluate(config.replace(train_steps=2), str(tmp_path / "b"))
+    resumed = loop.train_and_evaluate(config, str(tmp_path / "b"))
+    assert resumed["step"] == straight["step"] == 4
+    for name in ("train_loss", "test_recon_cost"):
+        assert resumed[name] == pytest.approx(straight[name], rel=1e-5), name

@@ -2,6 +2,7 @@
 networks, saved atomically as TF Serving's <base>/<version> SavedModel."""
 
 import collections
+import functools
 import os
 
 import tensorflow as tf
@@ -54,10 +55,12 @@ class WAEModule(tf.Module):
         images_spec = tf.TensorSpec([None, *image_shape], tf.float32, name="images")
         z_spec = tf.TensorSpec([None, config.z_dim], tf.float32, name="z")
         seed_spec = tf.TensorSpec([None], tf.int64, name="seed")
-        self.encode = tf.function(self._encode, input_signature=[images_spec])
-        self.decode = tf.function(self._decode, input_signature=[z_spec])
-        self.reconstruct = tf.function(self._reconstruct, input_signature=[images_spec])
-        self.sample = tf.function(self._sample, input_signature=[seed_spec])
+        # No Python control flow to convert: without autograph, tracing never re-reads source.
+        function = functools.partial(tf.function, autograph=False)
+        self.encode = function(self._encode, input_signature=[images_spec])
+        self.decode = function(self._decode, input_signature=[z_spec])
+        self.reconstruct = function(self._reconstruct, input_signature=[images_spec])
+        self.sample = function(self._sample, input_signature=[seed_spec])
 
     def _encode(self, images):
         """images [N,H,W,C] in [0,1] -> z [N,z_dim] (the posterior mean if Gaussian)."""

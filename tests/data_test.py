@@ -214,6 +214,9 @@ def test_fashion_mnist_fallback_failure_names_both(tmp_path, monkeypatch):
 
 def test_data_dir_with_tfds_dataset_raises(tmp_path):
     with pytest.raises(ConfigError, match="tfds_data_dir"):
+        data.load_split(Config(dataset="cifar10", data_dir=str(tmp_path)), "train")
+    # celeb_a reads its official files from --data_dir: their absence is named.
+    with pytest.raises(ConfigError, match="img_align_celeba/ folder and list_eval_partition"):
         data.load_split(Config(dataset="celeb_a", data_dir=str(tmp_path)), "train")
 
 

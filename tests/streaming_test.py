@@ -103,3 +103,16 @@ def test_a_streamed_run_resumed_equals_an_uninterrupted_one(folder, tmp_path):
     assert resumed["step"] == straight["step"] == 4
     for name in ("train_loss", "test_recon_cost"):
         assert resumed[name] == pytest.approx(straight[name], rel=1e-5), name
+
+
+def test_a_file_that_fails_to_decode_while_streaming_is_a_clear_error(tmp_path):
+    """Without --cache_dir nothing checks the files before training: the failure mid-run names
+    the way to find the bad ones, and no checkpoint is written after it."""
+    for i in range(8):
+        _write(str(tmp_path / "train" / f"{i}.png"), _image(i, (28, 28, 1)))
+    (tmp_path / "train" / "3.png").write_bytes(b"\x89PNG truncated")
+    _write(str(tmp_path / "test" / "0.png"), _image(9, (28, 28, 1)))
+    config = _config(str(tmp_path), in_memory="false", train_steps=4)
+    with pytest.raises(ConfigError, match="--cache_dir"):
+        loop.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run" / "results.json")

@@ -9,6 +9,7 @@ import threading
 import tensorflow as tf
 from absl import logging
 
+from wae_tf import fileio
 from wae_tf.config import Config
 from wae_tf.errors import ConfigError
 
@@ -90,12 +91,11 @@ def cleanup_worker_dirs(directories, strategy) -> None:
             path = write_dir(directory, strategy)
             if tf.io.gfile.exists(path):
                 tf.io.gfile.rmtree(path)
-            parent = os.path.dirname(path)  # <directory>/worker_tmp, once no worker uses it
-            if tf.io.gfile.exists(parent) and not tf.io.gfile.listdir(parent):
-                tf.io.gfile.rmtree(parent)
+            # <directory>/worker_tmp, once no worker uses it
+            fileio.remove_if_empty(os.path.dirname(path))
 
 
-# ----------------------------------------------------------------------------- SIGTERM and agreement
+# ----------------------------------------------------------------- SIGTERM and agreement
 
 
 class SigtermFlag:
@@ -118,7 +118,6 @@ class SigtermFlag:
     def __exit__(self, *exc_info):
         if self._installed:
             signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
-
 
 
 def all_workers(strategy, value: float) -> list:

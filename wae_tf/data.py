@@ -292,7 +292,7 @@ def _tfds_preprocess(config: Config, image_shape: tf.TensorShape):
         if not config.image_size:
             raise ConfigError(f"TFDS data set {config.dataset!r} has images of varying size "
                               f"{image_shape}: set --image_size.")
-        return lambda image: resize_images(image, config.image_size)
+        return lambda image: folders.resize_images(image, config.image_size)
     return lambda image: image  # load_split resizes to --image_size afterwards if needed
 
 
@@ -310,13 +310,6 @@ def _to_numpy(batches) -> Tuple[np.ndarray, np.ndarray]:
 # Image preprocessing (tf ops, uint8 in and out).
 
 
-def resize_images(images: tf.Tensor, size: int) -> tf.Tensor:
-    """uint8 [..., H, W, C] -> uint8 [..., size, size, C], antialiased bilinear, rounded."""
-    resized = tf.image.resize(tf.cast(images, tf.float32), [size, size], method="bilinear",
-                              antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
-
-
 def center_crop_and_resize(images: tf.Tensor, crop: int, size: int) -> tf.Tensor:
     """uint8 [..., H, W, C] -> central crop x crop square -> uint8 [..., size, size, C].
 
@@ -328,14 +321,15 @@ def center_crop_and_resize(images: tf.Tensor, crop: int, size: int) -> tf.Tensor
         raise ConfigError(f"--celeba_crop={crop} exceeds the image size {height}x{width}.")
     top, left = (height - crop) // 2, (width - crop) // 2
     cropped = images[..., top:top + crop, left:left + crop, :]
-    return resize_images(cropped, size)
+    return folders.resize_images(cropped, size)
 
 
 def _resize_array(images: np.ndarray, size: int, chunk: int = 4096) -> np.ndarray:
     """numpy uint8 [N, H, W, C] -> uint8 [N, size, size, C], in chunks to bound memory."""
     out = np.empty((images.shape[0], size, size, images.shape[3]), np.uint8)
     for start in range(0, images.shape[0], chunk):
-        out[start:start + chunk] = resize_images(images[start:start + chunk], size).numpy()
+        out[start:start + chunk] = folders.resize_images(images[start:start + chunk],
+                                                         size).numpy()
     return out
 
 
@@ -424,12 +418,12 @@ def _row_reader(path: str, shape):
     """indices [b] -> uint8 [b, *shape]: rows of a cache file read with pread (page cache, not
     this process's memory)."""
     row = int(np.prod(shape))
-    descriptor = os.open(path, os.O_RDONLY)
 
     def read(indices):
         out = np.empty((len(indices), row), np.uint8)
-        for k, i in enumerate(indices):
-            out[k] = np.frombuffer(os.pread(descriptor, row, int(i) * row), np.uint8)
+        with open(path, "rb") as f:  # one open per batch: no descriptor outlives the stream
+            for k, i in enumerate(indices):
+                out[k] = np.frombuffer(os.pread(f.fileno(), row, int(i) * row), np.uint8)
         return out.reshape((len(indices), *shape))
     return read
 

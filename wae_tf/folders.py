@@ -62,6 +62,13 @@ def class_labels(base: str, paths: List[str]) -> np.ndarray:
     return np.array([index[f] for f in folders], np.int64)
 
 
+def resize_images(images: tf.Tensor, size: int) -> tf.Tensor:
+    """uint8 [..., H, W, C] -> uint8 [..., size, size, C], antialiased bilinear, rounded."""
+    resized = tf.image.resize(tf.cast(images, tf.float32), [size, size], method="bilinear",
+                              antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+
+
 def _preprocess(size: int, channels: int, crop: int):
     """Encoded bytes -> uint8 [size, size, channels]: decode (a GIF's first frame), centre crop
     to crop x crop (0: the largest centred square), antialiased resize."""
@@ -74,8 +81,7 @@ def _preprocess(size: int, channels: int, crop: int):
         else:  # the largest centred square
             side = tf.minimum(tf.shape(image)[0], tf.shape(image)[1])
             image = tf.image.resize_with_crop_or_pad(image, side, side)
-        resized = tf.image.resize(tf.cast(image, tf.float32), [size, size], antialias=True)
-        return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
+        return resize_images(image, size)
     return fn
 
 
@@ -100,33 +106,23 @@ def image_dataset(paths: List[str], size: int, channels: int, crop: int) -> tf.d
     return dataset.ignore_errors()
 
 
+def decode_error(path: str, files: "FileSplit") -> str:
+    """Why one file cannot be decoded (TF's message, shortened), for the error naming it."""
+    try:
+        decoder(files)(tf.constant(path))
+    except (tf.errors.OpError, ValueError) as error:
+        return " ".join(str(error).split())[:200]
+    return ""
+
+
 def _file_channels(path: str) -> int:
     """1 for a grayscale file (gray or gray+alpha), 3 otherwise; 0 if it cannot be decoded
-    (decode_files reports it)."""
+    (decode_split reports it)."""
     try:
         image = tf.io.decode_image(tf.io.read_file(path), expand_animations=False)
     except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
         return 0
     return 1 if image.shape[-1] in (1, 2) else 3
-
-
-def _decode_all(paths: List[str], fn) -> np.ndarray:
-    """Decode in parallel with tf.data; uint8 [N, size, size, C]."""
-    dataset = tf.data.Dataset.from_tensor_slices(paths).map(
-        lambda p: fn(tf.io.read_file(p)), num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=True).batch(256)
-    return np.concatenate([batch.numpy() for batch in dataset])
-
-
-def _find_bad(paths: List[str], fn) -> List[Tuple[str, str]]:
-    """(path, reason) of each file that cannot be read or decoded, one file at a time."""
-    bad = []
-    for path in paths:
-        try:
-            fn(tf.io.read_file(path))
-        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, ValueError) as error:
-            bad.append((path, " ".join(str(error).split())[:200]))
-    return bad
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -193,15 +189,16 @@ def celeba_files(data_dir: str, split: str) -> List[str]:
 def decode_split(files: FileSplit, skip_bad: bool) -> Tuple[np.ndarray, FileSplit]:
     """(uint8 [N, size, size, channels], the files decoded) in memory: unreadable files are a
     ConfigError naming the first, or with `skip_bad` left out and counted in the log."""
-    fn = _preprocess(files.size, files.channels, files.crop)
-    try:
-        return _decode_all(list(files.paths), fn), files
-    except tf.errors.OpError:
-        bad = _find_bad(files.paths, fn)
-        if not bad:
-            raise
-    kept = check_unreadable(files, {path for path, _ in bad}, skip_bad, bad[0][1])
-    return _decode_all(list(kept.paths), fn), kept
+    chunks, decoded = [], set()
+    for paths, images in image_dataset(list(files.paths), files.size, files.channels,
+                                       files.crop).batch(256):
+        chunks.append(images.numpy())
+        decoded.update(p.decode() for p in paths.numpy())
+    bad = set(files.paths) - decoded
+    kept = check_unreadable(files, bad, skip_bad, decode_error(min(bad), files) if bad else "")
+    if not chunks:  # check_unreadable raised already unless there were no files
+        raise ConfigError(f"No image files in {files.name}.")
+    return np.concatenate(chunks), kept
 
 
 def check_unreadable(files: FileSplit, bad: set, skip_bad: bool, reason: str = "") -> FileSplit:

@@ -49,7 +49,7 @@ def test_streamed_batches_equal_the_in_memory_ones_and_resume_exactly(folder, tm
     streamed = data.load_split(_config(folder, in_memory="false"), "train")
     cached = data.load_split(_config(folder, in_memory="false", cache_dir=str(tmp_path)), "train")
     assert isinstance(memory, data.ImageData) and isinstance(streamed, data.ImageFiles)
-    assert cached.cache and streamed.image_shape == memory.image_shape == (28, 28, 3)
+    assert isinstance(cached, data.ImageRows) and streamed.image_shape == memory.image_shape == (28, 28, 3)
     np.testing.assert_array_equal(streamed.labels, memory.labels)
     strategy = tf.distribute.get_strategy()
     # 13 images, batches of 4: 3 steps per epoch; 7 steps cross two epoch boundaries.
@@ -85,7 +85,30 @@ def test_the_cache_is_written_once_and_names_bad_files(folder, tmp_path):
     with pytest.raises(ConfigError, match=r"9\.png.*--skip_bad_images"):
         data.load_split(bad_config, "train")
     kept = data.load_split(bad_config.replace(skip_bad_images=True), "train")
-    assert kept.num_examples == 5 and not any(p.endswith("9.png") for p in kept.files.paths)
+    memory = data.load_split(bad_config.replace(skip_bad_images=True, in_memory="true"), "train")
+    assert kept.num_examples == memory.num_examples == 5
+    np.testing.assert_array_equal(kept.read(np.arange(5)), memory.images)
+
+
+def test_a_tfds_data_set_streams_from_its_decoded_copy(tmp_path):
+    """TFDS records have no random access: streaming one reads its copy in --cache_dir, written
+    once in TFDS's order; batches equal the in-memory ones and resume exactly."""
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    config = tiny_config(dataset="mnist", batch_size=4, seed=3)
+    with tfds.testing.mock_data(num_examples=13):
+        with pytest.raises(ConfigError, match="--cache_dir"):
+            data.load_split(config.replace(in_memory="false"), "train")
+        rows = data.load_split(config.replace(in_memory="false", cache_dir=str(tmp_path)),
+                               "train")
+        memory = data.load_split(config.replace(in_memory="true"), "train")
+    assert isinstance(rows, data.ImageRows) and rows.image_shape == (28, 28, 1)
+    np.testing.assert_array_equal(rows.labels, memory.labels)
+    strategy = tf.distribute.get_strategy()
+    expected = _batches(data.distribute(strategy, memory, 4, 3), 5)
+    np.testing.assert_array_equal(_batches(data.distribute(strategy, rows, 4, 3), 5), expected)
+    np.testing.assert_array_equal(
+        _batches(data.distribute(mirrored_strategy(), rows, 4, 3, start_step=2), 3), expected[2:])
+    assert data.materialize(rows, limit=100).images.tolist() == memory.images.tolist()
 
 
 def test_training_streams_from_the_cache(folder, tmp_path):

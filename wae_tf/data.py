@@ -8,9 +8,12 @@ Sources:
     (`--tfds_download`, default) or already prepared in `--tfds_data_dir` (celeb_a is centre
     cropped to `celeba_crop` and resized to 64x64 as in the paper).
 
-A split is held in host memory as uint8 [N, H, W, C] (Fashion-MNIST train: 60000 x 784 B = 47 MB;
-CelebA train at 64x64x3: 162770 x 12288 B = 2.0 GB, twice that while the tf.data stream is built,
-since the stream holds its own copy as a tensor). Never falls back to other or random data.
+A split is held in host memory as uint8 [N, H, W, C] (ImageData; Fashion-MNIST train: 60000 x
+784 B = 47 MB), or a train split larger than memory (--in_memory) is streamed: from its files,
+decoded while training (ImageFiles), or from a decoded copy written once to --cache_dir and read
+by rows (ImageRows; the only streaming form for TFDS, whose records have no random access).
+Every stream is deterministic from --seed and resumes at any step. Never falls back to other or
+random data.
 """
 
 import dataclasses
@@ -26,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from wae_tf import fileio
 from wae_tf import folders
 from wae_tf.config import DEFAULT_FASHION_MNIST_DIR, Config
 from wae_tf.errors import ConfigError
@@ -62,10 +66,9 @@ class ImageData:
 @dataclasses.dataclass(frozen=True, eq=False)
 class ImageFiles:
     """One split streamed from its image files (data larger than memory): each batch is
-    decoded while training runs, or read from --cache_dir's decoded copy when `cache` is set."""
+    decoded while training runs."""
 
     files: folders.FileSplit
-    cache: str = ""  # a file of uint8 rows [N, H, W, C] in the order of files.paths
 
     @property
     def num_examples(self) -> int:
@@ -84,13 +87,36 @@ class ImageFiles:
         return self.files.name
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class ImageRows:
+    """One split streamed from its decoded copy in --cache_dir (uint8 rows [N, H, W, C] in one
+    file), read by rows while training runs: data larger than memory, decoded only once."""
+
+    path: str
+    labels: np.ndarray  # int64 [N]
+    image_shape: Tuple[int, int, int]
+    name: str
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.labels.shape[0])
+
+    def read(self, indices) -> np.ndarray:
+        """uint8 [len(indices), H, W, C]: the rows at `indices`."""
+        return _row_reader(self.path, self.image_shape)(indices)
+
+
+STREAMED = (ImageFiles, ImageRows)
+
+
 # ----------------------------------------------------------------------------------------------
 # Loading.
 
 
 def load_split(config: Config, split: str):
     """Load `split` ("train" or "test") of `config.dataset` into memory as uint8 NHWC
-    (ImageData), or, for a train split of files that --in_memory says to stream, ImageFiles.
+    (ImageData), or, for a train split that --in_memory says to stream, as ImageFiles (decoded
+    while training) or ImageRows (the decoded copy in --cache_dir).
 
     If `config.image_size` is set and differs from the data's own side, the images are resized to
     image_size x image_size (antialiased bilinear, rounded back to uint8); e.g. 28 -> 64 lets the
@@ -114,10 +140,10 @@ def load_split(config: Config, split: str):
 
 
 def _load_files(config: Config, split: str):
-    """A folder's or CelebA's files: in memory (ImageData), or streamed (ImageFiles) for a
-    train split that --in_memory says to stream."""
+    """A folder's or CelebA's files: in memory (ImageData), or streamed (ImageFiles, or
+    ImageRows with --cache_dir) for a train split that --in_memory says to stream."""
     files = folders.list_split(config, split)
-    if split == "train" and streams(config, files):
+    if split == "train" and streams(config, len(files.paths), files.image_shape):
         if not config.cache_dir:
             return ImageFiles(files)
         return cached_files(files, config.cache_dir, config.skip_bad_images)
@@ -125,46 +151,57 @@ def _load_files(config: Config, split: str):
     return ImageData(images=images, labels=files.labels, name=files.name)
 
 
-def streams(config: Config, files: folders.FileSplit) -> bool:
+def streams(config: Config, num_examples: int, image_shape) -> bool:
     """--in_memory: false streams; auto streams when the decoded split would take more than a
     quarter of this machine's memory."""
     if config.in_memory != "auto":
         return config.in_memory == "false"
-    decoded = len(files.paths) * int(np.prod(files.image_shape))
+    decoded = int(num_examples) * int(np.prod(image_shape))
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return decoded > memory // 4
 
 
-def cached_files(files: folders.FileSplit, cache_dir: str, skip_bad: bool) -> ImageFiles:
-    """ImageFiles reading a decoded copy in `cache_dir`, written on first use (one decoding
-    pass, in order, never the whole split in memory) and found again by its content key."""
-    key = hashlib.sha256(json.dumps([files.paths, files.image_shape, files.crop]).encode())
-    base = os.path.join(cache_dir, f"{files.name.split(':')[0]}-{key.hexdigest()[:16]}")
+def _cache_base(cache_dir: str, kind: str, key) -> str:
+    """<cache_dir>/<kind>-<hash of key>: one decoded copy per source and preprocessing."""
+    digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+    return os.path.join(cache_dir, f"{kind}-{digest}")
+
+
+def _write_rows(batches, base: str, manifest) -> None:
+    """Write uint8 image batches into <base>.u8 (rows in order), then manifest(...) as
+    <base>.json, last: a copy without its .json is incomplete and is rebuilt. `batches` yields
+    (uint8 [b, H, W, C], extra); manifest gets the list of every extra."""
+    os.makedirs(os.path.dirname(base), exist_ok=True)
+    tmp, extras = f"{base}.u8.tmp{os.getpid()}", []
+    with open(tmp, "wb") as out:
+        for images, extra in batches:
+            out.write(np.ascontiguousarray(images, np.uint8).tobytes())
+            extras.append(extra)
+    os.replace(tmp, base + ".u8")
+    fileio.write_json(base + ".json", manifest(extras))
+
+
+def cached_files(files: folders.FileSplit, cache_dir: str, skip_bad: bool) -> ImageRows:
+    """The decoded copy of `files` in `cache_dir`, written on first use (one decoding pass, in
+    order, never the whole split in memory) and found again by its content key."""
+    base = _cache_base(cache_dir, files.name.split(":")[0],
+                       [files.paths, files.image_shape, files.crop])
     if not os.path.exists(base + ".json"):
-        os.makedirs(cache_dir, exist_ok=True)
-        _write_cache(files, base)
+        logging.info("Decoding %d images of %s into %s.u8 (once).", len(files.paths),
+                     files.name, base)
+        position = {path: i for i, path in enumerate(files.paths)}
+        batches = ((images.numpy(), [position[p.decode()] for p in paths.numpy()])
+                   for paths, images in folders.image_dataset(
+                       list(files.paths), files.size, files.channels, files.crop
+                   ).batch(256).prefetch(2))
+        _write_rows(batches, base, lambda kept: {"kept": sum(kept, []),
+                                                 "image_shape": files.image_shape})
     with open(base + ".json") as f:
         kept = json.load(f)["kept"]
     logging.info("Reading %d decoded images of %s from %s.u8.", len(kept), files.name, base)
-    return ImageFiles(folders.check_unreadable(
-        files, set(files.paths) - set(files.paths[i] for i in kept), skip_bad), base + ".u8")
-
-
-def _write_cache(files: folders.FileSplit, base: str) -> None:
-    """Decode every file into <base>.u8 (rows in order) and list the decodable ones in
-    <base>.json, written last: a cache without its .json is rebuilt."""
-    logging.info("Decoding %d images of %s into %s.u8 (once).", len(files.paths), files.name, base)
-    kept, position = [], {path: i for i, path in enumerate(files.paths)}
-    tmp = f"{base}.u8.tmp{os.getpid()}"
-    with open(tmp, "wb") as out:
-        for paths, images in folders.image_dataset(list(files.paths), files.size, files.channels,
-                                                   files.crop).batch(256).prefetch(2):
-            out.write(images.numpy().tobytes())
-            kept.extend(position[p.decode()] for p in paths.numpy())
-    os.replace(tmp, base + ".u8")
-    with open(f"{base}.json.tmp", "w") as f:
-        json.dump({"kept": kept, "image_shape": files.image_shape}, f)
-    os.replace(f"{base}.json.tmp", base + ".json")
+    files = folders.check_unreadable(
+        files, set(files.paths) - set(files.paths[i] for i in kept), skip_bad)
+    return ImageRows(base + ".u8", files.labels, files.image_shape, files.name)
 
 
 def _load_mnist_like(config: Config, split: str) -> ImageData:
@@ -251,14 +288,17 @@ def read_idx(path: str) -> np.ndarray:
     return data.astype(dtype.newbyteorder("="))
 
 
-def _load_tfds(config: Config, split: str) -> ImageData:
-    """A TFDS split -> ImageData; TFDS failures (no network, unknown name) become ConfigError."""
+def _load_tfds(config: Config, split: str):
+    """A TFDS split -> ImageData, or ImageRows (its decoded copy in --cache_dir) for a train
+    split that --in_memory says to stream; TFDS failures (no network, unknown name) become
+    ConfigError."""
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel; slow import
 
     name, data_dir = config.dataset, config.tfds_data_dir or None
     where = data_dir or "the default TFDS data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
     try:
-        dataset = tfds.load(name, split=split, data_dir=data_dir, download=config.tfds_download)
+        dataset, info = tfds.load(name, split=split, data_dir=data_dir,
+                                  download=config.tfds_download, with_info=True)
     except Exception as error:  # pylint: disable=broad-except; TFDS raises many unrelated types
         message = " ".join(str(error).split())
         raise ConfigError(
@@ -269,7 +309,7 @@ def _load_tfds(config: Config, split: str) -> ImageData:
     if not isinstance(dataset.element_spec, dict) or "image" not in dataset.element_spec:
         raise ConfigError(f"TFDS data set {name!r} has no 'image' feature; it is not an image "
                           "data set.")
-    preprocess = _tfds_preprocess(config, dataset.element_spec["image"].shape)
+    preprocess, shape = _tfds_preprocess(config, dataset.element_spec["image"].shape)
     has_label = "label" in dataset.element_spec
 
     def select(example):
@@ -277,23 +317,59 @@ def _load_tfds(config: Config, split: str) -> ImageData:
         return preprocess(example["image"]), label
 
     dataset = dataset.map(select, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    images, labels = _to_numpy(tfds.as_numpy(dataset.batch(1024)))
+    batches = tfds.as_numpy(dataset.batch(1024))
+    if split == "train" and streams(config, _tfds_size(info, split), shape):
+        if not config.cache_dir:
+            raise ConfigError(f"Streaming TFDS data set {name!r} (--in_memory) reads its decoded "
+                              "copy: pass --cache_dir=DIR (a local directory with room for it), "
+                              "or --in_memory=true.")
+        return _tfds_rows(batches, config, split, shape, str(info.version))
+    images, labels = _to_numpy(batches)
     if images.shape[0] == 0:
         raise ConfigError(f"TFDS data set {name!r} split {split!r} in {where} is empty.")
     return ImageData(images=images, labels=labels, name=f"{name}/{split}")
 
 
+def _tfds_size(info, split: str) -> int:
+    """The number of examples TFDS's metadata records for `split` (0 when it has none)."""
+    try:
+        return int(info.splits[split].num_examples)
+    except KeyError:
+        return 0
+
+
+def _tfds_rows(batches, config: Config, split: str, shape, version: str) -> ImageRows:
+    """The decoded copy of a TFDS split in --cache_dir, written on first use in TFDS's order."""
+    name = f"{config.dataset}/{split}"
+    base = _cache_base(config.cache_dir, config.dataset,
+                       [name, version, config.tfds_data_dir, shape, folders.crop_of(config)])
+    if not os.path.exists(base + ".json"):
+        logging.info("Writing the decoded images of %s into %s.u8 (once).", name, base)
+        _write_rows(batches, base, lambda labels: {
+            "labels": np.concatenate(labels).tolist() if labels else [], "image_shape": shape})
+    with open(base + ".json") as f:
+        labels = np.array(json.load(f)["labels"], np.int64)
+    if labels.size == 0:
+        raise ConfigError(f"TFDS data set {name!r} is empty.")
+    logging.info("Reading %d decoded images of %s from %s.u8.", labels.size, name, base)
+    return ImageRows(base + ".u8", labels, tuple(shape), name)
+
+
 def _tfds_preprocess(config: Config, image_shape: tf.TensorShape):
-    """The per-image uint8 [H, W, C] -> uint8 [H', W', C] map of a TFDS data set."""
+    """(the per-image uint8 [H, W, C] -> uint8 [H', W', C] map of a TFDS data set, (H', W', C))."""
+    channels = int(image_shape[-1])
     if config.dataset == "celeb_a":
         size = config.image_size or CELEBA_SIZE
-        return lambda image: center_crop_and_resize(image, config.celeba_crop, size)
-    if not image_shape.is_fully_defined():
-        if not config.image_size:
-            raise ConfigError(f"TFDS data set {config.dataset!r} has images of varying size "
-                              f"{image_shape}: set --image_size.")
-        return lambda image: folders.resize_images(image, config.image_size)
-    return lambda image: image  # load_split resizes to --image_size afterwards if needed
+        return (lambda image: center_crop_and_resize(image, config.celeba_crop, size),
+                (size, size, channels))
+    if image_shape.is_fully_defined() and config.image_size in (0, image_shape[0]) and (
+            image_shape[0] == image_shape[1]):
+        return lambda image: image, tuple(int(d) for d in image_shape)
+    if not config.image_size:
+        raise ConfigError(f"TFDS data set {config.dataset!r} has images of varying size "
+                          f"{image_shape}: set --image_size.")
+    size = config.image_size
+    return lambda image: folders.resize_images(image, size), (size, size, channels)
 
 
 def _to_numpy(batches) -> Tuple[np.ndarray, np.ndarray]:
@@ -386,7 +462,7 @@ def make_train_dataset(data: ImageData, global_batch: int, seed: int,
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(_train_options())
 
 
-def make_replica_stream(data: ImageFiles, global_batch: int, seed: int, start_step: int,
+def make_replica_stream(data, global_batch: int, seed: int, start_step: int,
                         context: tf.distribute.InputContext) -> tf.data.Dataset:
     """float32 [local_batch, H, W, C] batches of the replicas this input pipeline (worker)
     feeds, in replica order: the rows of _index_batches that N replicas take from a global
@@ -398,10 +474,9 @@ def make_replica_stream(data: ImageFiles, global_batch: int, seed: int, start_st
     rows = _index_batches(data.num_examples, global_batch, seed, start_step).map(
         lambda index: tf.reshape(index, [replicas, local])[first:first + per_pipeline]).unbatch()
     shape = data.image_shape
-    if data.cache:
-        read = _row_reader(data.cache, shape)
+    if isinstance(data, ImageRows):
         images = rows.map(lambda index: tf.ensure_shape(
-            tf.numpy_function(read, [index], tf.uint8, stateful=False), [local, *shape]),
+            tf.numpy_function(data.read, [index], tf.uint8, stateful=False), [local, *shape]),
             num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:
         paths, decode = tf.constant(list(data.files.paths)), folders.decoder(data.files)
@@ -430,9 +505,9 @@ def _row_reader(path: str, shape):
 
 def distribute(strategy: tf.distribute.Strategy, data, global_batch: int, seed: int,
                start_step: int = 0):
-    """The training stream of `data` (ImageData or ImageFiles) as the strategy's distributed
-    dataset: every replica gets its consecutive rows of each global batch."""
-    if isinstance(data, ImageFiles):
+    """The training stream of `data` (ImageData, ImageFiles or ImageRows) as the strategy's
+    distributed dataset: every replica gets its consecutive rows of each global batch."""
+    if isinstance(data, STREAMED):
         return strategy.distribute_datasets_from_function(
             lambda context: make_replica_stream(data, global_batch, seed, start_step, context))
     return strategy.experimental_distribute_dataset(
@@ -440,13 +515,15 @@ def distribute(strategy: tf.distribute.Strategy, data, global_batch: int, seed: 
 
 
 def materialize(data, limit: int, seed: int = 0) -> ImageData:
-    """`data` in memory: ImageData as it is, ImageFiles as a seeded subset of at most `limit`
-    decoded images (e.g. to train the evaluation's classifier on a streamed split)."""
+    """`data` in memory: ImageData as it is, a streamed split as a seeded subset of at most
+    `limit` images (e.g. to train the evaluation's classifier on it)."""
     if isinstance(data, ImageData):
         return data
     keep = np.arange(data.num_examples)
     if data.num_examples > limit:
         keep = np.sort(np.random.default_rng(seed).choice(data.num_examples, limit, replace=False))
+    if isinstance(data, ImageRows):
+        return ImageData(images=data.read(keep), labels=data.labels[keep], name=data.name)
     images, files = folders.decode_split(data.files.select(list(keep)), skip_bad=True)
     return ImageData(images=images, labels=files.labels, name=files.name)
 

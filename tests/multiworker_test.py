@@ -1,5 +1,5 @@
 """Two `python -m wae_tf.train --strategy=multi_worker` processes on 127.0.0.1 train like two
-replicas in one process."""
+replicas in one process, from data in memory and from files each worker streams its share of."""
 
 import json
 import os
@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from tests.conftest import REPO, make_idx_dir, mirrored_strategy
+from tests.folders_test import _image, _write
 from wae_tf import data
 from wae_tf import loop
 from wae_tf.config import Config
@@ -29,10 +30,10 @@ def _free_ports(count):
     return ports
 
 
-def _launch_workers(workdir, data_dir, log_dir):
+def _launch_workers(workdir, data_flags, log_dir):
     """Start the two workers of a TF_CONFIG cluster; returns [(process, log path)]."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
-    args = [f"--{k}={v}" for k, v in FLAGS.items()]
+    args = [f"--{k}={v}" for k, v in {**FLAGS, **data_flags}.items()]
     workers = []
     for index in range(2):
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(
@@ -41,7 +42,7 @@ def _launch_workers(workdir, data_dir, log_dir):
         with open(log, "w") as out:
             process = subprocess.Popen(
                 [sys.executable, "-m", "wae_tf.train", *args, "--strategy=multi_worker",
-                 f"--data_dir={data_dir}", f"--workdir={workdir}"],
+                 f"--workdir={workdir}"],
                 cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
         workers.append((process, log))
     return workers
@@ -52,18 +53,32 @@ def _tail(path, chars=3000):
         return f.read()[-chars:]
 
 
+def _make_data(kind, data_dir):
+    """The data flags of one kind of input: IDX files held in memory, or a folder of PNG
+    files streamed (each worker decodes only the rows of its replica)."""
+    if kind == "memory":
+        os.makedirs(data_dir)
+        make_idx_dir(data_dir, num_train=32, num_test=8)
+        return {"data_dir": data_dir}
+    for split, count in (("train", 32), ("test", 8)):
+        for i in range(count):
+            _write(os.path.join(data_dir, split, f"{i}.png"), _image(i, (30, 30, 1)))
+    return {"dataset": "folder", "data_dir": data_dir, "image_size": 28, "in_memory": "false"}
+
+
 @pytest.mark.numerics
-def test_two_workers_finish_and_match_a_single_process_run(tmp_path):
+@pytest.mark.parametrize("kind", ["memory", "streamed"])
+def test_two_workers_finish_and_match_a_single_process_run(tmp_path, kind):
     data_dir, workdir = str(tmp_path / "data"), str(tmp_path / "run")
-    os.makedirs(data_dir)
-    make_idx_dir(data_dir, num_train=32, num_test=8)
-    config = Config(**FLAGS, data_dir=data_dir, export=False, strategy="default").validate()
-    splits = (data.load_split(config, "train"), data.load_split(config, "test"))
+    data_flags = _make_data(kind, data_dir)
+    config = Config(**FLAGS, **data_flags, export=False, strategy="default").validate()
+    splits = (data.load_split(config.replace(in_memory="true"), "train"),
+              data.load_split(config, "test"))
     # Two replicas in one process: the same replica count, so the same BatchNorm formula
     # (Keras's all-reduced moments) as the two workers.
     reference = loop.train_and_evaluate(config, str(tmp_path / "single"),
                                             strategy=mirrored_strategy(), data_override=splits)
-    workers = _launch_workers(workdir, data_dir, str(tmp_path))
+    workers = _launch_workers(workdir, data_flags, str(tmp_path))
     try:
         for process, log in workers:
             assert process.wait(timeout=TIMEOUT_S) == 0, _tail(log)

@@ -140,3 +140,21 @@ def test_training_runs_on_a_folder(two_classes, tmp_path):
     config = _config(two_classes, test_fraction=0.3, batch_size=4, train_steps=2)
     results = loop.train_and_evaluate(config, str(tmp_path / "run"))
     assert results["step"] == 2 and np.isfinite(results["test_recon_cost"])
+
+
+def test_bmp_gif_and_webp_files_decode_like_png(tmp_path):
+    """Every extension folders.EXTENSIONS lists decodes (lossless encodings: the same pixels as
+    the PNG of the same image); the files are written with Pillow where it is installed."""
+    image_module = pytest.importorskip("PIL.Image")
+    pixels = _image(5, (40, 40, 1))[4:36, 4:36]
+    _write(str(tmp_path / "train" / "a.png"), pixels)
+    gray = image_module.fromarray(pixels[..., 0], mode="L")
+    gray.save(tmp_path / "train" / "b.bmp")
+    gray.save(tmp_path / "train" / "c.gif")
+    gray.save(tmp_path / "train" / "d.webp", lossless=True)
+    _write(str(tmp_path / "test" / "0.png"), pixels)
+    loaded = data.load_split(tiny_config(dataset="folder", data_dir=str(tmp_path),
+                                         image_size=32, channels=1), "train")
+    assert loaded.num_examples == 4
+    for image in loaded.images:
+        np.testing.assert_array_equal(image, pixels)

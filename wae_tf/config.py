@@ -49,11 +49,13 @@ class Config:
                            "grayscale, else 3.")
     crop: int = _field(0, "folder: centre crop side before resizing to --image_size; 0 = the "
                        "largest centred square.")
-    in_memory: str = _field("auto", "folder, celeb_a from --data_dir: hold the decoded train "
-                            "split in memory (true), or stream it from its files while training "
-                            "(false); auto streams when it would take over a quarter of RAM.")
+    in_memory: str = _field("auto", "Hold the decoded train split in memory (true), or stream "
+                            "it while training (false): folders and celeb_a from --data_dir from "
+                            "their files, TFDS data sets from --cache_dir; auto streams when it "
+                            "would take over a quarter of RAM.")
     cache_dir: str = _field("", "When streaming: a local directory for a decoded copy of the "
-                            "train split, written once, so later epochs and runs skip decoding.")
+                            "train split, written once, so later epochs and runs skip decoding "
+                            "(required to stream a TFDS data set).")
     skip_bad_images: bool = _field(False, "folder, celeb_a from --data_dir: leave out (and count "
                                    "in the log) files that cannot be decoded, instead of stopping.")
     tfds_data_dir: str = _field("", "tensorflow-datasets data_dir (prepared data sets live here).")

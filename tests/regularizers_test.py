@@ -30,12 +30,10 @@ def _ref_kernel(a, b, kernel, z_dim, prior_scale, sigma2):
 
 
 def _ref_median_sigma2(qz, pz):
-    pooled = list(qz) + list(pz)
-    pairs = []
-    for i in range(len(pooled)):
-        for j in range(i + 1, len(pooled)):
-            pairs.append(_ref_sqdist(pooled[i], pooled[j]))
-    return float(np.median(pairs))
+    """The paper code's bandwidth: median of the cross pairs + median of the distinct Q pairs."""
+    cross = [_ref_sqdist(a, b) for a in qz for b in pz]
+    within = [_ref_sqdist(qz[i], qz[j]) for i in range(len(qz)) for j in range(i + 1, len(qz))]
+    return float(np.median(cross) + np.median(within))
 
 
 def _ref_mmd(qz, pz, kernel="imq", prior_scale=1.0, sigma2=0.0):
@@ -76,6 +74,30 @@ def test_reconstruction_cost_hand_values(kind, expected):
     cost = regularizers.reconstruction_cost(x, y, kind)
     assert cost.shape == (2,)
     np.testing.assert_allclose(cost.numpy(), expected, rtol=1e-5)
+
+
+def test_reconstruction_cost_scales_with_the_pixel_range():
+    """Costs of [0, 1] images with pixel_scale 2 equal those of the same images in [-1, 1]."""
+    x, y = _recon_pair()
+    for kind in ("l2sq", "l2", "l1"):
+        np.testing.assert_allclose(
+            regularizers.reconstruction_cost(x, y, kind, pixel_scale=2.0).numpy(),
+            regularizers.reconstruction_cost(2 * x - 1, 2 * y - 1, kind).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(  # 4x for the squared cost: 0.05 * 4 * [5, 25]
+        regularizers.reconstruction_cost(x, y, "l2sq", pixel_scale=2.0).numpy(), [1.0, 5.0],
+        rtol=1e-6)
+
+
+def test_bernoulli_cost_hand_values():
+    # Pixels x = [1, 0, 0.5, 1], means y = [0.5, 0.25, 0.5, 1]:
+    # -[log .5 + log .75 + (.5 log .5 + .5 log .5) + log(1 - 1e-7)] = 0.6931472 + 0.2876821
+    # + 0.6931472 + 1e-7 = 1.6739765.
+    x = tf.constant([1.0, 0.0, 0.5, 1.0], shape=[1, 2, 2, 1])
+    y = tf.constant([0.5, 0.25, 0.5, 1.0], shape=[1, 2, 2, 1])
+    np.testing.assert_allclose(regularizers.reconstruction_cost(x, y, "bernoulli").numpy(),
+                               [1.6739765], rtol=1e-6)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        regularizers.reconstruction_cost(x, y, "bernoulli", pixel_scale=2.0)
 
 
 def test_reconstruction_cost_unknown_kind():
@@ -119,8 +141,8 @@ def test_sample_prior_in_tf_function_with_tensor_num(kind):
 
 def test_sample_prior_sphere_norms():
     z = regularizers.sample_prior("sphere", 100, 9, 2.0, _seed(4)).numpy()
-    # Radius = scale * sqrt(z_dim) = 2 * 3 = 6.
-    np.testing.assert_allclose(np.linalg.norm(z, axis=1), 6.0, rtol=1e-5)
+    # Radius = scale = 2 (the paper's code).
+    np.testing.assert_allclose(np.linalg.norm(z, axis=1), 2.0, rtol=1e-5)
 
 
 def test_sample_prior_uniform_bounds():
@@ -179,11 +201,21 @@ def test_imq_kernel_hand_values():
     # z_dim 1, scale 1: C = 2s = 0.2, 0.4, 1, 2, 4, 10, 20. At d2 = 0 every term is 1: 7.
     # At d2 = 2: 0.2/2.2 + 0.4/2.4 + 1/3 + 2/4 + 4/6 + 10/12 + 20/22
     #          = 0.0909091 + 0.1666667 + 0.3333333 + 0.5 + 0.6666667 + 0.8333333 + 0.9090909 = 3.5.
-    np.testing.assert_allclose(regularizers.imq_kernel(d2, 1, 1.0).numpy(), [7.0, 3.5], rtol=1e-6)
+    np.testing.assert_allclose(regularizers.imq_kernel(d2, 2.0).numpy(), [7.0, 3.5], rtol=1e-6)
     # z_dim 2, scale 2: C = 16s = 1.6, 3.2, 8, 16, 32, 80, 160; at d2 = 16:
     # 1.6/17.6 + 3.2/19.2 + 8/24 + 16/32 + 32/48 + 80/96 + 160/176 = 3.5 again (d2 / C scales).
-    np.testing.assert_allclose(regularizers.imq_kernel(tf.constant([16.0]), 2, 2.0).numpy(), [3.5],
+    np.testing.assert_allclose(regularizers.imq_kernel(tf.constant([16.0]), 16.0).numpy(), [3.5],
                                rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("normal", 2 * 5 * 4.0), ("uniform", 2 * 5 * 4.0 / 3), ("sphere", 2 * 4.0)])
+def test_prior_squared_distance_by_hand_and_by_sampling(kind, expected):
+    """E||z - z'||^2 for z_dim 5, scale 2: 40 (normal), 40/3 (uniform), 8 (sphere)."""
+    assert regularizers.prior_squared_distance(kind, 5, 2.0) == pytest.approx(expected)
+    z = regularizers.sample_prior(kind, 20000, 5, 2.0, _seed(30)).numpy()
+    sampled = np.mean(np.sum(np.square(z[:10000] - z[10000:]), axis=1))
+    assert sampled == pytest.approx(expected, rel=0.03)
 
 
 def test_rbf_kernel_hand_values():
@@ -197,15 +229,16 @@ def test_rbf_kernel_hand_values():
 def test_median_heuristic_known_set():
     qz = tf.constant([[0.0], [1.0]])
     pz = tf.constant([[3.0], [7.0]])
-    # Pooled 0, 1, 3, 7; pair d2: 1, 9, 49, 4, 36, 16 -> sorted 1, 4, 9, 16, 36, 49 -> (9+16)/2.
+    # Cross d2: 9, 49, 4, 36 -> sorted 4, 9, 36, 49 -> median (9 + 36) / 2 = 22.5.
+    # Within Q: the one pair (0, 1) -> 1. sigma^2 = 22.5 + 1 = 23.5 (the pooled median was 12.5).
     sigma2 = regularizers.median_heuristic_sigma2(qz, pz)
-    np.testing.assert_allclose(sigma2.numpy(), 12.5, rtol=1e-6)
+    np.testing.assert_allclose(sigma2.numpy(), 23.5, rtol=1e-6)
 
 
 def test_median_heuristic_odd_pairs_and_no_gradient():
     qz = tf.Variable([[0.0], [1.0], [3.0]])
     pz = tf.constant([[7.0], [12.0], [20.0]])
-    # Pooled 0, 1, 3, 7, 12, 20: 15 pair d2 values; the loop reference takes np.median.
+    # 9 cross and 3 within-Q pair values; the loop reference takes np.median of each.
     expected = _ref_median_sigma2([[0.0], [1.0], [3.0]], [[7.0], [12.0], [20.0]])
     with tf.GradientTape() as tape:
         sigma2 = regularizers.median_heuristic_sigma2(qz, pz)
@@ -236,7 +269,7 @@ def test_mmd_matches_loop_reference(kernel, prior_scale, sigma2):
     qz = rng.normal(size=(5, 3)).astype(np.float32)
     pz = (rng.normal(size=(5, 3)) * 1.5 + 0.3).astype(np.float32)
     mmd = regularizers.mmd_penalty(tf.constant(qz), tf.constant(pz), kernel=kernel,
-                                   prior_scale=prior_scale, rbf_sigma2=sigma2)
+                                   imq_base=2 * 3 * prior_scale ** 2, rbf_sigma2=sigma2)
     expected = _ref_mmd(qz.tolist(), pz.tolist(), kernel, prior_scale, sigma2)
     assert mmd.shape == ()
     np.testing.assert_allclose(mmd.numpy(), expected, rtol=1e-4, atol=1e-6)
@@ -283,10 +316,10 @@ def test_mmd_gradients_equal_float64_autodiff(kernel, sigma2):
     pz = regularizers.sample_prior("normal", 64, 3, 1.0, _seed(21))
     with tf.GradientTape() as tape:
         tape.watch([qz, pz])
-        value = regularizers.mmd_penalty(qz, pz, kernel=kernel, rbf_sigma2=sigma2)
+        value = regularizers.mmd_penalty(qz, pz, kernel=kernel, imq_base=6.0, rbf_sigma2=sigma2)
     grads = tape.gradient(value, [qz, pz])
     q64, p64 = tf.cast(qz, tf.float64), tf.cast(pz, tf.float64)
-    param = tf.constant(1.0 if kernel == "imq" else sigma2, tf.float64)
+    param = tf.constant(6.0 if kernel == "imq" else sigma2, tf.float64)
     with tf.GradientTape() as tape:
         tape.watch([q64, p64])
         terms = regularizers._mmd_terms(q64, p64, param, kernel)
@@ -303,9 +336,9 @@ def test_mmd_at_1600_within_1e7_of_float64():
     it to 1e-8 here (an XLA float32 sum alone was off by 2.8e-5)."""
     qz = regularizers.sample_prior("normal", 1600, 8, 1.0, _seed(14)) * 1.1 + 0.05
     pz = regularizers.sample_prior("normal", 1600, 8, 1.0, _seed(15))
-    value = regularizers.mmd_penalty(qz, pz, kernel="imq")
+    value = regularizers.mmd_penalty(qz, pz, kernel="imq", imq_base=16.0)
     terms = regularizers._mmd_terms(tf.cast(qz, tf.float64), tf.cast(pz, tf.float64),
-                                    tf.constant(1.0, tf.float64), "imq")
+                                    tf.constant(16.0, tf.float64), "imq")
     expected = float(terms[0] + terms[1] - 2.0 * terms[2])
     assert abs(float(value) - expected) < 1e-7, (float(value), expected)
 
@@ -313,6 +346,27 @@ def test_mmd_at_1600_within_1e7_of_float64():
 def test_mmd_unknown_kernel():
     with pytest.raises(ValueError):
         regularizers.mmd_penalty(tf.zeros([2, 2]), tf.ones([2, 2]), kernel="laplace")
+
+
+def test_mmd_refuses_samples_of_different_sizes():
+    """The unbiased estimator's weights assume as many prior samples as codes."""
+    with pytest.raises(ValueError, match="as many prior samples as codes"):
+        regularizers.mmd_penalty(tf.zeros([4, 2]), tf.ones([3, 2]))
+    fn = tf.function(lambda q, p: regularizers.mmd_penalty(q, p), input_signature=[
+        tf.TensorSpec([None, 2]), tf.TensorSpec([None, 2])])
+    with pytest.raises(tf.errors.InvalidArgumentError, match="as many prior samples"):
+        fn(tf.zeros([4, 2]), tf.ones([3, 2]))
+
+
+def test_moment_matching_loss_by_hand_and_zero_at_equal_moments():
+    # qz = [[0, 0], [2, 0]]: mean [1, 0], unbiased cov [[2, 0], [0, 0]].
+    # pz = [[0, 1], [0, -1]]: mean [0, 0], cov [[0, 0], [0, 2]].
+    # mean term: mean(1, 0) = 0.5; cov term: mean(4, 0, 0, 4) = 2 -> 2.5.
+    qz = tf.constant([[0.0, 0.0], [2.0, 0.0]])
+    pz = tf.constant([[0.0, 1.0], [0.0, -1.0]])
+    np.testing.assert_allclose(regularizers.moment_matching_loss(qz, pz).numpy(), 2.5)
+    shuffled = tf.constant([[2.0, 0.0], [0.0, 0.0]])  # the same moments, another order
+    np.testing.assert_allclose(regularizers.moment_matching_loss(qz, shuffled).numpy(), 0.0)
 
 
 # --- GAN losses -------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Checkpoint managers, resuming past unreadable checkpoints, and the run's record (config.json)
 that a resume must match."""
 
+import dataclasses
 import os
 
 import tensorflow as tf
@@ -55,7 +56,8 @@ def check_run_record(workdir: str, config: Config, image_shape, write: bool) -> 
         if write:
             fileio.write_json(path, expected)
         return
-    found = fileio.read_json(path)
+    # A field missing from an older record had its default then.
+    found = {**dataclasses.asdict(Config()), **fileio.read_json(path)}
     keys = config_lib.MODEL_FIELDS + ("image_shape",)
     diff = {k: (found.get(k), expected[k]) for k in keys if found.get(k) != expected[k]}
     if diff:

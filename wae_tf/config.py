@@ -11,7 +11,8 @@ CHOICES = {
     "prior": ("normal", "sphere", "uniform"),
     "regularizer": ("mmd", "gan", "kl", "swd"),
     "kernel": ("imq", "rbf"),
-    "recon": ("l2sq", "l2", "l1"),
+    "recon": ("l2sq", "l2", "l1", "bernoulli"),
+    "pixel_range": ("unit", "symmetric"),
     "lr_schedule": ("constant", "manual", "smooth"),
     "strategy": ("auto", "default", "mirrored", "multi_worker"),
     "mixed_precision": ("none", "mixed_float16", "mixed_bfloat16"),
@@ -21,7 +22,7 @@ CHOICES = {
 
 # Fields that shape the models: a checkpoint made with other values cannot be restored.
 MODEL_FIELDS = ("dataset", "image_size", "width_divisor", "encoder", "z_dim", "regularizer",
-                "disc_prior_logdensity", "sync_batchnorm")
+                "disc_prior_logdensity", "sync_batchnorm", "pixel_range", "prior")
 
 DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -64,17 +65,28 @@ class Config:
     image_size: int = _field(0, "Side of the square images fed to the networks; 0 = the data set's "
                              "own (28 for MNIST-like, 64 for celeb_a).")
     celeba_crop: int = _field(140, "Centre crop side applied to CelebA before resizing (paper: 140).")
+    pixel_range: str = _field("unit", "The pixel range the networks and the cost work in: unit "
+                              "[0, 1] with a sigmoid output, or symmetric [-1, 1] with a tanh "
+                              "output (the paper's CelebA). Data, exports and metrics stay in "
+                              "[0, 1]; the networks map in and out.")
     shuffle_buffer: int = _field(0, "Unused for in-memory data (full permutation per epoch); kept "
                                  "for streaming sources. 0 = full.")
     # Networks.
     width_divisor: int = _field(1, "Divides every channel count of the paper's networks (CPU runs).")
     encoder: str = _field("deterministic", "deterministic | gaussian (mean and log-variance heads).")
     z_dim: int = _field(8, "Latent dimension.")
-    prior: str = _field("normal", "normal N(0, s^2 I) | sphere (radius s*sqrt(z_dim)) | uniform "
-                        "U[-s, s]^z_dim, with s = prior_scale.")
+    prior: str = _field("normal", "normal N(0, s^2 I) | sphere (radius s) | uniform "
+                        "U[-s, s]^z_dim, with s = prior_scale; deterministic codes are projected "
+                        "onto the sphere or box (as the paper's code).")
     prior_scale: float = _field(1.0, "Scale s of the prior (sigma_z for normal).")
     sync_batchnorm: bool = _field(True, "Synchronise BatchNorm statistics across replicas so that "
                                   "N replicas compute what 1 replica does.")
+    batchnorm_momentum: float = _field(0.9, "BatchNorm moving-average momentum (paper's code and "
+                                       "PyTorch: 0.9; Keras's default 0.99).")
+    batchnorm_epsilon: float = _field(1e-5, "BatchNorm epsilon (paper's code and PyTorch: 1e-5; "
+                                      "Keras's default 1e-3).")
+    init_std: float = _field(0.0, "Weights initialised N(0, init_std^2), biases 0 (the paper's "
+                             "code: 0.01); 0 = Keras's Glorot uniform.")
     disc_prior_logdensity: bool = _field(False, "Add the prior's log-density to the latent "
                                          "discriminator's logit (the paper code's CelebA trick).")
     # Objective.
@@ -84,7 +96,8 @@ class Config:
     rbf_sigma2: float = _field(0.0, "RBF bandwidth sigma^2; 0 = median heuristic per batch.")
     swd_projections: int = _field(50, "Number of random directions of the sliced Wasserstein distance.")
     recon: str = _field("l2sq", "Reconstruction cost: l2sq (0.05*||x-y||^2) | l2 (0.2*||x-y||) | "
-                        "l1 (0.02*||x-y||_1), the paper code's scales.")
+                        "l1 (0.02*||x-y||_1), the paper code's scales | bernoulli (the negative "
+                        "log-likelihood of Bernoulli pixels, the VAE's decoder on [0, 1]).")
     # Optimisation.
     learning_rate: float = _field(1e-3, "Adam learning rate of encoder and decoder.")
     disc_learning_rate: float = _field(5e-4, "Adam learning rate of the latent discriminator (gan).")
@@ -95,7 +108,15 @@ class Config:
     batch_size: int = _field(100, "Global batch size (split across replicas).")
     epochs: int = _field(0, "Training length in epochs (used when train_steps is 0).")
     train_steps: int = _field(0, "Training length in steps; overrides epochs when > 0.")
-    input_noise: float = _field(0.0, "Std of the Gaussian noise added to encoder inputs in training.")
+    input_noise: float = _field(0.0, "Std of the Gaussian noise, truncated at 2 std, added to the "
+                                "encoder's inputs in training, in --pixel_range units (the paper's "
+                                "code: 0.01, `e_noise=add_noise`).")
+    encoder_pretrain_steps: int = _field(0, "Before step 1 of a new run, Adam steps that match "
+                                         "the codes' mean and covariance to the prior's (the "
+                                         "paper's code: 200, stopping below a loss of 0.1).")
+    encoder_pretrain_batch: int = _field(1000, "Images (and prior samples) per encoder "
+                                         "pre-training step (the paper's code: 1000 MNIST, 256 "
+                                         "CelebA).")
     seed: int = _field(0, "Seed of initialisation, data order, prior samples and noise.")
     steps_per_loop: int = _field(1, "Training steps run inside one tf.function call.")
     jit_compile: bool = _field(False, "XLA-compile the training step (slower on the CPUs measured).")
@@ -127,6 +148,11 @@ class Config:
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
 
+    @property
+    def pixel_scale(self) -> float:
+        """Width of the networks' pixel range over that of [0, 1]: costs scale with it."""
+        return 2.0 if self.pixel_range == "symmetric" else 1.0
+
     def model_signature(self) -> dict:
         """The fields that determine variable shapes, stored beside checkpoints."""
         return {name: getattr(self, name) for name in MODEL_FIELDS}
@@ -138,7 +164,8 @@ class Config:
             if value not in choices:
                 raise ConfigError(f"--{name}={value!r} is not one of {', '.join(choices)}.")
         positive = ("z_dim", "batch_size", "width_divisor", "checkpoint_every", "keep_checkpoints",
-                    "log_every", "image_every", "swd_projections", "steps_per_loop", "celeba_crop")
+                    "log_every", "image_every", "swd_projections", "steps_per_loop", "celeba_crop",
+                    "encoder_pretrain_batch")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name} must be positive, got {getattr(self, name)}.")
@@ -146,10 +173,12 @@ class Config:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"--{name} must be positive, got {getattr(self, name)}.")
         for name in ("lambda_reg", "input_noise", "rbf_sigma2", "train_steps", "epochs",
-                     "cpu_devices", "image_size"):
+                     "cpu_devices", "image_size", "init_std", "encoder_pretrain_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}.")
-        for name in ("adam_beta1", "adam_beta2"):
+        if not 0 < self.batchnorm_epsilon < 1:
+            raise ConfigError(f"--batchnorm_epsilon must be in (0, 1), got {self.batchnorm_epsilon}.")
+        for name in ("adam_beta1", "adam_beta2", "batchnorm_momentum"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be in [0, 1), got {getattr(self, name)}.")
         if self.train_steps == 0 and self.epochs == 0:
@@ -159,6 +188,12 @@ class Config:
                               "--encoder=gaussian.")
         if self.regularizer == "kl" and self.prior != "normal":
             raise ConfigError("--regularizer=kl computes the KL to a normal prior: use --prior=normal.")
+        if self.recon == "bernoulli" and self.pixel_range != "unit":
+            raise ConfigError("--recon=bernoulli is a likelihood of pixels in [0, 1]: use "
+                              "--pixel_range=unit.")
+        if self.encoder == "gaussian" and self.prior != "normal":
+            raise ConfigError("--encoder=gaussian codes are unbounded: use --prior=normal (or a "
+                              "deterministic encoder, projected onto the sphere or box).")
         if self.disc_prior_logdensity and self.prior != "normal":
             raise ConfigError("--disc_prior_logdensity needs --prior=normal.")
         if not 0 < self.test_fraction < 1:

@@ -4,7 +4,8 @@
 Metrics (each stored with the counts and seeds it was computed from): the test reconstruction
 cost (the training cost, per image) and MSE per pixel; FID, precision and recall (k = 3) of
 decoded prior samples against test images in the feature space of wae_tf.classifier, with its
-test accuracy; MMD between encoded test codes and prior samples; the Laplacian-variance
+test accuracy; MMD between the test codes (sampled z = mean + sigma*eps for a Gaussian encoder:
+the aggregate posterior Q_Z) and prior samples; the Laplacian-variance
 sharpness of samples, reconstructions and test images.
 """
 
@@ -13,7 +14,7 @@ import hashlib
 import json
 import os
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -37,7 +38,7 @@ PRECISION_RECALL_K = 3
 MMD_SUBSET = 1000
 CLASSIFIER_TRAIN_LIMIT = 60000  # images the classifier trains on when the train split streams
 # Tags of the evaluation's random draws, folded with --seed: [seed, tag].
-_SAMPLES_TAG, _MMD_TAG = 1, 2
+_SAMPLES_TAG, _MMD_TAG, _EPS_TAG = 1, 2, 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +50,8 @@ class Autoencoder:
     image_shape: tuple  # (H, W, C)
     step: int
     source: str
+    # Gaussian encoders: images -> float32 [b, z_dim] log-variances of the posterior.
+    encode_log_var: Optional[Callable] = None
 
 
 def load_from_workdir(workdir: str) -> Autoencoder:
@@ -57,7 +60,11 @@ def load_from_workdir(workdir: str) -> Autoencoder:
     encoder, decoder = run.encoder, run.decoder
     encode = tf.function(lambda x: networks.encoder_mean(encoder, x))
     decode = tf.function(lambda z: decoder(z, training=False))
-    return Autoencoder(encode, decode, run.config, run.image_shape, run.step, run.checkpoint_path)
+    log_var = None
+    if run.config.encoder == "gaussian":
+        log_var = tf.function(lambda x: encoder(x, training=False)[1])
+    return Autoencoder(encode, decode, run.config, run.image_shape, run.step, run.checkpoint_path,
+                       log_var)
 
 
 def load_from_saved_model(path: str) -> Autoencoder:
@@ -70,8 +77,11 @@ def load_from_saved_model(path: str) -> Autoencoder:
     images_spec = encode_sig.structured_input_signature[1]["images"]  # [None, H, W, C]
     image_shape = tuple(int(d) for d in images_spec.shape[1:])
     base = os.path.basename(os.path.normpath(path))
+    log_var = None
+    if "z_log_var" in encode_sig.structured_outputs:
+        log_var = lambda x: encode_sig(images=x)["z_log_var"]  # noqa: E731
     return Autoencoder(lambda x: encode_sig(images=x)["z"], lambda z: decode_sig(z=z)["images"],
-                       config, image_shape, int(base) if base.isdigit() else -1, path)
+                       config, image_shape, int(base) if base.isdigit() else -1, path, log_var)
 
 
 def _batched(fn: Callable, array: np.ndarray) -> np.ndarray:
@@ -96,16 +106,22 @@ def select_test(test: data.ImageData, num: int, seed: int):
 
 
 def run_model(model: Autoencoder, test_images: np.ndarray, num_samples: int, seed: int) -> dict:
-    """Codes, reconstructions and prior samples of one model (numpy arrays)."""
+    """Codes (posterior means), reconstructions and prior samples of one model, and the codes
+    Q_Z is made of (numpy arrays): for a Gaussian encoder z = mean + sigma * eps, seeded."""
     codes = _batched(model.encode, test_images)  # [n, z_dim]
     recon = _batched(model.decode, codes)  # [n, H, W, C]
     z = prior_samples(model.config, num_samples, seed, _SAMPLES_TAG)  # [num_samples, z_dim]
-    return dict(codes=codes, recon=recon, samples=_batched(model.decode, z))
+    sampled = codes
+    if model.encode_log_var is not None:
+        log_var = np.clip(_batched(model.encode_log_var, test_images), -50.0, 50.0)
+        eps = np.random.default_rng([seed, _EPS_TAG]).standard_normal(codes.shape)
+        sampled = (codes + np.exp(0.5 * log_var) * eps).astype(np.float32)
+    return dict(codes=codes, recon=recon, samples=_batched(model.decode, z), q_codes=sampled)
 
 
 def _reconstruction_metrics(config: Config, images, recon) -> dict:
     """The training loop's test metrics (metrics.ReconstructionMetrics), with their counts."""
-    tracker = metrics.ReconstructionMetrics(config.recon)
+    tracker = metrics.ReconstructionMetrics(config.recon, config.pixel_scale)
     for i in range(0, len(images), BATCH):
         tracker.update(tf.constant(images[i:i + BATCH]), tf.constant(recon[i:i + BATCH]))
     values = tracker.result()
@@ -132,13 +148,17 @@ def _feature_metrics(classifier, test_images, samples, seed: int) -> dict:
 
 
 def _latent_and_sharpness_metrics(config: Config, outputs: dict, test_images, seed: int) -> dict:
-    codes = outputs["codes"]
+    codes = outputs["q_codes"]  # samples of Q_Z: sampled codes for a Gaussian encoder
     prior = prior_samples(config, codes.shape[0], seed, _MMD_TAG)  # [n, z_dim]
-    mmd = metrics.mmd_to_prior(codes, prior, MMD_SUBSET, config.kernel, config.prior_scale)
+    mmd = metrics.mmd_to_prior(codes, prior, MMD_SUBSET, config.kernel,
+                               regularizers.prior_squared_distance(config.prior, config.z_dim,
+                                                                   config.prior_scale))
+    kind = ("sampled z = mean + sigma * eps" if codes is not outputs["codes"]
+            else "deterministic codes")
     sharp = lambda images: dict(value=metrics.laplacian_sharpness(images),  # noqa: E731
                                 num_images=int(images.shape[0]))
     return {"mmd_codes_prior": dict(mmd, num_codes=int(codes.shape[0]), kernel=config.kernel,
-                                    seed=seed),
+                                    seed=seed, codes=kind),
             "sharpness_samples": dict(sharp(outputs["samples"]), seed=seed),
             "sharpness_reconstructions": sharp(outputs["recon"]),
             "sharpness_test_images": sharp(test_images)}

@@ -48,8 +48,10 @@ class _TunedConv(layers.Layer):
     transpose = False
 
     def __init__(self, filters, kernel_size, strides=2, padding="same", use_bias=False,
-                 plan=None, planner=None, batch_size=-1, **kwargs):
+                 kernel_initializer="glorot_uniform", plan=None, planner=None, batch_size=-1,
+                 **kwargs):
         super().__init__(**kwargs)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
         if padding.lower() != "same" or strides not in (1, 2):
             raise ValueError(f"{type(self).__name__} is a SAME conv of stride 1 or 2; got "
                              f"padding={padding!r}, strides={strides}.")
@@ -86,6 +88,7 @@ class _TunedConv(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
                 "strides": self.strides, "use_bias": self.use_bias,
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "plan": dataclasses.asdict(self.plan) if self.plan else None,
                 "batch_size": self.batch_size}
 
@@ -98,7 +101,7 @@ class TunedConv2D(_TunedConv):
     def _add_kernel(self, cin):
         self._kernel = self.add_weight(  # `_kernel`, as in layers.Conv2D: checkpoints match
             name="kernel", shape=(self.kernel_size, self.kernel_size, cin, self.filters),
-            initializer="glorot_uniform")
+            initializer=self.kernel_initializer)
 
     @property
     def kernel(self):
@@ -115,7 +118,7 @@ class TunedConv2DTranspose(_TunedConv):
     def _add_kernel(self, cin):
         self.kernel = self.add_weight(  # `kernel`, as in layers.Conv2DTranspose
             name="kernel", shape=(self.kernel_size, self.kernel_size, self.filters, cin),
-            initializer="glorot_uniform")
+            initializer=self.kernel_initializer)
 
 
 @keras.saving.register_keras_serializable(package="wae_tf")

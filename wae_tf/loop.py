@@ -40,7 +40,7 @@ class TestSet:
 
     def metrics(self, config: Config) -> dict:
         """metrics.ReconstructionMetrics over the whole test split."""
-        tracker = metrics_lib.ReconstructionMetrics(config.recon)
+        tracker = metrics_lib.ReconstructionMetrics(config.recon, config.pixel_scale)
         for images, _ in data.make_eval_dataset(self.data, config.batch_size):
             tracker.update(images, self.reconstruct(images))
         return tracker.result()
@@ -135,6 +135,8 @@ def train_and_evaluate(config: Config, workdir: str, strategy=None, data_overrid
     logging.info("%s: %d train images %s, %d steps/epoch, from step %d to %d on %d replica(s).",
                  train.name, train.num_examples, train.image_shape, steps_per_epoch, start,
                  total_steps, strategy.num_replicas_in_sync)
+    if start == 0 and config.encoder_pretrain_steps:
+        _pretrain(config, state, strategy, train)
     iterator = iter(data.distribute(strategy, train, config.batch_size, config.seed, start))
     writer = tf.summary.create_file_writer(os.path.join(workdir, "train")) if chief else \
         tf.summary.create_noop_writer()
@@ -153,6 +155,17 @@ def train_and_evaluate(config: Config, workdir: str, strategy=None, data_overrid
     results.update({f"train_{k}": v for k, v in train_metrics.items()}, step=step)
     _finish(config, state, strategy, workdir, train.image_shape, results)
     return results
+
+
+def _pretrain(config: Config, state: training.TrainState, strategy, train) -> None:
+    """The paper code's encoder pre-training, on batches of --encoder_pretrain_batch images (at
+    most the split, a multiple of the replicas) in an order of their own (--seed + 1)."""
+    replicas = strategy.num_replicas_in_sync
+    batch = min(config.encoder_pretrain_batch, train.num_examples) // replicas * replicas
+    iterator = iter(data.distribute(strategy, train, batch, config.seed + 1))
+    losses = training.pretrain_encoder(config, state, strategy, iterator)
+    logging.info("Encoder pre-training: %d steps of %d images, moment loss %.4f -> %.4f.",
+                 len(losses), batch, losses[0], losses[-1])
 
 
 def _finish(config, state, strategy, workdir, image_shape, results) -> None:

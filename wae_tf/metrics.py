@@ -182,13 +182,13 @@ class ReconstructionMetrics:
     summed over batches of images [b, H, W, C] and their reconstructions; used by the training
     loop and by the evaluation alike."""
 
-    def __init__(self, cost: str):
-        self.cost = cost
+    def __init__(self, cost: str, pixel_scale: float = 1.0):
+        self.cost, self.pixel_scale = cost, pixel_scale
         self._cost_sum, self._squared_sum, self.num_images, self._pixels = 0.0, 0.0, 0, 0
 
     def update(self, images, recon) -> None:
         self._cost_sum += float(tf.reduce_sum(
-            regularizers.reconstruction_cost(images, recon, self.cost)))
+            regularizers.reconstruction_cost(images, recon, self.cost, self.pixel_scale)))
         self._squared_sum += float(tf.reduce_sum(tf.square(images - recon)))
         self.num_images += int(images.shape[0])
         self._pixels += int(np.prod(images.shape))
@@ -204,14 +204,15 @@ class ReconstructionMetrics:
 
 
 def mmd_to_prior(codes, prior_samples, subset_size: int = 1000, kernel: str = "imq",
-                 prior_scale: float = 1.0) -> Dict[str, float]:
+                 imq_base: float = 2.0) -> Dict[str, float]:
     """MMD^2(Q_Z, P_Z) estimated on disjoint subsets, with the training penalty's estimator.
 
     regularizers.mmd_penalty builds three [s, s] kernel blocks; on all 10,000 test codes each
     would be 10,000^2 float32 values (400 MB). Instead the codes [n, z_dim] and prior samples
     [n, z_dim] are cut into floor(n / s) disjoint pairs of subsets of s = min(subset_size, n)
     points; the mean of the unbiased subset estimates is unbiased, and its standard error is
-    reported. The IMQ kernel's constants are those of training (2 * z_dim * prior_scale^2).
+    reported. `imq_base` is the IMQ kernel's base constant, as in training (E||z - z'||^2 under
+    the prior: 2 * z_dim * s^2 for N(0, s^2 I)); RBF takes the training's median heuristic.
 
     Returns:
         {"value", "stderr" (None for a single subset), "num_subsets", "subset_size"}.
@@ -225,7 +226,7 @@ def mmd_to_prior(codes, prior_samples, subset_size: int = 1000, kernel: str = "i
     count = n // size
     values = [float(regularizers.mmd_penalty(
         tf.constant(codes[i * size:(i + 1) * size]),
-        tf.constant(prior_samples[i * size:(i + 1) * size]), kernel, prior_scale))
+        tf.constant(prior_samples[i * size:(i + 1) * size]), kernel, imq_base))
         for i in range(count)]
     stderr = float(np.std(values, ddof=1) / math.sqrt(count)) if count > 1 else None
     return {"value": float(np.mean(values)), "stderr": stderr, "num_subsets": count,

@@ -54,7 +54,8 @@ class LayerSet:
     """Constructors of the layers the networks are made of (flax's `ResNet(conv=...)` pattern).
 
     Each takes the Keras layer's arguments: conv / conv_transpose (filters, kernel_size,
-    strides=, padding="same", use_bias=, name=), batch_norm (synchronized=, name=).
+    strides=, padding="same", use_bias=, kernel_initializer=, name=), batch_norm (synchronized=,
+    momentum=, epsilon=, name=).
     """
     conv: Callable = layers.Conv2D
     conv_transpose: Callable = layers.Conv2DTranspose
@@ -68,29 +69,61 @@ def _channels(count: int, config: Config) -> int:
     return max(1, count // config.width_divisor)
 
 
+def initializer(config: Config):
+    """Weights' initializer: N(0, init_std^2) as the paper's code (init_std 0.01), or Keras's
+    Glorot uniform when init_std is 0. Biases start at 0 either way."""
+    if config.init_std > 0:
+        return keras.initializers.RandomNormal(stddev=config.init_std)
+    return "glorot_uniform"
+
+
 def _conv_block(x, filters, kernel, config, conv, batch_norm, name):
     """Stride-2 (transposed) conv, BatchNorm, ReLU. No conv bias: BatchNorm removes it."""
-    x = conv(filters, kernel, strides=2, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = batch_norm(synchronized=config.sync_batchnorm, name=f"{name}_bn")(x)
+    x = conv(filters, kernel, strides=2, padding="same", use_bias=False,
+             kernel_initializer=initializer(config), name=f"{name}_conv")(x)
+    x = batch_norm(synchronized=config.sync_batchnorm, momentum=config.batchnorm_momentum,
+                   epsilon=config.batchnorm_epsilon, name=f"{name}_bn")(x)
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
+def _dense(units, config, **kwargs):
+    return layers.Dense(units, kernel_initializer=initializer(config), **kwargs)
+
+
+def _to_support(z, config: Config):
+    """Deterministic codes projected onto the prior's support, as the paper's code does:
+    radius prior_scale for the sphere, tanh into [-s, s]^d for the box; normal: unchanged."""
+    if config.prior == "sphere":
+        z = layers.UnitNormalization(axis=1, name="to_sphere", dtype="float32")(z)
+    elif config.prior == "uniform":
+        z = layers.Activation("tanh", name="to_box", dtype="float32")(z)
+    else:
+        return z
+    if config.prior_scale != 1.0:
+        z = layers.Rescaling(config.prior_scale, name="prior_scale", dtype="float32")(z)
+    return z
+
+
 def make_encoder(config: Config, image_shape, layer_set: LayerSet = KERAS_LAYERS) -> keras.Model:
-    """Images [N,H,W,C] in [0,1] -> z [N,z_dim] (deterministic) or [mean, log_var] (gaussian)."""
+    """Images [N,H,W,C] in [0,1] -> z [N,z_dim] (deterministic) or [mean, log_var] (gaussian).
+
+    With --pixel_range=symmetric the first layer maps the images to [-1, 1]."""
     size = image_shape[0]
     images = keras.Input(shape=tuple(image_shape), name="images")
     x = images
+    if config.pixel_range == "symmetric":
+        x = layers.Rescaling(2.0, offset=-1.0, name="to_symmetric")(x)
     for i, count in enumerate(encoder_channels(size)):  # 28: 14, 7, 4, 2; 64: 32, 16, 8, 4
         x = _conv_block(x, _channels(count, config), kernel_size(size), config, layer_set.conv,
                         layer_set.batch_norm, name=f"enc{i}")
     x = layers.Flatten(name="flatten")(x)
     if config.encoder == "gaussian":
         # float32 heads: codes stay float32 under --mixed_precision.
-        mean = layers.Dense(config.z_dim, name="z_mean", dtype="float32")(x)  # [N, z_dim]
-        log_var = layers.Dense(config.z_dim, name="z_log_var", dtype="float32")(x)  # [N, z_dim]
+        mean = _dense(config.z_dim, config, name="z_mean", dtype="float32")(x)  # [N, z_dim]
+        log_var = _dense(config.z_dim, config, name="z_log_var", dtype="float32")(x)
         outputs = [mean, log_var]
     else:
-        outputs = layers.Dense(config.z_dim, name="z", dtype="float32")(x)  # [N, z_dim]
+        outputs = _to_support(_dense(config.z_dim, config, name="z", dtype="float32")(x), config)
     return keras.Model(images, outputs, name="encoder")
 
 
@@ -101,21 +134,27 @@ def encoder_mean(encoder: keras.Model, images):
 
 
 def make_decoder(config: Config, image_shape, layer_set: LayerSet = KERAS_LAYERS) -> keras.Model:
-    """z [N,z_dim] -> images [N,H,W,C] in (0,1) through a sigmoid."""
+    """z [N,z_dim] -> images [N,H,W,C] in (0,1) through a sigmoid, or with
+    --pixel_range=symmetric a tanh (the network's [-1, 1]) mapped back to [0, 1]."""
     size, _, out_channels = image_shape
     channels = decoder_channels(size)
     base = size // 2 ** (len(channels))  # 28 -> 7, 64 -> 8
     first = _channels(1024, config)
     z = keras.Input(shape=(config.z_dim,), name="z")
-    x = layers.Dense(base * base * first, name="project")(z)
+    x = _dense(base * base * first, config, name="project")(z)
     x = layers.Reshape((base, base, first), name="reshape")(x)  # [N, base, base, first]
     x = layers.ReLU(name="project_relu")(x)
     for i, count in enumerate(channels):  # doubles the side each time, up to `size`
         x = _conv_block(x, _channels(count, config), kernel_size(size), config,
                         layer_set.conv_transpose, layer_set.batch_norm, name=f"dec{i}")
     x = layer_set.conv_transpose(out_channels, kernel_size(size), strides=1, padding="same",
-                                 use_bias=True, name="out_conv")(x)
-    images = layers.Activation("sigmoid", name="images", dtype="float32")(x)
+                                 use_bias=True, kernel_initializer=initializer(config),
+                                 name="out_conv")(x)
+    if config.pixel_range == "symmetric":
+        x = layers.Activation("tanh", name="tanh", dtype="float32")(x)
+        images = layers.Rescaling(0.5, offset=0.5, name="images", dtype="float32")(x)
+    else:
+        images = layers.Activation("sigmoid", name="images", dtype="float32")(x)
     return keras.Model(z, images, name="decoder")
 
 
@@ -143,8 +182,8 @@ def make_discriminator(config: Config, image_shape) -> keras.Model:
     z = keras.Input(shape=(config.z_dim,), name="z")
     x = z
     for i in range(4):
-        x = layers.Dense(units, activation="relu", name=f"dense{i}")(x)
-    logit = layers.Dense(1, name="logit", dtype="float32")(x)  # [N, 1], float32 when mixed
+        x = _dense(units, config, activation="relu", name=f"dense{i}")(x)
+    logit = _dense(1, config, name="logit", dtype="float32")(x)  # [N, 1], float32 when mixed
     if config.disc_prior_logdensity:
         logit = NormalLogDensity(config.z_dim, config.prior_scale, name="prior_logdensity",
                                  dtype="float32")(logit, z)

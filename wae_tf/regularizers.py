@@ -6,6 +6,10 @@ import tensorflow as tf
 
 # Scales of the reconstruction costs in the WAE paper's code (models.py, `reconstruction_loss`).
 _RECON_SCALES = {"l2sq": 0.05, "l2": 0.2, "l1": 0.02}
+# How each cost grows when the pixels are scaled by r (e.g. r = 2 for [-1, 1] pixels).
+_RANGE_POWERS = {"l2sq": 2, "l2": 1, "l1": 1}
+# Keeps log(p) and log(1 - p) of the Bernoulli likelihood finite (as Keras's binary crossentropy).
+_BERNOULLI_EPSILON = 1e-7
 
 # Kept inside the square root of the "l2" cost so that its gradient is finite (zero) at x == y;
 # it adds at most 0.2 * sqrt(1e-8) = 2e-5 to the cost.
@@ -18,33 +22,46 @@ _IMQ_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 _MIN_SIGMA2 = 1e-12
 
 
-def reconstruction_cost(x, y, kind):
+def reconstruction_cost(x, y, kind, pixel_scale=1.0):
     """The cost c(x, G(z)) of the WAE objective (Tolstikhin et al. 2018, eq. 4), per example.
 
     Args:
-        x: Images, [n, H, W, C] float32.
-        y: Reconstructions of `x`, same shape.
+        x: Images in [0, 1], [n, H, W, C] float32.
+        y: Reconstructions of `x` in [0, 1], same shape.
         kind: "l2sq" (0.05 * ||x - y||_2^2), "l2" (0.2 * ||x - y||_2) or "l1" (0.02 * ||x - y||_1),
-            the scales of the paper's code. "l2" is computed as 0.2 * sqrt(||x - y||^2 + 1e-8)
-            so that its gradient stays finite where x == y.
+            the scales of the paper's code; or "bernoulli", the negative log-likelihood of x
+            under independent Bernoulli pixels of mean y, -sum x log y + (1 - x) log(1 - y), in
+            nats (the VAE's decoder likelihood, Kingma & Welling 2014; y clipped to
+            [1e-7, 1 - 1e-7]). "l2" is computed as 0.2 * sqrt(||x - y||^2 + 1e-8) so that its
+            gradient stays finite where x == y.
+        pixel_scale: The metric costs are those of the pixels scaled by this factor: 2 gives the
+            cost of the same images in [-1, 1] (the paper's CelebA), 4x for l2sq and 2x for l2, l1.
 
     Returns:
         The cost of each example, [n].
 
     Raises:
-        ValueError: If `kind` is not one of the three above.
+        ValueError: If `kind` is unknown, or pixel_scale is not 1 for "bernoulli".
     """
+    flat = lambda t: tf.reshape(t, [tf.shape(x)[0], -1])  # noqa: E731; [n, H*W*C]
+    if kind == "bernoulli":
+        if pixel_scale != 1.0:
+            raise ValueError("The Bernoulli likelihood is defined on pixels in [0, 1] only.")
+        p = tf.clip_by_value(flat(y), _BERNOULLI_EPSILON, 1.0 - _BERNOULLI_EPSILON)
+        t = flat(x)
+        return -tf.reduce_sum(t * tf.math.log(p) + (1.0 - t) * tf.math.log(1.0 - p), axis=1)
     if kind not in _RECON_SCALES:
         raise ValueError(f"Unknown reconstruction cost {kind!r}; expected one of "
-                         f"{', '.join(_RECON_SCALES)}.")
-    diff = tf.reshape(x - y, [tf.shape(x)[0], -1])  # [n, H*W*C]
+                         f"{', '.join(_RECON_SCALES)}, bernoulli.")
+    diff = flat(x - y)
     if kind == "l2sq":
         per_example = tf.reduce_sum(tf.square(diff), axis=1)  # [n]
     elif kind == "l2":
-        per_example = tf.sqrt(tf.reduce_sum(tf.square(diff), axis=1) + _SQRT_EPSILON)  # [n]
+        per_example = tf.sqrt(tf.reduce_sum(tf.square(diff), axis=1)
+                              + _SQRT_EPSILON / pixel_scale ** 2)  # [n]
     else:
         per_example = tf.reduce_sum(tf.abs(diff), axis=1)  # [n]
-    return _RECON_SCALES[kind] * per_example
+    return _RECON_SCALES[kind] * pixel_scale ** _RANGE_POWERS[kind] * per_example
 
 
 def sample_prior(kind, num, z_dim, scale, seed):
@@ -52,7 +69,7 @@ def sample_prior(kind, num, z_dim, scale, seed):
 
     Args:
         kind: "normal" for N(0, scale^2 I); "sphere" for the uniform distribution on the sphere
-            of radius scale * sqrt(z_dim) (a normal draw, normalised); "uniform" for
+            of radius scale (a normal draw, normalised; the paper's code); "uniform" for
             U[-scale, scale]^z_dim.
         num: Number of samples, a python int or a scalar int tensor.
         z_dim: Latent dimension, a python int.
@@ -70,7 +87,7 @@ def sample_prior(kind, num, z_dim, scale, seed):
         return scale * tf.random.stateless_normal(shape, seed=seed, dtype=tf.float32)
     if kind == "sphere":
         z = tf.random.stateless_normal(shape, seed=seed, dtype=tf.float32)  # [num, z_dim]
-        return scale * math.sqrt(z_dim) * tf.math.l2_normalize(z, axis=1)
+        return scale * tf.math.l2_normalize(z, axis=1)
     if kind == "uniform":
         return tf.random.stateless_uniform(shape, seed=seed, minval=-scale, maxval=scale,
                                            dtype=tf.float32)
@@ -113,21 +130,41 @@ def squared_distances(x, y):
     return tf.maximum(x_sq + tf.transpose(y_sq) - 2.0 * dots, 0.0)
 
 
-def imq_kernel(d2, z_dim, prior_scale):
+def prior_squared_distance(kind, z_dim, scale):
+    """E||z - z'||^2 for independent z, z' of the prior: the IMQ kernel's base constant.
+
+    normal N(0, s^2 I): 2 d s^2; uniform U[-s, s]^d: 2 d s^2 / 3 (each coordinate's variance is
+    s^2 / 3); sphere of radius s: 2 s^2 (E<z, z'> = 0). The paper's code uses d for uniform and
+    2 for the sphere, the same values at s = 1 up to the uniform's factor 2/3.
+
+    Args:
+        kind: "normal", "sphere" or "uniform".
+        z_dim: Latent dimension d, a python int.
+        scale: Scale s of the prior, a python float.
+
+    Returns:
+        The expected squared distance, a python float.
+    """
+    variances = {"normal": 2.0 * z_dim, "uniform": 2.0 * z_dim / 3.0, "sphere": 2.0}
+    if kind not in variances:
+        raise ValueError(f"Unknown prior {kind!r}; expected normal, sphere or uniform.")
+    return variances[kind] * float(scale) ** 2
+
+
+def imq_kernel(d2, base):
     """Inverse multiquadratics kernel summed over scales, as in the WAE paper's code (Sec. 4).
 
-    k(x, y) = sum_s C_s / (C_s + ||x - y||^2), C_s = s * 2 * z_dim * prior_scale^2, for
-    s in (0.1, 0.2, 0.5, 1, 2, 5, 10); 2 * z_dim * prior_scale^2 is E||z - z'||^2 under the prior.
+    k(x, y) = sum_s C_s / (C_s + ||x - y||^2), C_s = s * base, for s in (0.1, 0.2, 0.5, 1, 2, 5,
+    10); base is E||z - z'||^2 under the prior (prior_squared_distance; 2 d s^2 for N(0, s^2 I)).
 
     Args:
         d2: Squared distances, any shape.
-        z_dim: Latent dimension, a number or scalar tensor.
-        prior_scale: Scale of the prior, a number or scalar tensor.
+        base: The base constant, a number or scalar tensor.
 
     Returns:
         The kernel values, the shape of `d2`.
     """
-    base = 2.0 * tf.cast(z_dim, d2.dtype) * tf.square(tf.cast(prior_scale, d2.dtype))
+    base = tf.cast(base, d2.dtype)
     total = None  # not zeros_like: that would be one more pass over a possibly huge matrix
     for s in _IMQ_SCALES:
         c = s * base
@@ -148,31 +185,36 @@ def rbf_kernel(d2, sigma2):
     return tf.exp(-d2 / (2.0 * tf.cast(sigma2, d2.dtype)))
 
 
-def median_heuristic_sigma2(qz, pz):
-    """RBF bandwidth by the median heuristic: the median squared distance of the pooled sample.
+def _median(values):
+    """Median of a 1-D tensor, averaging the two middle values when their number is even."""
+    values = tf.sort(tf.reshape(values, [-1]))
+    count = tf.size(values)
+    return 0.5 * (values[(count - 1) // 2] + values[count // 2])
 
-    The pooled sample is [qz; pz]; the median is taken over its distinct pairs i < j (the
-    off-diagonal entries, each counted once), averaging the two middle values when their number
-    is even. The result is wrapped in tf.stop_gradient: the bandwidth is a per-batch constant.
+
+def median_heuristic_sigma2(qz, pz):
+    """RBF bandwidth of the WAE paper's code: median(cross distances) + median(within-Q).
+
+    sigma^2 = median_{i,j} ||qz_i - pz_j||^2 + median_{i<j} ||qz_i - qz_j||^2 (`mmd_penalty` of
+    the paper's wae.py, which takes each median as the ((n^2 - n) / 2)-th largest entry; here
+    the exact median of the n*m cross pairs and of the distinct within-Q pairs). Wrapped in
+    tf.stop_gradient: the bandwidth is a per-batch constant.
 
     Args:
-        qz: Codes, [n, z_dim].
+        qz: Codes, [n, z_dim], n >= 2.
         pz: Prior samples, [m, z_dim].
 
     Returns:
         The scalar sigma^2.
     """
-    pooled = tf.concat([qz, pz], axis=0)  # [n + m, z_dim]
-    d2 = squared_distances(pooled, pooled)  # [n + m, n + m]
-    index = tf.range(tf.shape(pooled)[0])  # [n + m]
-    upper = index[:, None] < index[None, :]  # [n + m, n + m], True where i < j
-    values = tf.sort(tf.boolean_mask(d2, upper))  # [P], P = (n+m)(n+m-1)/2
-    count = tf.size(values)
-    median = 0.5 * (values[(count - 1) // 2] + values[count // 2])
-    return tf.stop_gradient(median)
+    within = squared_distances(qz, qz)  # [n, n]
+    index = tf.range(tf.shape(qz)[0])  # [n]
+    upper = index[:, None] < index[None, :]  # [n, n], True where i < j
+    sigma2 = _median(squared_distances(qz, pz)) + _median(tf.boolean_mask(within, upper))
+    return tf.stop_gradient(sigma2)
 
 
-def mmd_penalty(qz, pz, kernel="imq", prior_scale=1.0, rbf_sigma2=0.0):
+def mmd_penalty(qz, pz, kernel="imq", imq_base=2.0, rbf_sigma2=0.0):
     """Unbiased estimate of MMD_k(Q_Z, P_Z)^2, the WAE-MMD penalty (Tolstikhin et al. 2018, Alg. 2).
 
     MMD = mean_{i != j} k(qz_i, qz_j) + mean_{i != j} k(pz_i, pz_j) - 2 mean_{i, j} k(qz_i, pz_j).
@@ -183,19 +225,24 @@ def mmd_penalty(qz, pz, kernel="imq", prior_scale=1.0, rbf_sigma2=0.0):
 
     Args:
         qz: Codes of the encoder, [n, z_dim], n >= 2.
-        pz: Samples of the prior, [n, z_dim].
+        pz: Samples of the prior, [n, z_dim]: as many as codes (the estimator's weights assume it).
         kernel: "imq" (`imq_kernel`) or "rbf" (`rbf_kernel`).
-        prior_scale: Scale of the prior, sets the IMQ constants.
+        imq_base: The IMQ base constant, E||z - z'||^2 under the prior (prior_squared_distance).
         rbf_sigma2: RBF bandwidth, a python float; 0 selects `median_heuristic_sigma2` per batch.
 
     Returns:
         The scalar penalty, in qz's dtype.
 
     Raises:
-        ValueError: If `kernel` is unknown.
+        ValueError: If `kernel` is unknown, or qz and pz have different sizes.
     """
+    if qz.shape[0] is not None and pz.shape[0] is not None and qz.shape[0] != pz.shape[0]:
+        raise ValueError(f"mmd_penalty needs as many prior samples as codes, got {pz.shape[0]} "
+                         f"and {qz.shape[0]}.")
+    tf.debugging.assert_equal(tf.shape(qz)[0], tf.shape(pz)[0],
+                              message="mmd_penalty needs as many prior samples as codes")
     if kernel == "imq":
-        param = tf.cast(prior_scale, qz.dtype)
+        param = tf.cast(imq_base, qz.dtype)
     elif kernel == "rbf":
         if rbf_sigma2 > 0:
             param = tf.cast(rbf_sigma2, qz.dtype)
@@ -233,15 +280,15 @@ def _mmd_value_and_grad(qz, pz, param, kernel, wrt_prior):
 
 
 def _mmd_terms(qz, pz, param, kernel):
-    """The three mean kernel values of mmd_penalty, float64 [] each; param is the prior scale
-    (imq) or sigma^2 (rbf).
+    """The three mean kernel values of mmd_penalty, float64 [] each; param is the IMQ base
+    constant (imq) or sigma^2 (rbf).
 
     Each block is summed per row in float32, then over rows in float64: under XLA a plain
     float32 sum of the n^2 terms lost 1e-5 of a value that is a small difference of large sums
     (now 1e-8 from a float64 reference at n = 1600, against 8e-8 for TF's own float32 sum).
     """
     if kernel == "imq":
-        k = lambda d2: imq_kernel(d2, tf.shape(qz)[1], param)  # noqa: E731
+        k = lambda d2: imq_kernel(d2, param)  # noqa: E731
     else:
         k = lambda d2: rbf_kernel(d2, param)  # noqa: E731
     nf = tf.cast(tf.shape(qz)[0], tf.float64)
@@ -314,6 +361,30 @@ def kl_to_normal_prior(mean, log_var, prior_scale=1.0):
     per_dim = 0.5 * ((tf.exp(log_var) + tf.square(mean)) / prior_var - 1.0 - log_var
                      + tf.math.log(prior_var))  # [n, z_dim]
     return tf.reduce_sum(per_dim, axis=1)
+
+
+def moment_matching_loss(qz, pz):
+    """Encoder pre-training loss of the WAE paper's code (`pretrain_loss`): how far the codes'
+    mean and covariance are from the prior sample's.
+
+    mean_k (mean(qz)_k - mean(pz)_k)^2 + mean_{k,l} (cov(qz)_kl - cov(pz)_kl)^2, with unbiased
+    covariances (divided by n - 1).
+
+    Args:
+        qz: Codes, [n, z_dim], n >= 2.
+        pz: Prior samples, [n, z_dim].
+
+    Returns:
+        The scalar loss.
+    """
+    def moments(z):
+        mean = tf.reduce_mean(z, axis=0, keepdims=True)  # [1, z_dim]
+        centred = z - mean
+        count = tf.cast(tf.shape(z)[0], z.dtype)
+        return mean, tf.matmul(centred, centred, transpose_a=True) / (count - 1.0)  # [d, d]
+    mean_q, cov_q = moments(qz)
+    mean_p, cov_p = moments(pz)
+    return tf.reduce_mean(tf.square(mean_q - mean_p)) + tf.reduce_mean(tf.square(cov_q - cov_p))
 
 
 def random_directions(z_dim, num, seed):

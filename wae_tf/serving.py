@@ -63,9 +63,13 @@ class WAEModule(tf.Module):
         self.sample = function(self._sample, input_signature=[seed_spec])
 
     def _encode(self, images):
-        """images [N,H,W,C] in [0,1] -> z [N,z_dim] (the posterior mean if Gaussian)."""
+        """images [N,H,W,C] in [0,1] -> z [N,z_dim] (the posterior mean if Gaussian, with its
+        log-variance z_log_var [N,z_dim])."""
         with tf.control_dependencies([_check_images(images, self._image_shape)]):
-            return {"z": networks.encoder_mean(self._models.encoder, images)}
+            out = self._models.encoder(images, training=False)
+            if isinstance(out, (list, tuple)):
+                return {"z": out[0], "z_log_var": out[1]}
+            return {"z": out}
 
     def _decode(self, z):
         """z [N,z_dim] -> images [N,H,W,C] in [0,1]."""

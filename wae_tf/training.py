@@ -13,7 +13,9 @@ from wae_tf import regularizers
 from wae_tf.config import Config
 
 # Tags folded into the per-step seed so that each random draw has its own stream.
-_NOISE, _PRIOR, _EPS, _DIRECTIONS = 1, 2, 3, 4
+_NOISE, _PRIOR, _EPS, _DIRECTIONS, _PRETRAIN = 1, 2, 3, 4, 5
+# Encoder pre-training stops once its loss is below this (the paper's code).
+PRETRAIN_TARGET = 0.1
 
 
 @dataclasses.dataclass
@@ -47,8 +49,9 @@ def learning_rate_multiplier(schedule: str, epoch, num_epochs: int):
     if schedule == "manual":  # x1/2 from epoch 30, x1/10 from 50, x1/100 from 100.
         return tf.where(epoch >= 100, 0.01, tf.where(epoch >= 50, 0.1,
                                                       tf.where(epoch >= 30, 0.5, 1.0)))
-    if schedule == "smooth":  # divided by 100^(1/E) each epoch: 100x lower at the last one.
-        return tf.pow(100.0, -epoch / float(max(num_epochs, 1)))
+    if schedule == "smooth":  # divided by 100^(1/E) at the start of every epoch, the first
+        # included (the paper code's `manual_smooth`): 100x lower in the last one.
+        return tf.pow(100.0, -(epoch + 1.0) / float(max(num_epochs, 1)))
     return tf.constant(1.0)
 
 
@@ -135,13 +138,42 @@ def replica_slice(global_tensor, local_batch):
     return global_tensor[replica_id * local_batch:(replica_id + 1) * local_batch]
 
 
+# The Gaussian encoder's log-variance is clipped to this range, as in the paper's code.
+LOG_VAR_LIMIT = 50.0
+
+
 def encode(config: Config, encoder, images, eps, training: bool):
     """Codes z [b, z_dim] (sampled for a Gaussian encoder), mean and log-variance (or None)."""
     out = encoder(images, training=training)
     if config.encoder == "gaussian":
         mean, log_var = out  # [b, z_dim] each
+        log_var = tf.clip_by_value(log_var, -LOG_VAR_LIMIT, LOG_VAR_LIMIT)
         return mean + tf.exp(0.5 * log_var) * eps, mean, log_var
     return out, out, None
+
+
+def encoder_eps(config: Config, step, global_batch, local):
+    """This replica's N(0, I) draws [local, z_dim] for a Gaussian encoder's codes, else None."""
+    if config.encoder != "gaussian":
+        return None
+    return replica_slice(tf.random.stateless_normal([global_batch, config.z_dim],
+                                                    step_seed(config.seed, step, _EPS)), local)
+
+
+def noisy_inputs(config: Config, images, step, global_batch):
+    """The encoder's training inputs: images [b, H, W, C] plus N(0, input_noise^2) truncated at
+    2 std (the paper code's `add_noise`), input_noise in --pixel_range units."""
+    if config.input_noise <= 0:
+        return images
+    shape = tf.concat([[global_batch], tf.shape(images)[1:]], 0)
+    noise = tf.random.stateless_truncated_normal(shape, step_seed(config.seed, step, _NOISE))
+    scale = config.input_noise / config.pixel_scale  # the images here are in [0, 1]
+    return images + scale * replica_slice(noise, tf.shape(images)[0])
+
+
+def imq_base(config: Config) -> float:
+    """The IMQ kernel's base constant: E||z - z'||^2 under the prior."""
+    return regularizers.prior_squared_distance(config.prior, config.z_dim, config.prior_scale)
 
 
 def latent_penalty(config: Config, state: TrainState, latent: dict):
@@ -158,7 +190,7 @@ def latent_penalty(config: Config, state: TrainState, latent: dict):
         qz = ctx.all_gather(latent["z"], axis=0)  # [B, z_dim]
         pz = latent["pz_global"]  # [B, z_dim]
         if config.regularizer == "mmd":
-            value = regularizers.mmd_penalty(qz, pz, config.kernel, config.prior_scale,
+            value = regularizers.mmd_penalty(qz, pz, config.kernel, imq_base(config),
                                              config.rbf_sigma2)
         else:
             directions = regularizers.random_directions(
@@ -176,25 +208,21 @@ def latent_penalty(config: Config, state: TrainState, latent: dict):
 def ae_gradients(config: Config, state: TrainState, images, step):
     """Losses and auto-encoder gradients of this replica's images [b, H, W, C].
 
-    Returns (grads, metrics, codes z [b, z_dim], prior sample of the global batch [B, z_dim]);
-    summing grads and metrics over replicas gives those of the global batch.
+    Returns (grads, metrics, the encoder's inputs [b, H, W, C], the prior sample of the global
+    batch [B, z_dim]); summing grads and metrics over replicas gives those of the global batch.
     """
     ctx = tf.distribute.get_replica_context()
     local = tf.shape(images)[0]
     global_batch = local * ctx.num_replicas_in_sync
-    draw = lambda tag, shape: replica_slice(  # noqa: E731
-        tf.random.stateless_normal(shape, step_seed(config.seed, step, tag)), local)
-    inputs = images
-    if config.input_noise > 0:
-        noise = draw(_NOISE, tf.concat([[global_batch], tf.shape(images)[1:]], 0))
-        inputs = images + config.input_noise * noise
-    eps = draw(_EPS, [global_batch, config.z_dim]) if config.encoder == "gaussian" else None
+    inputs = noisy_inputs(config, images, step, global_batch)
+    eps = encoder_eps(config, step, global_batch, local)
     pz_global = regularizers.sample_prior(config.prior, global_batch, config.z_dim,
                                           config.prior_scale, step_seed(config.seed, step, _PRIOR))
     with tf.GradientTape() as tape:
         z, mean, log_var = encode(config, state.encoder, inputs, eps, training=True)
         recon = state.decoder(z, training=True)  # [b, H, W, C]
-        recon_share = tf.reduce_sum(regularizers.reconstruction_cost(images, recon, config.recon))
+        recon_share = tf.reduce_sum(regularizers.reconstruction_cost(
+            images, recon, config.recon, config.pixel_scale))
         recon_share /= tf.cast(global_batch, tf.float32)
         latent = dict(z=z, mean=mean, log_var=log_var, pz_global=pz_global,
                       global_batch=global_batch,
@@ -203,22 +231,26 @@ def ae_gradients(config: Config, state: TrainState, images, step):
         loss_share = recon_share + config.lambda_reg * penalty_share
         scaled_loss = state.ae_optimizer.scale_loss(loss_share)  # identity unless mixed_float16
     grads = tape.gradient(scaled_loss, state.ae_variables)
-    return grads, dict(loss=loss_share, recon=recon_share, penalty=penalty_share), z, pz_global
+    metrics = dict(loss=loss_share, recon=recon_share, penalty=penalty_share)
+    return grads, metrics, inputs, pz_global
 
 
 def train_step(config: Config, state: TrainState, images, step) -> Dict[str, tf.Tensor]:
     """One optimisation step on this replica's images [b, H, W, C]; returns its loss shares.
 
-    The discriminator (gan) learns from the same codes in its own tape, then both optimizers
-    apply their (all-reduced) gradients.
+    The auto-encoder's (all-reduced) gradients are applied first; for gan the discriminator
+    then learns from the codes of the updated encoder (a second encoder pass on the same
+    inputs), as the paper's code does in its two session runs.
     """
-    grads, metrics, z, pz_global = ae_gradients(config, state, images, step)
+    grads, metrics, inputs, pz_global = ae_gradients(config, state, images, step)
+    state.ae_optimizer.apply_gradients(zip(grads, state.ae_variables))
     if state.discriminator is not None:
         local = tf.shape(images)[0]
+        eps = encoder_eps(config, step, tf.shape(pz_global)[0], local)  # the same draws
+        z = encode(config, state.encoder, inputs, eps, training=True)[0]
         metrics["disc_loss"] = discriminator_update(
             state, replica_slice(pz_global, local), tf.stop_gradient(z),
             local * tf.distribute.get_replica_context().num_replicas_in_sync)
-    state.ae_optimizer.apply_gradients(zip(grads, state.ae_variables))
     return metrics
 
 
@@ -255,3 +287,52 @@ def make_train_fn(config: Config, state: TrainState, strategy) -> Callable:
         return metrics
 
     return train_fn
+
+
+# ----------------------------------------------------------------------------- pre-training
+
+
+def make_pretrain_fn(config: Config, state: TrainState, strategy) -> Callable:
+    """A tf.function: one distributed step of the encoder pre-training of the paper's code (its
+    own Adam at --learning_rate, beta1 --adam_beta1): the codes of the global batch are moved
+    towards the prior's mean and covariance (regularizers.moment_matching_loss)."""
+    variables = state.encoder.trainable_variables
+    with strategy.scope():
+        optimizer = keras.optimizers.Adam(config.learning_rate, beta_1=config.adam_beta1,
+                                          beta_2=config.adam_beta2, name="pretrain_adam")
+        optimizer.build(variables)  # eagerly, in scope (keras issue 23085)
+
+    def replica_step(images, step):
+        ctx = tf.distribute.get_replica_context()
+        local = tf.shape(images)[0]
+        global_batch = local * ctx.num_replicas_in_sync
+        seed = step_seed(config.seed, -1 - step, _PRETRAIN)  # steps < 0: never training's
+        inputs = noisy_inputs(config, images, -1 - step, global_batch)
+        pz = regularizers.sample_prior(config.prior, global_batch, config.z_dim,
+                                       config.prior_scale, seed)
+        with tf.GradientTape() as tape:
+            z = encode(config, state.encoder, inputs,
+                       encoder_eps(config, -1 - step, global_batch, local), training=True)[0]
+            loss = regularizers.moment_matching_loss(ctx.all_gather(z, axis=0), pz)
+            share = loss / tf.cast(ctx.num_replicas_in_sync, loss.dtype)
+        optimizer.apply_gradients(zip(tape.gradient(share, variables), variables))
+        return share
+
+    @tf.function
+    def pretrain_fn(iterator, step):
+        per_replica = strategy.run(replica_step, args=(next(iterator), step))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    return pretrain_fn
+
+
+def pretrain_encoder(config: Config, state: TrainState, strategy, iterator) -> list:
+    """Run up to --encoder_pretrain_steps steps on batches of `iterator`, stopping once the loss
+    is under PRETRAIN_TARGET; returns the losses."""
+    pretrain_fn = make_pretrain_fn(config, state, strategy)
+    losses = []
+    for step in range(config.encoder_pretrain_steps):
+        losses.append(float(pretrain_fn(iterator, tf.constant(step, tf.int64))))
+        if losses[-1] < PRETRAIN_TARGET:
+            break
+    return losses

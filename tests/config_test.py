@@ -60,8 +60,24 @@ def test_flagfiles_carry_the_paper_settings():
     celeba = _parse("--flagfile=flags/celeba_wae_gan.cfg")
     assert (celeba.z_dim, celeba.lambda_reg, celeba.learning_rate, celeba.prior_scale ** 2) == (
         64, 1.0, 3e-4, pytest.approx(2.0))
+    assert (celeba.pixel_range, celeba.encoder, celeba.input_noise, celeba.encoder_pretrain_steps,
+            celeba.encoder_pretrain_batch, celeba.init_std) == (
+                "symmetric", "deterministic", 0.01, 200, 256, 0.01)  # the paper code's
+    assert (gan.input_noise, gan.encoder_pretrain_batch, gan.pixel_range) == (0.01, 1000, "unit")
     vae = _parse("--flagfile=flags/fashion_mnist_vae.cfg")
-    assert (vae.regularizer, vae.encoder, vae.dataset) == ("kl", "gaussian", "fashion_mnist")
+    assert (vae.regularizer, vae.encoder, vae.dataset, vae.recon, vae.lambda_reg,
+            vae.input_noise) == ("kl", "gaussian", "fashion_mnist", "bernoulli", 1.0, 0.0)
+    gaussian_vae = _parse("--flagfile=flags/compare_vae_lambda01.cfg")
+    assert (gaussian_vae.recon, gaussian_vae.lambda_reg) == ("l2sq", 0.1)
+
+
+def test_paper_settings_that_do_not_fit_are_refused():
+    with pytest.raises(ConfigError, match="bernoulli"):
+        Config(train_steps=1, recon="bernoulli", pixel_range="symmetric").validate()
+    with pytest.raises(ConfigError, match="--prior=normal"):
+        Config(train_steps=1, encoder="gaussian", prior="sphere").validate()
+    with pytest.raises(ConfigError, match="batchnorm_epsilon"):
+        Config(train_steps=1, batchnorm_epsilon=0.0).validate()
 
 
 def test_command_line_overrides_the_flagfile():

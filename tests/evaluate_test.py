@@ -56,10 +56,31 @@ def test_metrics_json_has_every_field_with_its_counts(trained):
     assert saved["test_recon_cost"]["num_images"] == 20
     assert saved["precision"]["k"] == 3 and 0 <= saved["precision"]["value"] <= 1
     assert saved["mmd_codes_prior"]["num_codes"] == 20
+    assert saved["mmd_codes_prior"]["codes"] == "deterministic codes"
     assert (saved["seed"], saved["num_samples"], saved["step"]) == (3, 20, 2)
     for name in FIGURES:
         assert os.path.getsize(os.path.join(eval_dir, name)) > 0, name
     assert any(n.startswith("events.out.tfevents") for n in os.listdir(eval_dir))
+
+
+def test_the_mmd_of_a_gaussian_encoder_uses_sampled_codes():
+    """Q_Z of a Gaussian encoder is the aggregate posterior: codes mean + sigma * eps, not the
+    means (a VAE's means alone sit far inside the prior)."""
+    config = tiny_config(encoder="gaussian", regularizer="kl", z_dim=4)
+    model = evaluation.Autoencoder(
+        encode=lambda x: np.zeros([x.shape[0], 4], np.float32),
+        decode=lambda z: np.full([z.shape[0], 28, 28, 1], 0.5, np.float32), config=config,
+        image_shape=(28, 28, 1), step=1, source="test",
+        encode_log_var=lambda x: np.zeros([x.shape[0], 4], np.float32))  # sigma 1: Q_Z = P_Z
+    images = np.zeros([600, 28, 28, 1], np.float32)
+    outputs = evaluation.run_model(model, images, num_samples=10, seed=0)
+    assert np.all(outputs["codes"] == 0)
+    assert outputs["q_codes"].std() == pytest.approx(1.0, rel=0.05)
+    sampled = evaluation._latent_and_sharpness_metrics(config, outputs, images[:10], seed=0)
+    means = evaluation._latent_and_sharpness_metrics(
+        config, dict(outputs, q_codes=outputs["codes"]), images[:10], seed=0)
+    assert sampled["mmd_codes_prior"]["codes"].startswith("sampled")
+    assert abs(sampled["mmd_codes_prior"]["value"]) < 0.1 * means["mmd_codes_prior"]["value"]
 
 
 @pytest.mark.numerics

@@ -151,3 +151,29 @@ def test_the_export_is_plain_keras_whatever_layers_training_used(exported):
     np.testing.assert_allclose(served["z"], z, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(served["images"], state.decoder(z, training=False), rtol=1e-5,
                                atol=1e-6)
+
+
+def test_a_gaussian_export_encodes_the_log_variance_too(exported):
+    """Q_Z of a Gaussian encoder is sampled from its mean and log-variance (evaluate's MMD)."""
+    _, path, state = exported
+    images = tf.random.stateless_uniform([3, 28, 28, 1], seed=[3, 4])
+    served = tf.saved_model.load(path).signatures["encode"](images=images)
+    np.testing.assert_allclose(served["z_log_var"], state.encoder(images, training=False)[1],
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_a_symmetric_pixel_range_export_keeps_the_unit_range_contract(tmp_path):
+    """Trained on [-1, 1] with a tanh output, served on [0, 1] in and out: the export maps."""
+    config = tiny_config(pixel_range="symmetric")
+    state = training.create_state(config, (28, 28, 1), steps_per_epoch=1, num_epochs=1)
+    path = serving.export_saved_model(state.encoder, state.decoder, config, (28, 28, 1),
+                                      str(tmp_path), 1)
+    signatures = tf.saved_model.load(path).signatures
+    images = tf.random.stateless_uniform([4, 28, 28, 1], seed=[5, 6])
+    served = signatures["reconstruct"](images=images)
+    np.testing.assert_allclose(served["images"], state.decoder(state.encoder(images)), atol=1e-6)
+    z = tf.random.stateless_normal([6, config.z_dim], seed=[7, 8], stddev=30.0)  # tanh saturates
+    decoded = signatures["decode"](z=z)["images"].numpy()
+    assert 0 <= decoded.min() < 0.1 and 0.9 < decoded.max() <= 1
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"\[0, 1\]"):
+        signatures["encode"](images=images * 2 - 1)  # [-1, 1] input is refused: the contract

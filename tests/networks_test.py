@@ -80,3 +80,42 @@ def test_networks_are_plain_keras_layers_by_default():
         networks.make_encoder(config, (28, 28, 1)), networks.make_decoder(config, (28, 28, 1)))
         for layer in model.layers}
     assert kinds == {"keras"}
+
+
+def test_symmetric_pixel_range_maps_in_and_out_of_minus_one_one():
+    """--pixel_range=symmetric: the encoder's first layer is 2x - 1 and the decoder's output is
+    (tanh(a) + 1) / 2, so both models still take and give images in [0, 1]."""
+    config = tiny_config(pixel_range="symmetric")
+    encoder = networks.make_encoder(config, (28, 28, 1))
+    decoder = networks.make_decoder(config, (28, 28, 1))
+    images = tf.constant([[[[0.0]] * 28] * 28, [[[1.0]] * 28] * 28])  # [2, 28, 28, 1]
+    np.testing.assert_allclose(encoder.get_layer("to_symmetric")(images).numpy()[:, 0, 0, 0],
+                               [-1.0, 1.0])
+    z = tf.random.normal([5, config.z_dim], stddev=30.0)  # saturates tanh at both ends
+    pre = tf.keras.Model(decoder.input, decoder.get_layer("out_conv").output)(z)
+    np.testing.assert_allclose(decoder(z).numpy(), (np.tanh(pre.numpy()) + 1) / 2, atol=1e-6)
+    assert float(tf.reduce_min(decoder(z))) >= 0 and float(tf.reduce_max(decoder(z))) <= 1
+
+
+@pytest.mark.parametrize("prior, scale", [("sphere", 1.0), ("sphere", 3.0), ("uniform", 2.0)])
+def test_deterministic_codes_lie_on_the_priors_support(prior, scale):
+    config = tiny_config(prior=prior, prior_scale=scale)
+    codes = networks.make_encoder(config, (28, 28, 1))(
+        tf.random.uniform([6, 28, 28, 1]), training=True).numpy()
+    if prior == "sphere":
+        np.testing.assert_allclose(np.linalg.norm(codes, axis=1), scale, rtol=1e-5)
+    else:
+        assert np.all(np.abs(codes) <= scale) and np.abs(codes).max() > 0
+
+
+def test_paper_initialisation_and_batchnorm_settings():
+    config = tiny_config(width_divisor=4, init_std=0.01)
+    encoder = networks.make_encoder(config, (28, 28, 1))
+    kernel = encoder.get_layer("enc2_conv").kernel.numpy()  # 4*4*64*128 = 131,072 weights
+    assert abs(kernel.std() - 0.01) < 0.0005 and abs(kernel.mean()) < 0.0005
+    assert not np.any(encoder.get_layer("z").bias.numpy())
+    bn = encoder.get_layer("enc0_bn")
+    assert (bn.momentum, bn.epsilon) == (0.9, 1e-5)  # the paper's code (and PyTorch's defaults)
+    glorot = networks.make_encoder(tiny_config(width_divisor=4), (28, 28, 1))
+    limit = np.sqrt(6 / (16 * 64 + 16 * 128))  # Glorot uniform: sqrt(6 / (fan_in + fan_out))
+    assert np.abs(glorot.get_layer("enc2_conv").kernel.numpy()).max() <= limit

@@ -20,7 +20,8 @@ from wae_tf import loop
 METRIC_FIELDS = ("test_recon_cost", "test_mse_per_pixel", "fid", "precision", "recall",
                  "classifier_test_accuracy", "mmd_codes_prior", "sharpness_samples",
                  "sharpness_reconstructions", "sharpness_test_images")
-FIGURES = ("reconstructions.png", "samples.png", "interpolations.png", "latent_scatter.png")
+FIGURES = ("reconstructions.png", "samples.png", "interpolations.png", "latent_scatter.png",
+           "samples_fitted.png")
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +58,9 @@ def test_metrics_json_has_every_field_with_its_counts(trained):
     assert saved["precision"]["k"] == 3 and 0 <= saved["precision"]["value"] <= 1
     assert saved["mmd_codes_prior"]["num_codes"] == 20
     assert saved["mmd_codes_prior"]["codes"] == "deterministic codes"
+    for name in ("fid", "precision", "recall"):  # the fitted latent sampler's, beside the prior's
+        fitted = saved[f"{name}_fitted_sampler"]
+        assert np.isfinite(fitted["value"]) and fitted["num_samples"] == 20, name
     assert (saved["seed"], saved["num_samples"], saved["step"]) == (3, 20, 2)
     for name in FIGURES:
         assert os.path.getsize(os.path.join(eval_dir, name)) > 0, name

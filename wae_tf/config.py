@@ -144,6 +144,10 @@ class Config:
     image_every: int = _field(1000, "Log reconstruction and sample grids every this many steps.")
     export_dir: str = _field("", "Base directory of the SavedModel export; default <workdir>/export.")
     export: bool = _field(True, "Export a SavedModel at the end of training.")
+    sampler_components: int = _field(10, "After training, fit a Gaussian mixture of this many "
+                                     "full-covariance components to the training codes (a "
+                                     "fitted latent sampler: the export's sample_fitted); 0 = "
+                                     "none.")
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -173,7 +177,8 @@ class Config:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"--{name} must be positive, got {getattr(self, name)}.")
         for name in ("lambda_reg", "input_noise", "rbf_sigma2", "train_steps", "epochs",
-                     "cpu_devices", "image_size", "init_std", "encoder_pretrain_steps"):
+                     "cpu_devices", "image_size", "init_std", "encoder_pretrain_steps",
+                     "sampler_components"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}.")
         if not 0 < self.batchnorm_epsilon < 1:

@@ -5,8 +5,9 @@ Metrics (each stored with the counts and seeds it was computed from): the test r
 cost (the training cost, per image) and MSE per pixel; FID, precision and recall (k = 3) of
 decoded prior samples against test images in the feature space of wae_tf.classifier, with its
 test accuracy; MMD between the test codes (sampled z = mean + sigma*eps for a Gaussian encoder:
-the aggregate posterior Q_Z) and prior samples; the Laplacian-variance
-sharpness of samples, reconstructions and test images.
+the aggregate posterior Q_Z) and prior samples; the Laplacian-variance sharpness of samples,
+reconstructions and test images. With a fitted latent sampler (wae_tf.latent_sampler) FID,
+precision and recall of its samples too (`*_fitted_sampler`).
 """
 
 import dataclasses
@@ -24,6 +25,7 @@ from wae_tf import classifier as classifier_lib
 from wae_tf import config as config_lib
 from wae_tf import data
 from wae_tf import figures
+from wae_tf import latent_sampler
 from wae_tf import fileio
 from wae_tf import metrics
 from wae_tf import networks
@@ -52,6 +54,8 @@ class Autoencoder:
     source: str
     # Gaussian encoders: images -> float32 [b, z_dim] log-variances of the posterior.
     encode_log_var: Optional[Callable] = None
+    # With a fitted latent sampler: int64 seeds [b] -> images [b, H, W, C] decoded from it.
+    sample_fitted: Optional[Callable] = None
 
 
 def load_from_workdir(workdir: str) -> Autoencoder:
@@ -63,8 +67,14 @@ def load_from_workdir(workdir: str) -> Autoencoder:
     log_var = None
     if run.config.encoder == "gaussian":
         log_var = tf.function(lambda x: encoder(x, training=False)[1])
+    mixture = latent_sampler.maybe_load(os.path.join(workdir, latent_sampler.FILE))
+    fitted = None
+    if mixture is not None:
+        tensors = latent_sampler.as_tensors(mixture)
+        fitted = tf.function(lambda seeds: decoder(
+            latent_sampler.sample_per_seed(tensors, seeds), training=False))
     return Autoencoder(encode, decode, run.config, run.image_shape, run.step, run.checkpoint_path,
-                       log_var)
+                       log_var, fitted)
 
 
 def load_from_saved_model(path: str) -> Autoencoder:
@@ -77,11 +87,15 @@ def load_from_saved_model(path: str) -> Autoencoder:
     images_spec = encode_sig.structured_input_signature[1]["images"]  # [None, H, W, C]
     image_shape = tuple(int(d) for d in images_spec.shape[1:])
     base = os.path.basename(os.path.normpath(path))
-    log_var = None
+    log_var = fitted = None
     if "z_log_var" in encode_sig.structured_outputs:
         log_var = lambda x: encode_sig(images=x)["z_log_var"]  # noqa: E731
+    if "sample_fitted" in loaded.signatures:
+        fitted_sig = loaded.signatures["sample_fitted"]
+        fitted = lambda seeds: fitted_sig(seed=seeds)["images"]  # noqa: E731
     return Autoencoder(lambda x: encode_sig(images=x)["z"], lambda z: decode_sig(z=z)["images"],
-                       config, image_shape, int(base) if base.isdigit() else -1, path, log_var)
+                       config, image_shape, int(base) if base.isdigit() else -1, path, log_var,
+                       fitted)
 
 
 def _batched(fn: Callable, array: np.ndarray) -> np.ndarray:
@@ -116,7 +130,11 @@ def run_model(model: Autoencoder, test_images: np.ndarray, num_samples: int, see
         log_var = np.clip(_batched(model.encode_log_var, test_images), -50.0, 50.0)
         eps = np.random.default_rng([seed, _EPS_TAG]).standard_normal(codes.shape)
         sampled = (codes + np.exp(0.5 * log_var) * eps).astype(np.float32)
-    return dict(codes=codes, recon=recon, samples=_batched(model.decode, z), q_codes=sampled)
+    outputs = dict(codes=codes, recon=recon, samples=_batched(model.decode, z), q_codes=sampled)
+    if model.sample_fitted is not None:  # seeds of their own, one per image
+        seeds = np.arange(num_samples, dtype=np.int64) + np.int64(seed) * 10 ** 9
+        outputs["fitted_samples"] = _batched(model.sample_fitted, seeds)
+    return outputs
 
 
 def _reconstruction_metrics(config: Config, images, recon) -> dict:
@@ -173,6 +191,10 @@ def compute_metrics(model: Autoencoder, test: data.ImageData, classifier, num_sa
                    regularizer=model.config.regularizer, num_samples=num_samples, seed=seed)
     results.update(_reconstruction_metrics(model.config, test_images, outputs["recon"]))
     results.update(_feature_metrics(classifier, test_images, outputs["samples"], seed))
+    if "fitted_samples" in outputs:  # the same metrics for the fitted latent sampler's images
+        fitted = _feature_metrics(classifier, test_images, outputs["fitted_samples"], seed)
+        results.update({f"{name}_fitted_sampler": dict(value, sampler="gaussian mixture")
+                        for name, value in fitted.items() if name != "classifier_test_accuracy"})
     results.update(_latent_and_sharpness_metrics(model.config, outputs, test_images, seed))
     return results, outputs, test_images, labels
 

@@ -68,11 +68,15 @@ def scatter_image(points, labels, size: int = 400, margin: int = 12, dot: int = 
 
 def make_figures(model, outputs: dict, test_images, labels) -> dict:
     """name -> figure: test images beside reconstructions, samples, interpolations (with the
-    images' channels), and the RGB scatter of codes."""
-    return {
+    images' channels), and the RGB scatter of codes; samples of the fitted latent sampler too
+    where there is one."""
+    found = {
         "reconstructions": visualize.side_by_side(test_images[:NUM_SHOWN],
                                                   outputs["recon"][:NUM_SHOWN]),
         "samples": visualize.image_grid(outputs["samples"][:64]),
         "interpolations": interpolation_grid(model.decode, outputs["codes"], test_images),
         "latent_scatter": scatter_image(project_2d(outputs["codes"]), labels),
     }
+    if "fitted_samples" in outputs:
+        found["samples_fitted"] = visualize.image_grid(outputs["fitted_samples"][:64])
+    return found

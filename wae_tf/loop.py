@@ -14,6 +14,7 @@ from wae_tf import checkpoints
 from wae_tf import cluster
 from wae_tf import data
 from wae_tf import fileio
+from wae_tf import latent_sampler
 from wae_tf import metrics as metrics_lib
 from wae_tf import networks
 from wae_tf import regularizers
@@ -24,6 +25,7 @@ from wae_tf.config import Config
 from wae_tf.errors import ConfigError, NonFiniteLossError, Preempted
 
 NUM_IMAGES_LOGGED = 64
+SAMPLER_FIT_LIMIT = 60000  # training images whose codes the latent sampler is fitted to
 _SAMPLES_SEED = 12345  # the logged prior samples: the same codes at every step
 
 
@@ -153,7 +155,7 @@ def train_and_evaluate(config: Config, workdir: str, strategy=None, data_overrid
         test_set.write_images(config, step, png_dir=workdir if chief else "")
     writer.flush()
     results.update({f"train_{k}": v for k, v in train_metrics.items()}, step=step)
-    _finish(config, state, strategy, workdir, train.image_shape, results)
+    _finish(config, state, strategy, workdir, train.image_shape, results, train)
     return results
 
 
@@ -168,15 +170,42 @@ def _pretrain(config: Config, state: training.TrainState, strategy, train) -> No
                  len(losses), batch, losses[0], losses[-1])
 
 
-def _finish(config, state, strategy, workdir, image_shape, results) -> None:
-    """results.json and the export (the chief's), then the other workers' copies removed."""
+def fit_latent_sampler(config: Config, encoder, train, workdir: str, step: int):
+    """The fitted latent sampler (--sampler_components): a Gaussian mixture of the codes of at
+    most SAMPLER_FIT_LIMIT training images (a seeded subset), saved as <workdir>/latent_sampler.FILE."""
+    subset = data.materialize(train, SAMPLER_FIT_LIMIT, config.seed)
+    if subset.num_examples > SAMPLER_FIT_LIMIT:
+        keep = np.random.default_rng(config.seed).choice(subset.num_examples, SAMPLER_FIT_LIMIT,
+                                                         replace=False)
+        subset = data.ImageData(subset.images[np.sort(keep)], subset.labels[np.sort(keep)],
+                                subset.name)
+    encode = tf.function(lambda x: networks.encoder_mean(encoder, x), autograph=False)
+    codes = np.concatenate([encode(images).numpy() for images, _ in
+                            data.make_eval_dataset(subset, 500)])
+    components = min(config.sampler_components, len(codes))  # a tiny split: fewer components
+    mixture = latent_sampler.fit_gmm(codes, components, config.seed)
+    log_likelihood = mixture.log_likelihood(codes)
+    latent_sampler.save(mixture, os.path.join(workdir, latent_sampler.FILE), step=step,
+                        num_codes=int(len(codes)), mean_log_likelihood=log_likelihood)
+    logging.info("Fitted a %d-component Gaussian mixture to %d training codes (mean "
+                 "log-likelihood %.3f).", components, len(codes), log_likelihood)
+    return mixture
+
+
+def _finish(config, state, strategy, workdir, image_shape, results, train) -> None:
+    """results.json, the fitted latent sampler and the export (the chief's), then the other
+    workers' copies removed."""
     logging.info("Finished at step %d: %s", results["step"], json.dumps(results))
+    mixture = None
     if cluster.is_chief(strategy):
         fileio.write_json(os.path.join(workdir, "results.json"), results)
+        if config.sampler_components:
+            mixture = fit_latent_sampler(config, state.encoder, train, workdir, results["step"])
     export_base = config.export_dir or os.path.join(workdir, "export")
     if config.export:
         serving.export_saved_model(state.encoder, state.decoder, config, image_shape,
-                                  cluster.write_dir(export_base, strategy), results["step"])
+                                   cluster.write_dir(export_base, strategy), results["step"],
+                                   mixture)
     cluster.cleanup_worker_dirs([os.path.join(workdir, "checkpoints"), export_base], strategy)
 
 

@@ -11,6 +11,7 @@ from absl import logging
 from wae_tf import checkpoints
 from wae_tf import config as config_lib
 from wae_tf import fileio
+from wae_tf import latent_sampler
 from wae_tf import networks
 from wae_tf import regularizers
 from wae_tf.config import Config
@@ -43,7 +44,7 @@ class _Untracked:
 class WAEModule(tf.Module):
     """Serving signatures of a trained WAE; batch dimension None, float32 or int64 tensors."""
 
-    def __init__(self, encoder, decoder, config: Config, image_shape):
+    def __init__(self, encoder, decoder, config: Config, image_shape, mixture=None):
         super().__init__(name="wae")
         # Track the raw tf.Variables, not the Keras models: Keras 3 variables saved through the
         # models are stored twice, and the TF1 loader that TF Serving and saved_model_cli use
@@ -61,6 +62,10 @@ class WAEModule(tf.Module):
         self.decode = function(self._decode, input_signature=[z_spec])
         self.reconstruct = function(self._reconstruct, input_signature=[images_spec])
         self.sample = function(self._sample, input_signature=[seed_spec])
+        self.sample_fitted = None
+        if mixture is not None:  # constants of the graph: the mixture is part of the export
+            self._mixture = latent_sampler.as_tensors(mixture)
+            self.sample_fitted = function(self._sample_fitted, input_signature=[seed_spec])
 
     def _encode(self, images):
         """images [N,H,W,C] in [0,1] -> z [N,z_dim] (the posterior mean if Gaussian, with its
@@ -94,9 +99,19 @@ class WAEModule(tf.Module):
         return {"images": self._models.decoder(z, training=False)}
 
 
+    def _sample_fitted(self, seed):
+        """seed int64 [N] -> images [N,H,W,C] decoded from draws of the Gaussian mixture fitted
+        to the training codes; one seed, one image, as `sample`."""
+        z = latent_sampler.sample_per_seed(self._mixture, seed)
+        return {"images": self._models.decoder(z, training=False)}
+
+
 def signatures(module: WAEModule) -> dict:
-    return {"serving_default": module.reconstruct, "reconstruct": module.reconstruct,
-            "encode": module.encode, "decode": module.decode, "sample": module.sample}
+    found = {"serving_default": module.reconstruct, "reconstruct": module.reconstruct,
+             "encode": module.encode, "decode": module.decode, "sample": module.sample}
+    if module.sample_fitted is not None:
+        found["sample_fitted"] = module.sample_fitted
+    return found
 
 
 def serving_networks(encoder, decoder, config: Config, image_shape) -> networks.Models:
@@ -109,16 +124,17 @@ def serving_networks(encoder, decoder, config: Config, image_shape) -> networks.
 
 
 def export_saved_model(encoder, decoder, config: Config, image_shape, base_dir: str,
-                       version: int) -> str:
+                       version: int, mixture=None) -> str:
     """Save the trained networks as `<base_dir>/<version>` (TF Serving's layout) atomically;
     return its path.
 
     The SavedModel holds plain Keras layers (serving_networks). It is written to a temporary
     sibling directory and renamed into place, so a crash mid-write never leaves a partial
-    version where TF Serving would load it.
+    version where TF Serving would load it. With `mixture` (latent_sampler.GaussianMixture) it
+    also serves `sample_fitted`.
     """
     plain = serving_networks(encoder, decoder, config, image_shape)
-    module = WAEModule(plain.encoder, plain.decoder, config, image_shape)
+    module = WAEModule(plain.encoder, plain.decoder, config, image_shape, mixture)
     final_dir = os.path.join(base_dir, str(int(version)))
     tmp_dir = fileio.temporary_sibling(final_dir)  # not a number: TF Serving ignores it
     tf.io.gfile.makedirs(tmp_dir)
@@ -154,8 +170,9 @@ def export_from_workdir(workdir: str, export_dir: str = "") -> str:
     """Export the latest checkpoint of a training run; returns the version directory."""
     run = restore_trained_models(workdir)
     base = export_dir or run.config.export_dir or os.path.join(workdir, "export")
+    mixture = latent_sampler.maybe_load(os.path.join(workdir, latent_sampler.FILE))
     return export_saved_model(run.encoder, run.decoder, run.config, run.image_shape, base,
-                              run.step)
+                              run.step, mixture)
 
 
 def latest_version(path: str) -> str:

@@ -156,11 +156,14 @@ def test_pca_projection_keeps_the_largest_variance_direction():
 
 @pytest.mark.parametrize("name", [name for name, _ in comparison.RUNS])
 def test_comparison_runs_share_everything_but_the_penalty(name):
+    """The network, data, budget and optimiser are shared; the VAE baseline also has its own
+    likelihood (Bernoulli) and no input noise (its encoder is stochastic)."""
     base = comparison.parse_flagfile(comparison.flagfile_path("wae_mmd"))
     config = comparison.parse_flagfile(comparison.flagfile_path(name))
-    shared = ("dataset", "width_divisor", "z_dim", "batch_size", "train_steps", "seed", "recon",
-              "learning_rate", "prior")
+    shared = ("dataset", "width_divisor", "z_dim", "batch_size", "train_steps", "seed",
+              "learning_rate", "prior", "init_std", "encoder_pretrain_steps")
     assert [getattr(config, f) for f in shared] == [getattr(base, f) for f in shared]
+    assert config.recon == ("bernoulli" if name == "vae" else "l2sq")
 
 
 def test_comparison_table_has_a_row_per_run():
@@ -168,7 +171,14 @@ def test_comparison_table_has_a_row_per_run():
     metrics["fid"].update(num_samples=10, num_test_images=10, feature_dim=128)
     metrics["precision"]["k"] = 3
     metrics["test_recon_cost"]["num_images"] = 10
-    text = comparison.describe({"vae": (dict(metrics, seed=0, step=5), {"train_wall_time_s": 60}),
-                             "wae_gan": (dict(metrics, seed=0, step=5), {})})
+    metrics["fid_fitted_sampler"] = {"value": 0.25}
+    metrics["precision_fitted_sampler"] = metrics["recall_fitted_sampler"] = {"value": 0.7}
+    other = dict(metrics, fid={**metrics["fid"], "value": 0.7}, seed=0, step=5)
+    text = comparison.describe({
+        "vae": [(dict(metrics, seed=0, step=5), {"train_wall_time_s": 60})],
+        "wae_mmd": [(dict(metrics, seed=0, step=5), {}), (other, {})]})
     rows = [line for line in text.splitlines() if line.startswith("| ")]
-    assert len(rows) == 3 and rows[1].startswith("| VAE | 0.50") and "WAE-GAN" in rows[2]
+    assert len(rows) == 4 and rows[1].startswith("| VAE | 0.50 |") and rows[1].endswith("| 1 |")
+    # Two seeds: FID 0.5 and 0.7 -> mean 0.60, sample std 0.14.
+    assert rows[2].startswith("| WAE-MMD | 0.60 ± 0.14 |") and rows[2].endswith("| 2 |")
+    assert rows[3].startswith("| WAE-MMD + fitted sampler | 0.25 ± 0.00 | 0.700 ± 0.000 |")

@@ -1,17 +1,19 @@
 """The paper's comparison: train VAEs, WAE-MMD, WAE-GAN and WAE-SWD alike, evaluate, tabulate.
 
-    python -m wae_tf.compare --workdir_root=runs/compare
+    python -m wae_tf.compare --workdir_root=runs/compare --train_seeds=0,1,2
 
-Each run trains in <workdir_root>/<name> from flags/compare_<name>.cfg (resuming from its
-checkpoints; a finished run is skipped), is evaluated by wae_tf.evaluation (skipped if its
-eval/metrics.json already has the requested sample count and seed) and lands in one row of
-<workdir_root>/compare.md. Wall times are those this script measured (summed over resumes).
+Each run trains in <workdir_root>/<name>-seed<k> from flags/compare_<name>.cfg with --seed=k
+(resuming from its checkpoints; a finished run is skipped), is evaluated by wae_tf.evaluation
+(skipped if its eval/metrics.json already has the requested sample count and seed), and the
+seeds of a model make one row (mean ± std) of <workdir_root>/compare.md; WAE-MMD's fitted latent
+sampler gets a row too. Wall times are those this script measured (summed over resumes).
 """
 
 import os
 import time
 from typing import Dict, List, Tuple
 
+import numpy as np
 import tensorflow as tf
 from absl import flags
 from absl import logging
@@ -84,23 +86,37 @@ def _value(metrics: dict, key: str) -> float:
     return float(metrics[key]["value"])
 
 
-def table_row(label: str, metrics: dict, timing: dict) -> List[str]:
-    """One markdown row: FID, precision, recall, test recon, sharpness, MMD, times, steps.
-
-    The training time includes the run's own end-of-training test pass and export."""
-    return [label, f"{_value(metrics, 'fid'):.2f}", f"{_value(metrics, 'precision'):.3f}",
-            f"{_value(metrics, 'recall'):.3f}", f"{_value(metrics, 'test_recon_cost'):.3f}",
-            f"{_value(metrics, 'test_mse_per_pixel'):.4f}",
-            f"{_value(metrics, 'sharpness_samples'):.4f}",
-            f"{_value(metrics, 'sharpness_reconstructions'):.4f}",
-            f"{_value(metrics, 'mmd_codes_prior'):.4f}",
-            f"{timing.get('train_wall_time_s', float('nan')) / 60:.1f}",
-            f"{metrics.get('eval_wall_time_s', float('nan')):.0f}",
-            str(metrics.get("step", timing.get("steps", "?")))]
+# (header, metrics key, decimals) of the table's metric columns. MSE per pixel is the
+# reconstruction column: comparable across likelihoods (the Bernoulli VAE's own cost is not).
+COLUMNS = (("FID", "fid", 2), ("precision", "precision", 3), ("recall", "recall", 3),
+           ("test MSE/pixel", "test_mse_per_pixel", 4),
+           ("sharpness samples", "sharpness_samples", 4),
+           ("sharpness recon", "sharpness_reconstructions", 4),
+           ("MMD(Q_Z, P_Z)", "mmd_codes_prior", 4))
+HEADER = ["model", *(header for header, _, _ in COLUMNS), "train min", "eval s", "steps", "seeds"]
+# Keys the fitted latent sampler's row takes from its own samples instead.
+_FITTED = {"fid": "fid_fitted_sampler", "precision": "precision_fitted_sampler",
+           "recall": "recall_fitted_sampler"}
 
 
-HEADER = ["model", "FID", "precision", "recall", "test recon (0.05·‖x−y‖²)", "MSE/pixel",
-          "sharpness samples", "sharpness recon", "MMD(Q_Z, P_Z)", "train min", "eval s", "steps"]
+def _mean_std(values: List[float], decimals: int) -> str:
+    """'m' for one value, 'm ± s' (sample std) for several."""
+    if len(values) == 1:
+        return f"{values[0]:.{decimals}f}"
+    return f"{np.mean(values):.{decimals}f} ± {np.std(values, ddof=1):.{decimals}f}"
+
+
+def table_row(label: str, runs: List[Tuple[dict, dict]], fitted: bool = False) -> List[str]:
+    """One markdown row over the seeds' (metrics, timing): mean ± std of each column; with
+    `fitted`, the sample metrics of the fitted latent sampler. The training time includes the
+    run's own end-of-training test pass, sampler fit and export."""
+    key = lambda k: _FITTED.get(k, k) if fitted else k  # noqa: E731
+    cells = [_mean_std([_value(m, key(k)) for m, _ in runs], d) for _, k, d in COLUMNS]
+    minutes = [t.get("train_wall_time_s", float("nan")) / 60 for _, t in runs]
+    eval_s = [m.get("eval_wall_time_s", float("nan")) for m, _ in runs]
+    steps = sorted({str(m.get("step", t.get("steps", "?"))) for m, t in runs})
+    return [label, *cells, f"{np.mean(minutes):.1f}", f"{np.mean(eval_s):.0f}", "/".join(steps),
+            str(len(runs))]
 
 
 def markdown_table(rows: List[List[str]]) -> str:
@@ -109,35 +125,49 @@ def markdown_table(rows: List[List[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def describe(results: Dict[str, Tuple[dict, dict]]) -> str:
-    """The table plus the counts, seeds and classifier accuracy it was measured with."""
-    rows = [table_row(label, *results[name]) for name, label in RUNS if name in results]
-    any_metrics = next(iter(results.values()))[0]
+def describe(results: Dict[str, List[Tuple[dict, dict]]]) -> str:
+    """The table (a row per model, mean ± std over its training seeds; WAE-MMD's fitted latent
+    sampler in a row of its own) plus the counts, seeds and classifier accuracy behind it."""
+    rows = []
+    for name, label in RUNS:
+        if name in results:
+            rows.append(table_row(label, results[name]))
+            if name == "wae_mmd" and all(_FITTED["fid"] in m for m, _ in results[name]):
+                rows.append(table_row(f"{label} + fitted sampler", results[name], fitted=True))
+    any_metrics = next(iter(results.values()))[0][0]
     fid = any_metrics["fid"]
-    notes = (f"\nFID, precision (k={any_metrics['precision']['k']}) and recall: "
-             f"{fid['num_samples']} prior samples vs {fid['num_test_images']} test images in "
+    notes = (f"\nMean ± sample std over training seeds. FID, precision "
+             f"(k={any_metrics['precision']['k']}) and recall: "
+             f"{fid['num_samples']} samples vs {fid['num_test_images']} test images in "
              f"the feature space ({fid['feature_dim']}-d) of the classifier "
              f"(test accuracy {_value(any_metrics, 'classifier_test_accuracy'):.4f}); "
-             f"evaluation seed {any_metrics['seed']}. Test recon and MSE over "
+             f"evaluation seed {any_metrics['seed']}. Test MSE over "
              f"{any_metrics['test_recon_cost']['num_images']} test images. Sharpness: mean "
              "variance of the 3x3 Laplacian (test images: "
-             f"{_value(any_metrics, 'sharpness_test_images'):.4f}).\n")
+             f"{_value(any_metrics, 'sharpness_test_images'):.4f}). MMD over sampled codes for "
+             "Gaussian encoders.\n")
     return markdown_table(rows) + notes
 
 
+def run_dir(workdir_root: str, name: str, train_seed: int) -> str:
+    return os.path.join(workdir_root, f"{name}-seed{train_seed}")
+
+
 def run_comparison(workdir_root: str, num_samples: int, seed: int, classifier_dir: str,
-                   names=None) -> str:
-    """Train and evaluate every run (resumable); write and return <workdir_root>/compare.md."""
+                   names=None, train_seeds=(0,)) -> str:
+    """Train and evaluate every run at every training seed (resumable, in
+    <workdir_root>/<name>-seed<k>); write and return <workdir_root>/compare.md."""
     names = names or [name for name, _ in RUNS]
     configs = {name: parse_flagfile(flagfile_path(name)) for name in names}
+    runs = [(name, k) for k in train_seeds for name in names]  # every model once per seed first
     timings = {}
-    for name in names:  # all trainings first: a failing evaluation does not cost a training
-        timings[name] = train_run(configs[name], os.path.join(workdir_root, name))
+    for name, k in runs:  # all trainings first: a failing evaluation does not cost a training
+        timings[name, k] = train_run(configs[name].replace(seed=int(k)),
+                                     run_dir(workdir_root, name, k))
     results = {}
-    for name in names:
-        metrics = evaluate_run(os.path.join(workdir_root, name), num_samples, seed,
-                               classifier_dir)
-        results[name] = (metrics, timings[name])
+    for name, k in runs:
+        metrics = evaluate_run(run_dir(workdir_root, name, k), num_samples, seed, classifier_dir)
+        results.setdefault(name, []).append((metrics, timings[name, k]))
     text = describe(results)
     with tf.io.gfile.GFile(os.path.join(workdir_root, "compare.md"), "w") as f:
         f.write(text)

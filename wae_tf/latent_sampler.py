@@ -46,49 +46,71 @@ class GaussianMixture:
                      for k in ("weights", "means", "covariances")))
 
 
-def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
-    top = np.max(x, axis=axis, keepdims=True)
-    return np.squeeze(top, axis) + np.log(np.sum(np.exp(x - top), axis=axis))
-
-
 def _component_log_densities(mixture: GaussianMixture, codes) -> np.ndarray:
     """log w_k + log N(x_i; mu_k, Sigma_k), [n, K]."""
-    x = np.asarray(codes, np.float64)
-    d = x.shape[1]
-    out = np.empty((x.shape[0], len(mixture.weights)))
-    for k, (weight, mean, chol) in enumerate(zip(mixture.weights, mixture.means,
-                                                  mixture.cholesky)):
-        solved = np.linalg.solve(chol, (x - mean).T)  # L^-1 (x - mu), [d, n]
-        log_det = 2.0 * np.sum(np.log(np.diag(chol)))
-        out[:, k] = (np.log(max(weight, 1e-300)) - 0.5 * np.sum(solved ** 2, axis=0)
-                     - 0.5 * (d * np.log(2.0 * np.pi) + log_det))
-    return out
+    return _log_densities(tf.constant(codes, tf.float64), *_as_float64(mixture)).numpy()
+
+
+def _logsumexp(x: np.ndarray, axis: int) -> np.ndarray:
+    return tf.reduce_logsumexp(x, axis=axis).numpy()
+
+
+def _as_float64(mixture: GaussianMixture):
+    return (tf.constant(np.log(np.maximum(mixture.weights, 1e-300))),
+            tf.constant(mixture.means), tf.constant(mixture.cholesky))
+
+
+@tf.function(autograph=False, reduce_retracing=True)
+def _log_densities(x, log_weights, means, chol):
+    """x [n, d], log weights [K], means [K, d], Cholesky factors [K, d, d] -> [n, K]."""
+    d = tf.cast(tf.shape(x)[1], x.dtype)
+    eye = tf.eye(tf.shape(x)[1], batch_shape=tf.shape(chol)[:1], dtype=x.dtype)
+    inverse = tf.linalg.triangular_solve(chol, eye, lower=True)  # L^-1, [K, d, d]
+    # L^-1 (x - mu) = L^-1 x - L^-1 mu: one batched matmul over the codes, [K, n, d].
+    solved = (tf.einsum("kij,nj->kni", inverse, x)
+              - tf.einsum("kij,kj->ki", inverse, means)[:, None])
+    log_det = 2.0 * tf.reduce_sum(tf.math.log(tf.linalg.diag_part(chol)), axis=1)  # [K]
+    log_p = (log_weights[:, None] - 0.5 * tf.reduce_sum(tf.square(solved), axis=2)
+             - 0.5 * (d * np.log(2.0 * np.pi) + log_det)[:, None])  # [K, n]
+    return tf.transpose(log_p)
+
+
+@tf.function(autograph=False, reduce_retracing=True)
+def _m_step_tf(x, resp):
+    """Weights, means and covariances (+ COVARIANCE_FLOOR I) from responsibilities [n, K]."""
+    counts = tf.reduce_sum(resp, axis=0) + 1e-10  # [K]
+    means = tf.matmul(resp, x, transpose_a=True) / counts[:, None]  # [K, d]
+    diff = x[None] - means[:, None]  # [K, n, d]
+    weighted = diff * tf.transpose(resp)[:, :, None]
+    covariances = tf.matmul(weighted, diff, transpose_a=True) / counts[:, None, None]
+    eye = tf.eye(tf.shape(x)[1], dtype=x.dtype)
+    return counts / tf.reduce_sum(counts), means, covariances + COVARIANCE_FLOOR * eye
+
+
+@tf.function(autograph=False, reduce_retracing=True)
+def _em_step(x, weights, means, covariances):
+    """One E step and one M step; also the mean log-likelihood before it."""
+    log_p = _log_densities(x, tf.math.log(weights), means, tf.linalg.cholesky(covariances))
+    total = tf.reduce_logsumexp(log_p, axis=1)  # [n]
+    return (*_m_step_tf(x, tf.exp(log_p - total[:, None])), tf.reduce_mean(total))
 
 
 def _initial_means(x: np.ndarray, components: int, rng: np.random.Generator) -> np.ndarray:
     """k-means++ seeding: each next centre drawn with probability ~ squared distance."""
     centres = [x[rng.integers(len(x))]]
+    d2 = np.sum((x - centres[0]) ** 2, axis=1)
     for _ in range(1, components):
-        d2 = np.min([np.sum((x - c) ** 2, axis=1) for c in centres], axis=0)
         total = d2.sum()
         index = rng.choice(len(x), p=d2 / total) if total > 0 else rng.integers(len(x))
         centres.append(x[index])
+        d2 = np.minimum(d2, np.sum((x - x[index]) ** 2, axis=1))
     return np.stack(centres)
 
 
-def _m_step(x: np.ndarray, resp: np.ndarray) -> GaussianMixture:
-    counts = resp.sum(axis=0) + 1e-10  # [K]
-    means = resp.T @ x / counts[:, None]  # [K, d]
-    eye = np.eye(x.shape[1])
-    covariances = np.stack([
-        (resp[:, k, None] * (x - means[k])).T @ (x - means[k]) / counts[k] + COVARIANCE_FLOOR * eye
-        for k in range(resp.shape[1])])
-    return GaussianMixture(counts / counts.sum(), means, covariances)
-
-
-def fit_gmm(codes, components: int, seed: int, max_iterations: int = 200,
-            tolerance: float = 1e-5) -> GaussianMixture:
-    """EM for a full-covariance Gaussian mixture of `components` on codes [n, d].
+def fit_gmm(codes, components: int, seed: int, max_iterations: int = 100,
+            tolerance: float = 1e-4) -> GaussianMixture:
+    """EM for a full-covariance Gaussian mixture of `components` on codes [n, d] (float64 TF
+    ops: batched triangular solves and matmuls).
 
     Starts from hard assignments to k-means++ centres (seeded), then alternates the E and M
     steps until the mean log-likelihood improves by less than `tolerance` (or max_iterations).
@@ -98,19 +120,17 @@ def fit_gmm(codes, components: int, seed: int, max_iterations: int = 200,
     if x.ndim != 2 or len(x) < components:
         raise ValueError(f"Need at least {components} codes [n, d] to fit {components} "
                          f"components, got shape {x.shape}.")
-    rng = np.random.default_rng(seed)
-    centres = _initial_means(x, components, rng)
+    centres = _initial_means(x, components, np.random.default_rng(seed))
     nearest = np.argmin(((x[:, None, :] - centres[None]) ** 2).sum(-1), axis=1)
-    mixture = _m_step(x, np.eye(components)[nearest])
+    x_tf = tf.constant(x)
+    params = _m_step_tf(x_tf, tf.constant(np.eye(components)[nearest]))
     previous = -np.inf
     for _ in range(max_iterations):
-        log_p = _component_log_densities(mixture, x)  # [n, K]
-        total = _logsumexp(log_p, axis=1)  # [n]
-        mixture = _m_step(x, np.exp(log_p - total[:, None]))
-        if total.mean() - previous < tolerance:
+        *params, mean_log_likelihood = _em_step(x_tf, *params)
+        if float(mean_log_likelihood) - previous < tolerance:
             break
-        previous = total.mean()
-    return mixture
+        previous = float(mean_log_likelihood)
+    return GaussianMixture(*(p.numpy() for p in params))
 
 
 def sample(mixture_tensors, num, seed):

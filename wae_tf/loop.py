@@ -25,7 +25,7 @@ from wae_tf.config import Config
 from wae_tf.errors import ConfigError, NonFiniteLossError, Preempted
 
 NUM_IMAGES_LOGGED = 64
-SAMPLER_FIT_LIMIT = 60000  # training images whose codes the latent sampler is fitted to
+SAMPLER_FIT_LIMIT = 10000  # training images whose codes the latent sampler is fitted to
 _SAMPLES_SEED = 12345  # the logged prior samples: the same codes at every step
 
 

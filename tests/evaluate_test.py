@@ -182,3 +182,19 @@ def test_comparison_table_has_a_row_per_run():
     # Two seeds: FID 0.5 and 0.7 -> mean 0.60, sample std 0.14.
     assert rows[2].startswith("| WAE-MMD | 0.60 ± 0.14 |") and rows[2].endswith("| 2 |")
     assert rows[3].startswith("| WAE-MMD + fitted sampler | 0.25 ± 0.00 | 0.700 ± 0.000 |")
+
+
+def test_comparison_figures_put_the_runs_side_by_side(tmp_path):
+    """Each run's samples (and WAE-MMD's fitted sampler's) in RUNS order, 8 pixels apart."""
+    from wae_tf import visualize  # pylint: disable=import-outside-toplevel
+    names = ["vae_lambda01", "wae_mmd"]
+    for i, name in enumerate(names):
+        eval_dir = tmp_path / f"{name}-seed0" / "eval"
+        eval_dir.mkdir(parents=True)
+        for figure in ("samples.png", "interpolations.png", "samples_fitted.png"):
+            visualize.save_png(str(eval_dir / figure), np.full((20, 10, 1), i / 2, np.float32))
+    comparison.write_figures(str(tmp_path), names, 0)
+    samples = visualize.read_png(str(tmp_path / "compare_samples.png"))
+    assert samples.shape == (20, 3 * 10 + 2 * 8, 1)  # vae_lambda01, wae_mmd, wae_mmd fitted
+    assert (samples[0, 0, 0], samples[0, 10, 0]) == (0, 1) and samples[0, 18, 0] == pytest.approx(0.5, abs=1 / 255)
+    assert visualize.read_png(str(tmp_path / "compare_interpolations.png")).shape == (20, 28, 1)

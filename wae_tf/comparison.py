@@ -23,6 +23,7 @@ from wae_tf import config as config_lib
 from wae_tf import evaluation
 from wae_tf import fileio
 from wae_tf import loop
+from wae_tf import visualize
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = (("vae", "VAE"), ("vae_lambda01", "VAE (λ=0.1)"), ("wae_mmd", "WAE-MMD"),
@@ -171,4 +172,22 @@ def run_comparison(workdir_root: str, num_samples: int, seed: int, classifier_di
     text = describe(results)
     with tf.io.gfile.GFile(os.path.join(workdir_root, "compare.md"), "w") as f:
         f.write(text)
+    write_figures(workdir_root, names, train_seeds[0])
     return text
+
+
+def write_figures(workdir_root: str, names, train_seed: int) -> None:
+    """compare_samples.png (each model's samples.png at one training seed, in RUNS order, then
+    WAE-MMD's fitted sampler's) and compare_interpolations.png (VAE (λ=0.1), WAE-MMD)."""
+    def eval_png(name, figure):
+        return os.path.join(run_dir(workdir_root, name, train_seed), "eval", figure)
+    samples = [eval_png(n, "samples.png") for n, _ in RUNS if n in names]
+    if "wae_mmd" in names:
+        samples.append(eval_png("wae_mmd", "samples_fitted.png"))
+    interpolations = [eval_png(n, "interpolations.png") for n in ("vae_lambda01", "wae_mmd")
+                      if n in names]
+    for out, paths in (("compare_samples.png", samples),
+                       ("compare_interpolations.png", interpolations)):
+        found = [visualize.read_png(p) for p in paths if tf.io.gfile.exists(p)]
+        if found:
+            visualize.save_png(os.path.join(workdir_root, out), visualize.hstack(found))

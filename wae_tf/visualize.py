@@ -27,3 +27,22 @@ def save_png(path: str, grid) -> None:
     with tf.io.gfile.GFile(path, "wb") as f:
         f.write(tf.io.encode_png(pixels).numpy())
 
+
+
+def read_png(path: str) -> np.ndarray:
+    """A PNG file as a [H,W,C] float32 image in [0,1]."""
+    with tf.io.gfile.GFile(path, "rb") as f:
+        return tf.io.decode_png(f.read()).numpy().astype(np.float32) / 255.0
+
+
+def hstack(images, gap: int = 8) -> np.ndarray:
+    """Images [H_i,W_i,C] side by side on white, top-aligned, `gap` pixels apart."""
+    height = max(image.shape[0] for image in images)
+    channels = max(image.shape[2] for image in images)
+    width = sum(image.shape[1] for image in images) + gap * (len(images) - 1)
+    canvas = np.ones((height, width, channels), np.float32)
+    left = 0
+    for image in images:
+        canvas[:image.shape[0], left:left + image.shape[1]] = image  # gray broadcasts to RGB
+        left += image.shape[1] + gap
+    return canvas

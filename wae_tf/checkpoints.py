@@ -107,10 +107,7 @@ def restore_latest(manager: tf.train.CheckpointManager, directory: str = "") -> 
 
     `directory` (default: the manager's) lets every worker restore from the chief's checkpoints.
     """
-    path = restore_newest_readable(manager.checkpoint, directory or manager.directory)
-    if path:
-        logging.info("Resumed from %s.", path)
-    return path
+    return restore_newest_readable(manager.checkpoint, directory or manager.directory)
 
 
 def checkpoint_step(path: str) -> int:

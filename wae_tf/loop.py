@@ -127,8 +127,8 @@ def train_and_evaluate(config: Config, workdir: str, strategy=None, data_overrid
         fileio.check_writable_dir(workdir, "--workdir")
         steps_per_epoch = data.steps_per_epoch(train.num_examples, config.batch_size)
         total_steps = _total_steps(config, steps_per_epoch)
-        chief = cluster.is_chief(strategy)
-        checkpoints.check_run_record(workdir, config, train.image_shape, write=chief)
+        checkpoints.check_run_record(workdir, config, train.image_shape,
+                                     write=cluster.is_chief(strategy))
         with strategy.scope():
             state = training.create_state(config, train.image_shape, steps_per_epoch,
                                           config.epochs or -(-total_steps // steps_per_epoch))
@@ -144,24 +144,33 @@ def train_and_evaluate(config: Config, workdir: str, strategy=None, data_overrid
                      "replica(s).", train.name, train.num_examples, train.image_shape,
                      steps_per_epoch, start, total_steps, strategy.num_replicas_in_sync)
         iterator = iter(data.distribute(strategy, train, config.batch_size, config.seed, start))
-        writer = tf.summary.create_file_writer(os.path.join(workdir, "train")) if chief else \
-            tf.summary.create_noop_writer()
-        test_set = make_test_set(state, test)
-        try:
-            with writer.as_default():
-                with stop.deferred():
-                    train_metrics = _run_loop(config, state, strategy, iterator, manager,
-                                              total_steps, test_set, stop)
-                step = int(state.step.numpy())
-                checkpoints.save(manager, step)  # a no-op when the loop saved this step
-                results = test_set.metrics(config)
-                for name, value in results.items():
-                    tf.summary.scalar(f"test/{name}", value, step=step)
-                test_set.write_images(config, step, png_dir=workdir if chief else "")
-        finally:
-            writer.close()  # also after an error: no open file left in the workdir
-        results.update({f"train_{k}": v for k, v in train_metrics.items()}, step=step)
+        results = _train_then_test(config, state, strategy, iterator, manager, total_steps,
+                                   make_test_set(state, test), stop, workdir)
         _finish(config, state, strategy, workdir, train.image_shape, results)
+    return results
+
+
+def _train_then_test(config, state, strategy, iterator, manager, total_steps, test_set, stop,
+                     workdir) -> dict:
+    """The loop (signals deferred to it), the last checkpoint, then the test metrics and
+    images, all logged to TensorBoard (the chief's); returns test and train metrics."""
+    chief = cluster.is_chief(strategy)
+    writer = tf.summary.create_file_writer(os.path.join(workdir, "train")) if chief else \
+        tf.summary.create_noop_writer()
+    try:
+        with writer.as_default():
+            with stop.deferred():
+                train_metrics = _run_loop(config, state, strategy, iterator, manager,
+                                          total_steps, test_set, stop)
+            step = int(state.step.numpy())
+            checkpoints.save(manager, step)  # a no-op when the loop saved this step
+            results = test_set.metrics(config)
+            for name, value in results.items():
+                tf.summary.scalar(f"test/{name}", value, step=step)
+            test_set.write_images(config, step, png_dir=workdir if chief else "")
+    finally:
+        writer.close()  # also after an error: no open file left in the workdir
+    results.update({f"train_{k}": v for k, v in train_metrics.items()}, step=step)
     return results
 
 

@@ -180,3 +180,19 @@ def test_wrong_shapes_get_a_message_naming_the_input(check, value, message):
     assert "Incompatible shapes" not in str(error.value)
     good = {"images": [3, 28, 28, 1], "z": [3, 4], "seed": [3]}[check]
     unchecked(tf.zeros(good, value.dtype))  # passes
+
+
+def test_a_failed_export_leaves_no_temporary_directory(exported, tmp_path, monkeypatch):
+    """A full disk mid-save: a one-line ConfigError, and nothing where TF Serving looks."""
+    _, _, state = exported
+
+    def disk_full(module, path, signatures=None):
+        del module, signatures
+        with open(os.path.join(path, "saved_model.pb"), "wb") as f:
+            f.write(b"half")
+        raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+    monkeypatch.setattr(tf.saved_model, "save", disk_full)
+    with pytest.raises(serving.ConfigError, match=r"Could not export to .*No space left"):
+        serving.export_saved_model(state.encoder, state.decoder, tiny_config(encoder="gaussian"),
+                                   (28, 28, 1), str(tmp_path), 3)
+    assert os.listdir(tmp_path) == []

@@ -1,11 +1,14 @@
-"""Faults around checkpoints: corrupt or half-written ones, SIGTERM, chief-only writing."""
+"""Faults around checkpoints: corrupt or half-written ones, a lost state file, SIGTERM and SIGINT,
+a finished run rerun, refused resumes, unwritable workdirs, chief-only writing."""
 
+import contextlib
 import glob
 import logging
 import os
 import re
 import shutil
 import signal
+import subprocess
 
 import pytest
 import tensorflow as tf
@@ -18,6 +21,7 @@ from wae_tf import cluster
 from wae_tf import errors
 from wae_tf import fileio
 from wae_tf import loop
+from wae_tf import serving
 from wae_tf import training
 from wae_tf.errors import ConfigError
 
@@ -164,3 +168,164 @@ def test_only_the_chief_writes_where_users_read(tmp_path):
     os.makedirs(worker_dir)
     cluster.cleanup_worker_dirs([base], other)
     assert os.listdir(base) == []
+
+
+# ----------------------------------------------------------------- issue 13: never lose a run
+
+
+def _garble(path):
+    with open(path, "w") as f:
+        f.write("model_checkpoint_path: \x00\x01 not a proto {")
+
+
+@pytest.mark.parametrize("damage", [_delete, lambda p: open(p, "w").close(), _garble],
+                         ids=["deleted", "empty", "garbled"])
+def test_a_lost_state_file_is_rebuilt_from_the_index_files(preempted_run, tmp_path, damage):
+    directory = _copy(preempted_run[0], tmp_path)
+    damage(os.path.join(directory, "checkpoint"))
+    state = training.create_state(CONFIG, (28, 28, 1), steps_per_epoch=4, num_epochs=1)
+    # What every worker does: restore from the chief's directory, whatever its state file.
+    assert checkpoints.restore_newest_readable(state.checkpoint(), directory).endswith("ckpt-5")
+    assert int(state.step.numpy()) == 5
+    manager = checkpoints.create_manager(state.checkpoint(), os.path.dirname(directory), CONFIG,
+                                         tf.distribute.get_strategy())  # repairs the state file
+    assert manager.latest_checkpoint == os.path.join(directory, "ckpt-5")
+    assert len(manager.checkpoints) == 3  # ckpt-2, 4, 5: the manager still rotates them
+
+
+def test_training_resumes_over_a_deleted_state_file_instead_of_restarting(preempted_run,
+                                                                          tmp_path, caplog):
+    directory = _copy(preempted_run[0], tmp_path)
+    os.remove(os.path.join(directory, "checkpoint"))
+    with caplog.at_level(logging.INFO):
+        results = loop.train_and_evaluate(CONFIG.replace(train_steps=6), os.path.dirname(directory),
+                                          data_override=(make_images(32), make_images(8)))
+    assert results["step"] == 6 and "from step 5 to 6" in caplog.text
+    assert tf.train.latest_checkpoint(directory).endswith("ckpt-6")
+
+
+def test_sigint_saves_a_checkpoint_and_stops_with_130(tmp_path):
+    with pytest.MonkeyPatch.context() as patch:
+        check_finite = loop._check_finite  # pylint: disable=protected-access
+
+        def check_then_interrupt(metrics, step, manager):
+            check_finite(metrics, step, manager)
+            if step == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+        patch.setattr(loop, "_check_finite", check_then_interrupt)
+        with pytest.raises(errors.Preempted) as stopped:
+            loop.train_and_evaluate(CONFIG.replace(train_steps=100), str(tmp_path),
+                                    data_override=(make_images(32), make_images(8)))
+    assert re.match(r"SIGINT at step 3: saved .*ckpt-3; rerun", str(stopped.value))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert cli.run_reporting_user_errors(_raise, stopped.value) == 130
+    assert cli.run_reporting_user_errors(_raise, KeyboardInterrupt()) == 130
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_before_training_stops_at_once(signum):
+    with pytest.raises(errors.Preempted, match="before training") as stopped:
+        with cluster.StopSignals():
+            os.kill(os.getpid(), signum)
+    assert stopped.value.signum == signum
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("finished"))
+    loop.train_and_evaluate(CONFIG, workdir, data_override=(make_images(32), make_images(8)))
+    return workdir
+
+
+def test_the_last_checkpoint_is_saved_once(finished_run):
+    reader = tf.train.load_checkpoint(os.path.join(finished_run, "checkpoints"))
+    assert reader.get_tensor("save_counter/.ATTRIBUTES/VARIABLE_VALUE") == 2  # steps 2 and 4
+
+
+def test_rerunning_a_finished_run_rewrites_nothing(finished_run):
+    path = os.path.join(finished_run, "results.json")
+    before, mtime = fileio.read_json(path), os.path.getmtime(path)
+    assert "train_loss" in before
+    again = loop.train_and_evaluate(CONFIG, finished_run,
+                                    data_override=(make_images(32), make_images(8)))
+    assert again == before and os.path.getmtime(path) == mtime
+
+
+def _run_with_checkpoint(workdir, config):
+    """A workdir holding `config`'s record and a (fake) checkpoint beside it."""
+    os.makedirs(os.path.join(workdir, "checkpoints"))
+    open(os.path.join(workdir, "checkpoints", "ckpt-1.index"), "w").close()
+    checkpoints.check_run_record(workdir, config, (28, 28, 1), write=True)
+
+
+@pytest.mark.parametrize("flag,value", [("lambda_reg", 5.0), ("recon", "l1"), ("seed", 1)])
+def test_a_resume_that_changes_what_the_checkpoints_mean_is_refused(tmp_path, flag, value):
+    workdir = str(tmp_path)
+    _run_with_checkpoint(workdir, CONFIG)
+    record = open(os.path.join(workdir, "config.json")).read()
+    with pytest.raises(ConfigError, match=rf"--{flag}={value!r} \(the run's: .*another --workdir"):
+        checkpoints.check_run_record(workdir, CONFIG.replace(**{flag: value}), (28, 28, 1), True)
+    assert open(os.path.join(workdir, "config.json")).read() == record
+    # The training length and how it runs may change.
+    checkpoints.check_run_record(workdir, CONFIG.replace(train_steps=9, log_every=3), (28, 28, 1),
+                                 True)
+    assert open(os.path.join(workdir, "config.json")).read() == record
+
+
+def test_a_record_without_checkpoints_binds_nothing(tmp_path):
+    """A start that failed after writing config.json does not lock the workdir."""
+    workdir = str(tmp_path)
+    checkpoints.check_run_record(workdir, CONFIG, (28, 28, 1), write=True)
+    checkpoints.check_run_record(workdir, CONFIG.replace(z_dim=5), (28, 28, 1), write=True)
+    assert fileio.read_json(os.path.join(workdir, "config.json"))["z_dim"] == 5
+
+
+def test_export_falls_back_past_a_corrupt_newest_checkpoint(preempted_run, tmp_path, caplog):
+    directory = _copy(preempted_run[0], tmp_path)
+    _truncate(glob.glob(os.path.join(directory, "ckpt-5.data-*"))[0])
+    with caplog.at_level(logging.ERROR):
+        run = serving.restore_trained_models(os.path.dirname(directory))  # export and evaluate
+    assert run.step == 4 and run.checkpoint_path.endswith("ckpt-4")
+    assert "ckpt-5 is unreadable" in caplog.text
+
+
+def test_a_workdir_that_is_a_file_or_empty_is_refused(tmp_path):
+    path = tmp_path / "file"
+    path.write_text("x")
+    with pytest.raises(ConfigError, match="is a file, not a directory"):
+        fileio.check_writable_dir(str(path), "--workdir")
+    with pytest.raises(ConfigError, match="--workdir is empty"):
+        fileio.check_writable_dir("", "--workdir")
+
+
+@contextlib.contextmanager
+def _tmpfs(path, options):
+    """A small tmpfs at `path` (root only); skips the test when it cannot be mounted."""
+    os.makedirs(path)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip() or mounted.returncode}")
+    try:
+        yield str(path)
+    finally:
+        subprocess.run(["umount", "--lazy", str(path)], check=False)
+
+
+def test_a_read_only_workdir_is_refused(tmp_path):
+    with _tmpfs(tmp_path / "ro", "size=1m,ro") as workdir:
+        with pytest.raises(ConfigError, match="is not writable"):
+            loop.train_and_evaluate(CONFIG, os.path.join(workdir, "run"),
+                                    data_override=(make_images(32), make_images(8)))
+
+
+def test_a_full_disk_stops_with_the_last_checkpoint_intact_and_no_partial_files(tmp_path):
+    # One checkpoint of the tiny network is ~0.4 MB: the second does not fit in 0.7 MB.
+    with _tmpfs(tmp_path / "full", "size=700k") as workdir:
+        with pytest.raises(ConfigError, match=r"Could not save checkpoint 2 .*space.* The last "
+                                              r"saved checkpoint, .*ckpt-1, is intact"):
+            loop.train_and_evaluate(CONFIG.replace(checkpoint_every=1, log_every=100), workdir,
+                                    data_override=(make_images(32), make_images(8)))
+        names = os.listdir(os.path.join(workdir, "checkpoints"))
+        assert not [n for n in names if "_temp" in n or n.startswith("ckpt-2")], names
+        assert tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints")).endswith("ckpt-1")

@@ -98,6 +98,10 @@ def test_command_line_overrides_the_flagfile():
     (dict(test_fraction=0.0), "test_fraction"),
     (dict(channels=2), "channels"),
     (dict(crop=-1), "crop"),
+    (dict(lambda_reg=float("nan")), r"--lambda_reg=nan is not a finite number"),
+    (dict(learning_rate=float("inf")), r"--learning_rate=inf is not a finite number"),
+    (dict(prior_scale=float("-inf")), r"--prior_scale=-inf is not a finite number"),
+    (dict(cluster_timeout=0.0), "cluster_timeout"),
 ])
 def test_invalid_values_are_refused_with_the_flag_named(changes, message):
     values = dict(train_steps=1)

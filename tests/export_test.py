@@ -58,6 +58,7 @@ print(json.dumps({
     "sample": list(s1.shape),
     # Equal up to float rounding (matmul blocking can depend on a row's place in the batch)...
     "same_seed_same_image": bool(np.allclose(s1[0], s1[2], atol=1e-6)),
+    "same_seed_max_diff": float(np.max(np.abs(s1[0] - s1[2]))),
     # ...and bit for bit when the request is repeated.
     "repeat_is_identical": bool(np.array_equal(
         s1, sig["sample"](seed=tf.constant([1, 2, 1], tf.int64))["images"].numpy())),
@@ -177,3 +178,47 @@ def test_a_symmetric_pixel_range_export_keeps_the_unit_range_contract(tmp_path):
     assert 0 <= decoded.min() < 0.1 and 0.9 < decoded.max() <= 1
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"\[0, 1\]"):
         signatures["encode"](images=images * 2 - 1)  # [-1, 1] input is refused: the contract
+
+
+CHECKS = {"images": lambda x: serving._check_images(x, [28, 28, 1]),  # pylint: disable=protected-access
+          "z": lambda z: serving._check_z(z, 4),  # pylint: disable=protected-access
+          "seed": serving._check_seed}  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize("check,value,message", [
+    ("images", tf.zeros([28, 28, 1]), r"images must have shape \[N, H, W, C\]"),
+    ("images", tf.zeros([2, 28, 28]), r"images must have shape \[N, H, W, C\]"),
+    ("images", tf.zeros([2, 28, 28, 3]), r"images must have shape \[N, H, W, C\]"),
+    ("z", tf.zeros([2, 5]), r"z must have shape \[N, z_dim\]"),
+    ("z", tf.zeros([4]), r"z must have shape \[N, z_dim\]"),
+    ("seed", tf.zeros([2, 1], tf.int64), r"seed must have shape \[N\]"),
+])
+def test_wrong_shapes_get_a_message_naming_the_input(check, value, message):
+    """As TF Serving feeds them: its C++ session does not check the signatures' static shapes,
+    so the graph's own checks (traced here without a shape) must name the problem."""
+    def checked_identity(x):
+        with tf.control_dependencies([CHECKS[check](x)]):
+            return tf.identity(x)
+    unchecked = tf.function(checked_identity, autograph=False,
+                            input_signature=[tf.TensorSpec(None, value.dtype)])
+    with pytest.raises(tf.errors.InvalidArgumentError, match=message) as error:
+        unchecked(value)
+    assert "Incompatible shapes" not in str(error.value)
+    good = {"images": [3, 28, 28, 1], "z": [3, 4], "seed": [3]}[check]
+    unchecked(tf.zeros(good, value.dtype))  # passes
+
+
+def test_a_failed_export_leaves_no_temporary_directory(exported, tmp_path, monkeypatch):
+    """A full disk mid-save: a one-line ConfigError, and nothing where TF Serving looks."""
+    _, _, state = exported
+
+    def disk_full(module, path, signatures=None):
+        del module, signatures
+        with open(os.path.join(path, "saved_model.pb"), "wb") as f:
+            f.write(b"half")
+        raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
+    monkeypatch.setattr(tf.saved_model, "save", disk_full)
+    with pytest.raises(serving.ConfigError, match=r"Could not export to .*No space left"):
+        serving.export_saved_model(state.encoder, state.decoder, tiny_config(encoder="gaussian"),
+                                   (28, 28, 1), str(tmp_path), 3)
+    assert os.listdir(tmp_path) == []

@@ -1,19 +1,24 @@
 """Two `python -m wae_tf.train --strategy=multi_worker` processes on 127.0.0.1 train like two
-replicas in one process, from data in memory and from files each worker streams its share of."""
+replicas in one process, from data in memory and from files each worker streams its share of;
+a bad TF_CONFIG is one line, the wait for peers is bounded and stopped by SIGTERM/SIGINT."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
 from tests.conftest import REPO, make_idx_dir, mirrored_strategy
 from tests.folders_test import _image, _write
+from wae_tf import cluster
 from wae_tf import data
 from wae_tf import loop
 from wae_tf.config import Config
+from wae_tf.errors import ConfigError
 
 FLAGS = dict(width_divisor=32, z_dim=4, batch_size=8, train_steps=3, checkpoint_every=2,
              log_every=1, image_every=1000, seed=3, deterministic=True)
@@ -99,3 +104,71 @@ def test_two_workers_finish_and_match_a_single_process_run(tmp_path, kind):
     names = os.listdir(os.path.join(workdir, "checkpoints"))
     assert "checkpoint" in names and "ckpt-3.index" in names and "worker_tmp" not in names
     assert len(os.listdir(os.path.join(workdir, "train"))) == 1  # one events file
+
+
+# ----------------------------------------------------------- start-up: TF_CONFIG and the wait
+
+
+@pytest.mark.parametrize("tf_config,message", [
+    (None, "TF_CONFIG environment variable, which is not set"),
+    ("{bad", "TF_CONFIG is not valid JSON"),
+    ('{"task": {"type": "worker", "index": 0}}', 'TF_CONFIG has no "cluster"'),
+    ('{"cluster": {"worker": ["a:1", "b:2"]}}', 'TF_CONFIG has no "task"'),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}',
+     "TF_CONFIG's task worker:3 is not in its cluster"),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}',
+     "TF_CONFIG's task chief:0 is not in its cluster"),
+])
+def test_a_bad_tf_config_is_one_line_naming_it(tf_config, message):
+    environ = {} if tf_config is None else {"TF_CONFIG": tf_config}
+    with pytest.raises(ConfigError, match=message):
+        cluster.read_tf_config(environ)
+
+
+def test_multi_worker_without_tf_config_is_refused(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ConfigError, match="TF_CONFIG"):
+        cluster.create_strategy(Config(**FLAGS, strategy="multi_worker"))
+
+
+def _cluster(ports):
+    return {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
+            "task": {"type": "worker", "index": 0}}
+
+
+def test_the_wait_for_peers_is_bounded_and_names_the_missing_tasks():
+    ports = _free_ports(3)
+    with socket.socket() as peer:  # worker 1 is up, worker 2 never starts
+        peer.bind(("127.0.0.1", ports[1]))
+        peer.listen(4)
+        with pytest.raises(ConfigError, match=rf"TF_CONFIG's worker:2 \(127.0.0.1:{ports[2]}\) "
+                                              r"did not start within --cluster_timeout=1 s"):
+            cluster.wait_for_peers(_cluster(ports), timeout=1.0, poll=0.1)
+        cluster.wait_for_peers(_cluster(ports[:2]), timeout=1.0, poll=0.1)  # all there: returns
+
+
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_stops_a_worker_waiting_for_its_peer(tmp_path, signum, code):
+    """The peer never starts: SIGTERM/SIGINT stop the wait at once, in one line."""
+    log = str(tmp_path / "worker.log")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", TF_CONFIG=json.dumps(_cluster(_free_ports(2))))
+    with open(log, "w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "wae_tf.train", "--flagfile=flags/test_tiny.cfg",
+             "--strategy=multi_worker", "--cluster_timeout=120", f"--workdir={tmp_path / 'run'}"],
+            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.time() + 120
+        while "Waiting for worker:1" not in _tail(log) and time.time() < deadline:
+            assert process.poll() is None, _tail(log)
+            time.sleep(0.2)
+        process.send_signal(signum)
+        assert process.wait(timeout=30) == code, _tail(log)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    text = _tail(log)
+    assert "Traceback" not in text and "while waiting for the cluster" in text, text
+    assert not os.path.exists(tmp_path / "run")

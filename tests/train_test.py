@@ -34,10 +34,12 @@ def test_train_then_export_on_real_fashion_mnist(tmp_path):
     assert "images/s" in result.stderr and "left" in result.stderr
     record = json.load(open(os.path.join(workdir, "config.json")))
     assert record["image_shape"] == [28, 28, 1] and record["train_steps"] == 6
-    # The workdir alone resumes the run from its config.json: nothing more to train.
+    # The workdir alone resumes the run from its config.json: nothing more to train, and the
+    # finished run's results (with its train losses) are left as they are.
     again = _run("wae_tf.train", f"--workdir={workdir}", "--export=false")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "from step 6 to 6" in again.stderr
+    assert "finished at step 6 already" in again.stderr
+    assert json.load(open(os.path.join(workdir, "results.json"))) == results
     # A flag given again overrides the record: two more steps.
     longer = _run("wae_tf.train", f"--workdir={workdir}", "--train_steps=8", "--export=false")
     assert longer.returncode == 0, longer.stderr[-3000:]

@@ -1,11 +1,13 @@
-"""Checkpoint managers, resuming past unreadable checkpoints, and the run's record (config.json)
-that a resume must match."""
+"""Checkpoint managers, resuming past unreadable checkpoints or a lost `checkpoint` state file,
+saving without leaving partial files, and the run's record (config.json) that a resume must match."""
 
 import dataclasses
 import os
+import re
 
 import tensorflow as tf
 from absl import logging
+from tensorflow.python.checkpoint import checkpoint_management
 
 from wae_tf import cluster
 from wae_tf import config as config_lib
@@ -14,32 +16,86 @@ from wae_tf.config import Config
 from wae_tf.errors import ConfigError
 
 RECORD_FILE = "config.json"
+STATE_FILE = "checkpoint"  # tf.train.CheckpointManager's list of checkpoints
+_INDEX_RE = re.compile(r"^ckpt-(\d+)\.index$")
+# Truncated files raise IndexError ("Read less bytes than requested") or DataLossError.
+_UNREADABLE = (tf.errors.OpError, AssertionError, ValueError, IndexError, KeyError)
 
 
 def create_manager(checkpoint: tf.train.Checkpoint, workdir: str, config: Config,
                    strategy) -> tf.train.CheckpointManager:
+    """The manager of this worker's checkpoint directory, its state file repaired first."""
     directory = cluster.write_dir(os.path.join(workdir, "checkpoints"), strategy)
+    repair_state_file(directory)
     return tf.train.CheckpointManager(checkpoint, directory, max_to_keep=config.keep_checkpoints)
 
 
-def restore_latest(manager: tf.train.CheckpointManager, directory: str = "") -> str:
-    """Restore the newest readable checkpoint, skipping (and reporting) corrupt ones.
+def _indexed_checkpoints(directory: str) -> list:
+    """Paths of the `ckpt-N` whose `.index` file exists, by increasing N."""
+    if not tf.io.gfile.isdir(directory):
+        return []
+    steps = sorted(int(m.group(1)) for m in map(_INDEX_RE.match, tf.io.gfile.listdir(directory))
+                   if m)
+    return [os.path.join(directory, f"ckpt-{n}") for n in steps]
 
-    `directory` (default: the manager's) lets every worker restore from the chief's checkpoints.
-    Returns the restored path, or "" for a fresh start.
+
+def _read_state(directory: str):
+    """The state file's checkpoint paths (oldest first); None if it is missing or unreadable."""
+    try:
+        state = tf.train.get_checkpoint_state(directory)
+    except ValueError:  # an empty state file: "Invalid checkpoint state loaded from ..."
+        return None
+    # A garbled file is logged by TF and returns None, like a missing one.
+    return list(state.all_model_checkpoint_paths) if state else None
+
+
+def list_checkpoints(directory: str) -> list:
+    """The checkpoints of `directory`, oldest first: those its state file lists or, when the
+    state file is missing, empty or garbled, every `ckpt-N` with an `.index` file."""
+    listed = _read_state(directory)
+    if listed is not None:
+        return listed
+    found = _indexed_checkpoints(directory)
+    if found:
+        logging.warning("%s has no readable '%s' state file; recovering from the %d ckpt-*.index "
+                        "files (newest %s).", directory, STATE_FILE, len(found), found[-1])
+    return found
+
+
+def repair_state_file(directory: str) -> None:
+    """Rewrite a missing, empty or garbled state file from the `ckpt-N.index` files, so that
+    a CheckpointManager neither fails on it nor restarts numbering over existing checkpoints."""
+    if _read_state(directory) is not None:
+        return
+    found = _indexed_checkpoints(directory)
+    if found:
+        # Their files' times: the manager then keeps rotating them (it deletes only checkpoints
+        # newer than last_preserved_timestamp).
+        times = [tf.io.gfile.stat(path + ".index").mtime_nsec / 1e9 for path in found]
+        checkpoint_management.update_checkpoint_state_internal(
+            directory, found[-1], all_model_checkpoint_paths=found, save_relative_paths=True,
+            all_model_checkpoint_timestamps=times, last_preserved_timestamp=min(times) - 1)
+        logging.warning("Rewrote %s from its ckpt-*.index files.",
+                        os.path.join(directory, STATE_FILE))
+
+
+def restore_newest_readable(checkpoint: tf.train.Checkpoint, directory: str,
+                            partial: bool = False) -> str:
+    """Restore the newest readable checkpoint of `directory`, reporting each unreadable one.
+
+    `partial`: the checkpoint may hold more than `checkpoint` tracks (export, evaluation).
+    Returns the restored path, or "" when there is none; ConfigError when none can be read.
     """
-    directory = directory or manager.directory
-    state = tf.train.get_checkpoint_state(directory)
-    paths = list(state.all_model_checkpoint_paths) if state else []
+    paths = list_checkpoints(directory)
     for path in reversed(paths):
         try:
-            manager.checkpoint.restore(path).assert_existing_objects_matched()
-        # Truncated files raise IndexError ("Read less bytes than requested") or DataLossError.
-        except (tf.errors.OpError, AssertionError, ValueError, IndexError, KeyError) as error:
+            status = checkpoint.restore(path)
+            (status.expect_partial() if partial else status).assert_existing_objects_matched()
+        except _UNREADABLE as error:
             logging.error("Checkpoint %s is unreadable (%s); trying the previous one.", path,
-                          str(error).splitlines()[0])
+                          str(error).splitlines()[0] if str(error) else type(error).__name__)
             continue
-        logging.info("Resumed from %s.", path)
+        logging.info("Restored %s.", path)
         return path
     if paths:
         raise ConfigError(f"No checkpoint in {directory} could be read; move the directory away "
@@ -47,23 +103,78 @@ def restore_latest(manager: tf.train.CheckpointManager, directory: str = "") -> 
     return ""
 
 
+def restore_latest(manager: tf.train.CheckpointManager, directory: str = "") -> str:
+    """Restore the manager's newest readable checkpoint (restore_newest_readable).
+
+    `directory` (default: the manager's) lets every worker restore from the chief's checkpoints.
+    """
+    return restore_newest_readable(manager.checkpoint, directory or manager.directory)
+
+
+def checkpoint_step(path: str) -> int:
+    """N of a `.../ckpt-N` path; -1 for "" (no checkpoint)."""
+    match = re.search(r"ckpt-(\d+)$", path or "")
+    return int(match.group(1)) if match else -1
+
+
+def save(manager: tf.train.CheckpointManager, step: int) -> str:
+    """Save checkpoint `step`, unless the newest one already is it; returns its path.
+
+    A failed write (full disk, read-only file system) removes its partial files (TF's
+    `ckpt-N_temp/` and `ckpt-N.*`, never listed in the state file) and becomes a ConfigError
+    naming the intact checkpoint a rerun resumes from.
+    """
+    if checkpoint_step(manager.latest_checkpoint) == step:
+        return manager.latest_checkpoint
+    try:
+        return manager.save(checkpoint_number=step)
+    except (tf.errors.OpError, OSError) as error:
+        _remove_partial_checkpoint(manager.directory, step)
+        raise ConfigError(
+            f"Could not save checkpoint {step} in {manager.directory} "
+            f"({fileio.error_text(error)}). The last saved checkpoint, "
+            f"{manager.latest_checkpoint or '(none)'}, is intact: free space or fix permissions, "
+            "then rerun the same command to resume from it.") from None
+
+
+def _remove_partial_checkpoint(directory: str, step: int) -> None:
+    """Delete what a failed save of `ckpt-<step>` left behind (best effort)."""
+    for pattern in (f"ckpt-{step}_temp*", f"ckpt-{step}.*"):
+        for path in tf.io.gfile.glob(os.path.join(directory, pattern)):
+            try:
+                if tf.io.gfile.isdir(path):
+                    tf.io.gfile.rmtree(path)
+                else:
+                    tf.io.gfile.remove(path)
+            except tf.errors.OpError as error:
+                logging.error("Could not remove %s: %s", path, error)
+
+
 def check_run_record(workdir: str, config: Config, image_shape, write: bool) -> None:
-    """Refuse to resume a workdir whose checkpoints were made with other model flags or data;
-    a new run's record (config_lib.run_record) is written once, to <workdir>/config.json."""
+    """Refuse to resume a workdir whose checkpoints were made with other flags or data.
+
+    Only config_lib.RESUMABLE_FIELDS (training length, logging, saving, how to run) may differ
+    from the record. A new run's record (config_lib.run_record) is written once, to
+    <workdir>/config.json; a record without any checkpoint beside it (a start that failed)
+    binds nothing and is replaced.
+    """
     path = os.path.join(workdir, RECORD_FILE)
     expected = config_lib.run_record(config, image_shape)
-    if not tf.io.gfile.exists(path):
+    has_checkpoints = bool(list_checkpoints(os.path.join(workdir, "checkpoints")))
+    if not tf.io.gfile.exists(path) or not has_checkpoints:
         if write:
             fileio.write_json(path, expected)
         return
     # A field missing from an older record had its default then.
     found = {**dataclasses.asdict(Config()), **fileio.read_json(path)}
-    keys = config_lib.MODEL_FIELDS + ("image_shape",)
-    diff = {k: (found.get(k), expected[k]) for k in keys if found.get(k) != expected[k]}
+    fixed = [k for k in expected if k not in config_lib.RESUMABLE_FIELDS]
+    diff = [k for k in fixed if k in found and found[k] != expected[k]]
     if diff:
-        text = ", ".join(f"--{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in diff.items())
-        raise ConfigError(f"{workdir} holds a run with other model flags ({text}); use "
-                          "another --workdir or the original flags.")
+        text = ", ".join(f"--{k}={expected[k]!r} (the run's: {found[k]!r})" for k in diff)
+        raise ConfigError(
+            f"{workdir} holds checkpoints trained with other flags: {text}. Resume with the "
+            f"run's own flags (`python -m wae_tf.train --workdir={workdir}` takes them from its "
+            f"{RECORD_FILE}), or start a new run with another --workdir.")
     changed = sorted(k for k in expected if k in found and found[k] != expected[k])
     if changed:
         logging.warning("Resuming %s with flags other than its %s: %s.", workdir, RECORD_FILE,

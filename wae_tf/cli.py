@@ -51,9 +51,13 @@ def run_reporting_user_errors(function, *args) -> int:
     except NonFiniteLossError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    except Preempted as error:  # SIGTERM: checkpoint saved; 143 = 128 + SIGTERM, as if killed
+    except Preempted as error:  # 128 + the signal's number, as if killed: schedulers restart
         print(f"stopped: {error}", file=sys.stderr)
-        return 143
+        return 128 + error.signum
+    except KeyboardInterrupt:  # SIGINT where no StopSignals was installed (Python's default)
+        print("stopped: SIGINT; rerun the same command to resume from the last checkpoint.",
+              file=sys.stderr)
+        return 130
     return 0
 
 

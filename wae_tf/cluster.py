@@ -1,17 +1,22 @@
-"""The run's place in a cluster: the tf.distribute strategy, chief and worker roles and their
-directories, workers agreeing on a value, and SIGTERM turned into a flag."""
+"""The run's place in a cluster: TF_CONFIG, waiting for the peers, the tf.distribute strategy,
+chief and worker roles and their directories, workers agreeing on a value, and SIGTERM/SIGINT
+turned into a clean stop."""
 
+import contextlib
 import functools
+import json
 import os
 import signal
+import socket
 import threading
+import time
 
 import tensorflow as tf
 from absl import logging
 
 from wae_tf import fileio
 from wae_tf.config import Config
-from wae_tf.errors import ConfigError
+from wae_tf.errors import ConfigError, Preempted
 
 
 def configure_cpu_devices(count: int) -> None:
@@ -35,6 +40,7 @@ def create_strategy(config: Config) -> tf.distribute.Strategy:
     devices does), so before anything else.
     """
     if config.strategy == "multi_worker":
+        wait_for_peers(read_tf_config(), config.cluster_timeout)
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     cpus = tf.config.list_logical_devices("CPU")
@@ -45,6 +51,92 @@ def create_strategy(config: Config) -> tf.distribute.Strategy:
         return tf.distribute.get_strategy()
     devices = [d.name for d in (gpus or cpus)]
     return tf.distribute.MirroredStrategy(devices)
+
+
+# ----------------------------------------------------------------------------- TF_CONFIG
+
+
+def read_tf_config(environ=None) -> dict:
+    """TF_CONFIG, checked: {"cluster": {job: [address, ...]}, "task": {"type", "index"}}.
+
+    Anything malformed is a one-line ConfigError naming TF_CONFIG (TF's own errors do not).
+    """
+    text = (os.environ if environ is None else environ).get("TF_CONFIG", "")
+    if not text.strip():
+        raise ConfigError("--strategy=multi_worker reads the cluster from the TF_CONFIG "
+                          "environment variable, which is not set: set it on every worker "
+                          "(README, 'Multi-worker'), or use --strategy=auto for one process.")
+    try:
+        tf_config = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"TF_CONFIG is not valid JSON ({error}): {text[:100]!r}.") from None
+    cluster = tf_config.get("cluster") if isinstance(tf_config, dict) else None
+    if not isinstance(cluster, dict) or not cluster or not all(
+            isinstance(v, list) and v for v in cluster.values()):
+        raise ConfigError('TF_CONFIG has no "cluster": {"worker": ["host:port", ...]}.')
+    task = tf_config.get("task")
+    if not isinstance(task, dict) or "type" not in task or "index" not in task:
+        raise ConfigError('TF_CONFIG has no "task": {"type": "worker", "index": i} saying which '
+                          "task this process is.")
+    job, index = task["type"], task["index"]
+    if job not in cluster or not isinstance(index, int) or not 0 <= index < len(cluster[job]):
+        raise ConfigError(f"TF_CONFIG's task {job}:{index} is not in its cluster "
+                          f"({', '.join(f'{k}: {len(v)}' for k, v in cluster.items())} tasks); "
+                          "indices count from 0.")
+    return tf_config
+
+
+def _reachable(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def wait_for_peers(tf_config: dict, timeout: float, poll: float = 0.5) -> None:
+    """Wait until every other task of `tf_config` accepts connections, at most `timeout` s.
+
+    TF's own wait for the cluster (in MultiWorkerMirroredStrategy()) has no bound and blocks
+    signals, so this one runs first. This task listens on its own port meanwhile, so that the
+    peers' waits see it; it closes it just before TF's server takes the port. SIGTERM and SIGINT
+    stop the wait (Preempted, exit 143/130). ConfigError names the tasks still missing.
+    """
+    job, index = tf_config["task"]["type"], tf_config["task"]["index"]
+    own = tf_config["cluster"][job][index]
+    peers = {f"{j}:{i}": address for j, addresses in tf_config["cluster"].items()
+             for i, address in enumerate(addresses) if (j, i) != (job, index)}
+    deadline = time.monotonic() + timeout
+    with _listening(own), StopSignals("while waiting for the cluster; nothing to save"):
+        while True:
+            peers = {name: a for name, a in peers.items() if not _reachable(a)}
+            if not peers:
+                return
+            if time.monotonic() > deadline:
+                raise ConfigError(
+                    f"TF_CONFIG's {', '.join(f'{n} ({a})' for n, a in peers.items())} did not "
+                    f"start within --cluster_timeout={timeout:g} s: start the same command there "
+                    "(each task with its own task index), or check the addresses and ports.")
+            logging.log_every_n_seconds(logging.INFO, "Waiting for %s.", 30,
+                                        ", ".join(peers))
+            time.sleep(poll)
+
+
+@contextlib.contextmanager
+def _listening(address: str):
+    """A socket listening on this task's port (if free) for the duration."""
+    server = socket.socket(socket.AF_INET6 if address.startswith("[") else socket.AF_INET)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        server.bind(("", int(address.rpartition(":")[2])))
+        server.listen(16)
+    except OSError as error:  # e.g. in use: TF's server will say so
+        logging.warning("Cannot listen on %s while waiting (%s).", address, error)
+    try:
+        yield
+    finally:
+        server.close()
 
 
 # ----------------------------------------------------------------------------- roles
@@ -98,26 +190,49 @@ def cleanup_worker_dirs(directories, strategy) -> None:
 # ----------------------------------------------------------------- SIGTERM and agreement
 
 
-class SigtermFlag:
-    """While entered (in the main thread), SIGTERM sets `received` instead of killing."""
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self):
-        self.received, self._installed, self._previous = False, False, None
+
+class StopSignals:
+    """While entered (in the main thread), SIGTERM and SIGINT stop the run cleanly.
+
+    By default a signal raises Preempted(signum) at once (start-up, waiting: nothing to save;
+    `when` says where). Inside `deferred()` it only sets `received` (the signal number), which
+    the training loop checks between steps to save a checkpoint first. A SIGINT that the
+    launching shell ignores (a background job) stays ignored.
+    """
+
+    def __init__(self, when: str = "during start-up, before training; nothing to save"):
+        self.received, self.when, self._deferring, self._previous = 0, when, False, {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-            self._installed = True
+            for signum in STOP_SIGNALS:
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def _handle(self, signum, frame):
-        del signum, frame
-        self.received = True
-        logging.warning("SIGTERM received: saving a checkpoint after the current step, then exit.")
+        del frame
+        name = signal.Signals(signum).name
+        if not self._deferring:
+            raise Preempted(f"{name} {self.when}; rerun the same command to resume.", signum)
+        self.received = self.received or signum
+        logging.warning("%s received: saving a checkpoint after the current step, then exit.",
+                        name)
+
+    @contextlib.contextmanager
+    def deferred(self):
+        """Signals only set `received` inside this block."""
+        self._deferring = True
+        try:
+            yield self
+        finally:
+            self._deferring = False
 
     def __exit__(self, *exc_info):
-        if self._installed:
-            signal.signal(signal.SIGTERM, self._previous or signal.SIG_DFL)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
 
 
 def all_workers(strategy, value: float) -> list:

@@ -1,6 +1,7 @@
 """Every hyper-parameter of a run: one frozen dataclass, its defaults and its validation (stdlib only)."""
 
 import dataclasses
+import math
 from typing import Tuple
 
 from wae_tf.errors import ConfigError
@@ -23,6 +24,16 @@ CHOICES = {
 # Fields that shape the models: a checkpoint made with other values cannot be restored.
 MODEL_FIELDS = ("dataset", "image_size", "width_divisor", "encoder", "z_dim", "regularizer",
                 "disc_prior_logdensity", "sync_batchnorm", "pixel_range", "prior")
+
+# Fields a resumed run may change: how long to train, how to run, log and save. Every other field
+# changes what the checkpoints mean (the objective, the data, the random streams), so a resume with
+# another value is refused (checkpoints.check_run_record). A longer --epochs also stretches a
+# --lr_schedule=smooth schedule; that is the user's call.
+RESUMABLE_FIELDS = ("train_steps", "epochs", "data_dir", "in_memory", "cache_dir",
+                    "skip_bad_images", "tfds_data_dir", "tfds_download", "shuffle_buffer",
+                    "steps_per_loop", "jit_compile", "conv_impl", "deterministic", "strategy",
+                    "cpu_devices", "cluster_timeout", "checkpoint_every", "keep_checkpoints",
+                    "log_every", "image_every", "export_dir", "export", "sampler_components")
 
 DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -137,6 +148,8 @@ class Config:
     # Distribution.
     strategy: str = _field("auto", "auto (mirrored with >1 GPU) | default | mirrored | multi_worker.")
     cpu_devices: int = _field(0, "Split the CPU into this many logical devices (0 = leave as is).")
+    cluster_timeout: float = _field(300.0, "multi_worker: seconds to wait for every task of "
+                                    "TF_CONFIG to start before failing with the missing ones.")
     # Output.
     checkpoint_every: int = _field(1000, "Save a checkpoint every this many steps (and at the end).")
     keep_checkpoints: int = _field(3, "How many recent checkpoints to keep.")
@@ -163,6 +176,10 @@ class Config:
 
     def validate(self) -> "Config":
         """Raise ConfigError naming the first wrong value and how to fix it; return self."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"--{field.name}={value} is not a finite number.")
         for name, choices in CHOICES.items():
             value = getattr(self, name)
             if value not in choices:
@@ -173,7 +190,7 @@ class Config:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"--{name} must be positive, got {getattr(self, name)}.")
-        for name in ("learning_rate", "disc_learning_rate", "prior_scale"):
+        for name in ("learning_rate", "disc_learning_rate", "prior_scale", "cluster_timeout"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"--{name} must be positive, got {getattr(self, name)}.")
         for name in ("lambda_reg", "input_noise", "rbf_sigma2", "train_steps", "epochs",

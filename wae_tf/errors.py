@@ -10,4 +10,9 @@ class NonFiniteLossError(RuntimeError):
 
 
 class Preempted(Exception):
-    """SIGTERM stopped training after saving a checkpoint; entry points exit with code 143."""
+    """SIGTERM or SIGINT stopped the run (training saves a checkpoint first); entry points exit
+    with 128 + the signal's number: 143 (SIGTERM) or 130 (SIGINT)."""
+
+    def __init__(self, message: str, signum: int = 15):
+        super().__init__(message)
+        self.signum = signum

@@ -1,6 +1,7 @@
-"""Entry point: python -m wae_tf.fault_injection --kills=5 --workdir=/tmp/faults kills a training
-run at random moments, resumes it and compares it with a clean run (wae_tf.faults). Exit code 0
-when every check passes."""
+"""Entry point: python -m wae_tf.fault_injection --kills=5 --workdir=/tmp/faults interrupts a
+training run in every way wae_tf.faults lists (SIGKILL, SIGTERM and SIGINT in training and
+start-up, a lost checkpoint state file, a full disk), resumes it, compares it with a clean run
+and prints a table of the faults. Exit code 0 when every check passes."""
 
 import sys
 
@@ -20,6 +21,7 @@ flags.DEFINE_integer("seed", 0, "Seed of the kill moments.")
 flags.DEFINE_string("flagfile_train", "flags/test_tiny.cfg", "Flagfile of the training runs.")
 flags.DEFINE_multi_string("train_flag", [], "Extra flag for the training runs (repeatable).")
 flags.DEFINE_integer("timeout", 600, "Seconds allowed for each training process.")
+flags.DEFINE_bool("full_disk", True, "Also fill a small tmpfs (needs root; else skipped).")
 FLAGS = flags.FLAGS
 
 
@@ -30,7 +32,7 @@ def main(argv):
         workdir=FLAGS.workdir, kills=FLAGS.kills, sigterm=FLAGS.sigterm,
         train_steps=FLAGS.train_steps, checkpoint_every=FLAGS.checkpoint_every, seed=FLAGS.seed,
         flagfile_train=FLAGS.flagfile_train, train_flag=tuple(FLAGS.train_flag),
-        timeout=FLAGS.timeout)
+        timeout=FLAGS.timeout, full_disk=FLAGS.full_disk)
     outcome = {}
     code = cli.run_reporting_user_errors(lambda: outcome.update(ok=faults.run(options)))
     sys.exit(code or (0 if outcome.get("ok") else 1))

@@ -1,14 +1,22 @@
-"""Fault injection: SIGKILL a training run at random moments, resume it, compare with a clean run.
+"""Fault injection: interrupt a training run in every way issue 13 lists, resume it each time,
+and compare the end with a clean run.
 
 `run` (python -m wae_tf.fault_injection) runs `python -m wae_tf.train --deterministic` (a tiny
-network on Fashion-MNIST by default) once uninterrupted and once killed `--kills` times (each at a random step, a random fraction of a second
-after it was logged, so also mid-checkpoint), plus one SIGTERM (preemption); each interruption is
-followed by a resume. Prints, per interruption, where it was killed, the last checkpoint on disk
-and where the rerun resumed, then whether the final losses and every checkpointed value (weights,
-optimizer slots, step) equal the clean run's. Exit code 0 when every check passes.
+network on Fashion-MNIST by default) once uninterrupted and once interrupted by, in turn:
+`--kills` SIGKILLs (each at a random step, a random fraction of a second after it was logged, so
+also mid-checkpoint); SIGTERM and SIGINT during training (must save and exit 143 / 130); SIGTERM
+and SIGINT during start-up (a random moment before training; must stop in one line); SIGKILL
+followed by deleting, then emptying, the `checkpoint` state file (the rerun must recover from the
+ckpt-*.index files). Each is followed by a resume; the final losses and every checkpointed value
+(weights, optimizer slots, step) must equal the clean run's. A full disk is a separate run in a
+small tmpfs (root only; else skipped with the reason): it must stop in one line with no partial
+checkpoint, and resume from the intact one once there is space. Prints a table (fault, tries,
+survived, steps recomputed, data lost = checkpointed steps not resumed from, must be 0). Exit code
+0 when every check passes.
 """
 
 import dataclasses
+import glob
 import json
 import os
 import re
@@ -16,7 +24,7 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 
@@ -39,6 +47,35 @@ class Options:
     flagfile_train: str = "flags/test_tiny.cfg"
     train_flag: Tuple[str, ...] = ()  # extra flags of the training runs
     timeout: int = 600  # seconds allowed for each training process
+    full_disk: bool = True  # the full-disk run in a small tmpfs (root only)
+
+
+@dataclasses.dataclass(frozen=True)
+class Fault:
+    """One interruption of the run."""
+    name: str  # as in the table
+    signum: int
+    startup: bool = False  # a random moment before training, else after a random step
+    damage: Optional[str] = None  # then "delete" or "empty" the checkpoint state file
+    exit_codes: Tuple[int, ...] = ()  # what the interrupted process must exit with
+
+
+def faults(kills: int, sigterm: bool = True) -> list:
+    """The interruptions of one run, in order."""
+    kill = Fault("SIGKILL", signal.SIGKILL, exit_codes=(-9,))
+    found = [kill] * kills
+    if sigterm:
+        found.append(Fault("SIGTERM", signal.SIGTERM, exit_codes=(143,)))
+    return found + [
+        Fault("SIGINT", signal.SIGINT, exit_codes=(130,)),
+        # Before wae_tf's handler is installed, SIGTERM's default ends the process (-15).
+        Fault("SIGTERM during start-up", signal.SIGTERM, startup=True, exit_codes=(143, -15)),
+        Fault("SIGINT during start-up", signal.SIGINT, startup=True, exit_codes=(130,)),
+        Fault("state file deleted (after SIGKILL)", signal.SIGKILL, damage="delete",
+              exit_codes=(-9,)),
+        Fault("state file empty (after SIGKILL)", signal.SIGKILL, damage="empty",
+              exit_codes=(-9,)),
+    ]
 
 
 def _train_command(options: Options, workdir: str) -> list:
@@ -52,8 +89,10 @@ def _train_command(options: Options, workdir: str) -> list:
 def _start(options: Options, workdir: str, log_path: str) -> subprocess.Popen:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     with open(log_path, "w") as log:
+        # SIGINT as at a terminal, even if this process was started with it ignored.
         return subprocess.Popen(_train_command(options, workdir), cwd=REPO, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _read(path: str) -> str:
@@ -80,6 +119,20 @@ def _checkpoint_step(workdir: str) -> int:
     return int(match.group(1)) if match else 0
 
 
+def _highest_index(workdir: str) -> int:
+    """The highest N of the ckpt-N.index files (0 if none)."""
+    names = glob.glob(os.path.join(workdir, "checkpoints", "ckpt-*.index"))
+    return max([int(re.search(r"ckpt-(\d+)\.index$", n).group(1)) for n in names], default=0)
+
+
+def _damage_state_file(workdir: str, damage: str) -> None:
+    path = os.path.join(workdir, "checkpoints", "checkpoint")
+    if damage == "delete" and os.path.exists(path):
+        os.remove(path)
+    elif damage == "empty":
+        open(path, "w").close()  # pylint: disable=consider-using-with
+
+
 def _wait_for_step(options: Options, process, log_path: str, step: int) -> bool:
     """Wait until the run logs `step` or later; False if it ended first."""
     deadline = time.time() + options.timeout
@@ -90,24 +143,37 @@ def _wait_for_step(options: Options, process, log_path: str, step: int) -> bool:
     return True
 
 
-def _interrupt(options: Options, workdir: str, log_path: str, rng, sig, target: int) -> dict:
-    """Start (resume) the run, send `sig` a random delay after step `target`; what was seen."""
+def _interrupt(options: Options, workdir: str, log_path: str, rng, fault: Fault,
+               target: int) -> dict:
+    """Start (resume) the run and interrupt it by `fault`: a random moment of start-up, or a
+    random delay after step `target`. What was seen."""
     process = _start(options, workdir, log_path)
     try:
-        if not _wait_for_step(options, process, log_path, 1):
-            raise RuntimeError(f"training did not start: see {log_path}")
-        resumed = _resumed_step(log_path)
-        _wait_for_step(options, process, log_path, max(target, resumed + 1))
-        time.sleep(float(rng.uniform(0.0, 0.3)))
-        process.send_signal(sig)
+        if fault.startup:  # start-up (imports, data, restore) takes ~20 s on 2 cores
+            time.sleep(float(rng.uniform(2.0, 15.0)))
+            in_startup = process.poll() is None and _last_logged_step(log_path) < 0
+        else:
+            if not _wait_for_step(options, process, log_path, 1):
+                raise RuntimeError(f"training did not start: see {log_path}")
+            _wait_for_step(options, process, log_path,
+                           max(target, _resumed_step(log_path) + 1))
+            time.sleep(float(rng.uniform(0.0, 0.3)))
+            in_startup = False
+        process.send_signal(fault.signum)
         code = process.wait(timeout=options.timeout)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-    return dict(signal=signal.Signals(sig).name, resumed_from=resumed,
-                killed_after_step=_last_logged_step(log_path),
-                checkpoint_on_disk=_checkpoint_step(workdir), exit_code=code)
+    on_disk = _checkpoint_step(workdir)
+    if fault.damage:
+        on_disk = _highest_index(workdir)  # what the rerun must find without the state file
+        _damage_state_file(workdir, fault.damage)
+    return dict(fault=fault.name, signal=signal.Signals(fault.signum).name,
+                resumed_from=_resumed_step(log_path), in_startup=in_startup,
+                killed_after_step=_last_logged_step(log_path), checkpoint_on_disk=on_disk,
+                exit_code=code, exit_ok=code in fault.exit_codes,
+                traceback="Traceback" in _read(log_path))
 
 
 def _run_to_end(options: Options, workdir: str, log_path: str) -> dict:
@@ -142,33 +208,113 @@ def _compare(reference_dir: str, killed_dir: str) -> dict:
     return dict(values=len(ref), same_names=set(ref) == set(killed), max_abs_diff=max(diffs))
 
 
-def _report(options: Options, interruptions, reference, final, weights) -> bool:
-    """Print the figures; True when every check passed."""
-    for i, record in enumerate(interruptions, 1):
-        print(f"interruption {i}: {record['signal']} after step {record['killed_after_step']} "
-              f"(exit {record['exit_code']}), checkpoint on disk: step "
-              f"{record['checkpoint_on_disk']}, next run resumed from step "
-              f"{record['resumed_next']}")
-    resumed_ok = all(r["resumed_next"] == r["checkpoint_on_disk"] for r in interruptions)
-    recomputed = [r["killed_after_step"] - r["resumed_next"] for r in interruptions
-                  if r["signal"] == "SIGKILL"]
-    sigterm_ok = all(r["exit_code"] == 143 and r["checkpoint_on_disk"] >= r["killed_after_step"]
-                     for r in interruptions if r["signal"] == "SIGTERM")
-    kills = sum(r["signal"] == "SIGKILL" for r in interruptions)
+def _survived(record: dict, checkpoint_every: int) -> bool:
+    """Stopped as it must, and the next run resumed from every checkpointed step."""
+    ok = record["exit_ok"] and not record["traceback"] and record["lost"] == 0
+    if record["signal"] in ("SIGTERM", "SIGINT") and not record["in_startup"]:
+        ok = ok and record["checkpoint_on_disk"] >= record["killed_after_step"]  # saved its step
+    return ok and 0 <= record["recomputed"] <= checkpoint_every
+
+
+def _link_resumes(interruptions, final) -> None:
+    """Each interruption's `resumed_next`: where the next run that got as far as restoring
+    resumed (a run stopped during start-up may not have), and its derived figures."""
+    runs = interruptions + [final]
+    for i, record in enumerate(interruptions):
+        record["resumed_next"] = next(r["resumed_from"] for r in runs[i + 1:]
+                                      if r["resumed_from"] >= 0)
+        record["recomputed"] = max(0, record["killed_after_step"] - record["resumed_next"])
+        record["lost"] = max(0, record["checkpoint_on_disk"] - record["resumed_next"])
+
+
+def table(rows) -> str:
+    """The summary: one row per kind of fault."""
+    lines = ["| fault | tries | survived | steps recomputed | data lost |", "|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['fault']} | {row['tries']} | {row['survived']} | "
+                     f"{row['recomputed']} | {row['lost']} |")
+    return "\n".join(lines)
+
+
+def _rows(interruptions, checkpoint_every: int) -> list:
+    rows = {}
+    for record in interruptions:
+        row = rows.setdefault(record["fault"], dict(fault=record["fault"], tries=0, survived=0,
+                                                    recomputed=[], lost=0))
+        row["tries"] += 1
+        row["survived"] += _survived(record, checkpoint_every)
+        row["recomputed"].append(record["recomputed"])
+        row["lost"] += record["lost"]
+    for row in rows.values():
+        row["recomputed"] = ", ".join(map(str, row["recomputed"]))
+    return list(rows.values())
+
+
+def _report(options: Options, interruptions, reference, final, weights, disk_row) -> bool:
+    """Print the figures and the table; True when every check passed."""
+    for i, r in enumerate(interruptions, 1):
+        print(f"interruption {i}: {r['fault']} after step {r['killed_after_step']} (exit "
+              f"{r['exit_code']}{', traceback' if r['traceback'] else ''}), checkpoint on disk: "
+              f"step {r['checkpoint_on_disk']}, next run resumed from step {r['resumed_next']}")
     losses_equal = all(final[k] == reference[k] for k in reference if k.startswith(("train_",
                                                                                    "test_")))
-    print(f"kills survived: {kills}/{options.kills}; no progress lost beyond the last checkpoint "
-          f"(every rerun resumed from the checkpoint on disk): {resumed_ok}; steps recomputed "
-          f"after a kill (at most checkpoint_every={options.checkpoint_every}): {recomputed}; "
-          f"SIGTERM saved its step: {sigterm_ok}")
     print(f"final step {final['step']} vs {reference['step']}; losses equal the uninterrupted "
           f"run's: {losses_equal} (train_loss {final['train_loss']!r} vs "
           f"{reference['train_loss']!r}); checkpointed values: {weights['values']}, max |diff| "
           f"{weights['max_abs_diff']:.3g}")
-    recomputed_ok = all(0 <= r <= options.checkpoint_every for r in recomputed)
+    rows = _rows(interruptions, options.checkpoint_every) + ([disk_row] if disk_row else [])
+    print(table(rows))
     weights_ok = weights["same_names"] and weights["max_abs_diff"] == 0.0
-    return (resumed_ok and recomputed_ok and sigterm_ok and losses_equal and weights_ok
-            and kills == options.kills and final["step"] == reference["step"])
+    every_fault_survived = all(row["survived"] == row["tries"] and row["lost"] == 0
+                               for row in rows)
+    return (every_fault_survived and losses_equal and weights_ok
+            and final["step"] == reference["step"])
+
+
+def _mount_tmpfs(path: str, size: str, remount: bool = False) -> str:
+    """Mount (or resize) a tmpfs at `path`; '' when done, else why not."""
+    options = f"remount,size={size}" if remount else f"size={size}"
+    try:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", path],
+                              capture_output=True, text=True, check=False, timeout=30)
+    except OSError as error:
+        return str(error)
+    return "" if done.returncode == 0 else (done.stderr.strip() or f"exit {done.returncode}")
+
+
+def _full_disk(options: Options) -> dict:
+    """Train in a tmpfs with room for one checkpoint: the save of the next must stop the run in
+    one line (exit 2) with no partial checkpoint; with space again, the rerun resumes from the
+    intact one. The table's row (survived 'skipped: <reason>' when no tmpfs can be mounted)."""
+    workdir = os.path.join(options.workdir, "full_disk")
+    os.makedirs(workdir)
+    # One checkpoint of the tiny network is ~0.4 MB: the second does not fit.
+    reason = _mount_tmpfs(workdir, "600k")
+    row = dict(fault="full disk (tmpfs)", tries=1, survived=0, recomputed="-", lost=0)
+    if reason:
+        return dict(row, tries=0, survived=f"skipped: cannot mount a tmpfs ({reason})")
+    try:
+        log = os.path.join(options.workdir, "full_disk.0.log")
+        process = _start(options, workdir, log)
+        code = process.wait(timeout=options.timeout)
+        text = _read(log)
+        intact = _checkpoint_step(workdir)
+        partial = [n for n in os.listdir(os.path.join(workdir, "checkpoints"))
+                   if "_temp" in n or n.startswith(f"ckpt-{intact + options.checkpoint_every}")]
+        stopped_ok = (code == 2 and "Traceback" not in text and
+                      "error: Could not save checkpoint" in text and not partial and intact > 0)
+        failed_at = _last_logged_step(log)
+        reason = _mount_tmpfs(workdir, "256m", remount=True)
+        final_log = os.path.join(options.workdir, "full_disk.1.log")
+        resumed_ok = not reason and _start(options, workdir, final_log).wait(
+            timeout=options.timeout) == 0
+        resumed = _resumed_step(final_log) if resumed_ok else -1
+        print(f"full disk: exit {code} at step {failed_at}, intact checkpoint {intact}, partial "
+              f"files {partial}, resumed from {resumed}")
+        return dict(row, survived=int(stopped_ok and resumed == intact),
+                    recomputed=str(max(0, failed_at - resumed)), lost=max(0, intact - resumed))
+    finally:
+        subprocess.run(["umount", "--lazy", workdir], check=False, capture_output=True)
 
 
 def run(options: Options) -> bool:
@@ -176,28 +322,28 @@ def run(options: Options) -> bool:
     rng = np.random.default_rng(options.seed)
     reference_dir, killed_dir = (os.path.join(options.workdir, name)
                                  for name in ("reference", "killed"))
-    for directory in (reference_dir, killed_dir):
+    for directory in (reference_dir, killed_dir, os.path.join(options.workdir, "full_disk")):
         if os.path.exists(directory):
             raise ConfigError(f"{directory} exists: use a fresh --workdir.")
+    for directory in (reference_dir, killed_dir):
         os.makedirs(directory)
     start = time.time()
     reference = _run_to_end(options, reference_dir,
                             os.path.join(options.workdir, "reference.log"))
-    signals = [signal.SIGKILL] * options.kills + [signal.SIGTERM] * options.sigterm
-    targets = np.sort(rng.choice(np.arange(1, options.train_steps - 5), len(signals),
-                                 replace=False))
+    plan = faults(options.kills, options.sigterm)
+    targets = iter(np.sort(rng.choice(np.arange(1, options.train_steps - 5), len(plan),
+                                      replace=False)))
     interruptions = []
-    for i, (sig, target) in enumerate(zip(signals, targets)):
+    for i, fault in enumerate(plan):
         log = os.path.join(options.workdir, f"killed.{i}.log")
-        interruptions.append(_interrupt(options, killed_dir, log, rng, sig, int(target)))
-        if i:
-            interruptions[i - 1]["resumed_next"] = interruptions[i]["resumed_from"]
+        interruptions.append(_interrupt(options, killed_dir, log, rng, fault, int(next(targets))))
     final = _run_to_end(options, killed_dir, os.path.join(options.workdir, "killed.final.log"))
-    if interruptions:
-        interruptions[-1]["resumed_next"] = final["resumed_from"]
-    ok = _report(options, interruptions, reference, final, _compare(reference_dir, killed_dir))
+    _link_resumes(interruptions, final)
+    disk_row = _full_disk(options) if options.full_disk else None
+    ok = _report(options, interruptions, reference, final, _compare(reference_dir, killed_dir),
+                 disk_row)
     print(f"{'PASS' if ok else 'FAIL'} in {time.time() - start:.0f} s")
     with open(os.path.join(options.workdir, "fault_injection.json"), "w") as f:
-        json.dump(dict(interruptions=interruptions, reference=reference, final=final, ok=ok), f,
-                  indent=2)
+        json.dump(dict(interruptions=interruptions, reference=reference, final=final,
+                       full_disk=disk_row, ok=ok), f, indent=2)
     return ok

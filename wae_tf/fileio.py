@@ -3,6 +3,7 @@ JSON read and written atomically, directories replaced atomically, fresh tempora
 
 import json
 import os
+import re
 import uuid
 
 import tensorflow as tf
@@ -22,9 +23,46 @@ def write_bytes(path: str, contents: bytes) -> None:
         with tf.io.gfile.GFile(tmp, "wb") as f:
             f.write(contents)
         tf.io.gfile.rename(tmp, path, overwrite=True)
+    except (tf.errors.OpError, OSError) as error:  # full disk, read-only, not a directory
+        raise ConfigError(f"Could not write {path} ({error_text(error)}).") from None
     finally:
         if tf.io.gfile.exists(tmp):
             tf.io.gfile.remove(tmp)
+
+
+def error_text(error: Exception) -> str:
+    """An OS or TF error's message in one short line, without TF's {{function_node ...}}."""
+    text = " ".join(re.sub(r"\{\{[^}]*\}\}", "", str(error)).split())
+    return text[-300:] or type(error).__name__
+
+
+def check_writable_dir(directory: str, flag: str) -> None:
+    """Create `directory` if needed and check that a file can be written in it; ConfigError
+    naming `flag` otherwise (empty, a regular file, read-only or full)."""
+    if not directory:
+        raise ConfigError(f"{flag} is empty: name a directory.")
+    if tf.io.gfile.exists(directory) and not tf.io.gfile.isdir(directory):
+        raise ConfigError(f"{flag}={directory} is a file, not a directory: name another one.")
+    try:
+        tf.io.gfile.makedirs(directory)
+        probe = temporary_sibling(os.path.join(directory, "write-check"))
+        with tf.io.gfile.GFile(probe, "wb") as f:
+            f.write(b"x")
+        tf.io.gfile.remove(probe)
+    except (tf.errors.OpError, OSError) as error:
+        raise ConfigError(f"{flag}={directory} is not writable ({error_text(error)}): check its "
+                          "permissions and free space, or name another directory.") from None
+
+
+def remove_quietly(path: str) -> None:
+    """Delete a file or directory tree if it exists, ignoring errors (cleanup after a failure)."""
+    try:
+        if tf.io.gfile.isdir(path):
+            tf.io.gfile.rmtree(path)
+        elif tf.io.gfile.exists(path):
+            tf.io.gfile.remove(path)
+    except (tf.errors.OpError, OSError):
+        pass
 
 
 def read_json(path: str) -> dict:

@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import signal
 import time
 from typing import Callable
 
@@ -116,47 +117,77 @@ def _check_finite(metrics: dict, step: int, manager) -> None:
 def train_and_evaluate(config: Config, workdir: str, strategy=None, data_override=None) -> dict:
     """Train (resuming from `workdir`), then evaluate and export; returns the final metrics.
 
-    `strategy` and `data_override` = (train, test) ImageData let tests inject both.
+    `strategy` and `data_override` = (train, test) ImageData let tests inject both. SIGTERM or
+    SIGINT stops it with Preempted: before training at once, during training after saving a
+    checkpoint. A finished run (results.json at its last step) is left as it is.
     """
     config.validate()
-    strategy = strategy or cluster.create_strategy(config)
-    train, test = _load_data(config, data_override)
-    _check_batch(config, strategy, train)
-    steps_per_epoch = data.steps_per_epoch(train.num_examples, config.batch_size)
-    total_steps = _total_steps(config, steps_per_epoch)
+    with cluster.StopSignals() as stop:
+        strategy = strategy or cluster.create_strategy(config)
+        train, test = _load_data(config, data_override)
+        _check_batch(config, strategy, train)
+        fileio.check_writable_dir(workdir, "--workdir")
+        steps_per_epoch = data.steps_per_epoch(train.num_examples, config.batch_size)
+        total_steps = _total_steps(config, steps_per_epoch)
+        checkpoints.check_run_record(workdir, config, train.image_shape,
+                                     write=cluster.is_chief(strategy))
+        with strategy.scope():
+            state = training.create_state(config, train.image_shape, steps_per_epoch,
+                                          config.epochs or -(-total_steps // steps_per_epoch))
+        manager = checkpoints.create_manager(state.checkpoint(), workdir, config, strategy)
+        checkpoints.restore_latest(manager, os.path.join(workdir, "checkpoints"))  # the chief's
+        start = int(state.step.numpy())
+        cluster.check_workers_agree(strategy, start)
+        finished = _finished_results(workdir, start, total_steps)
+        if finished:
+            logging.info("%s finished at step %d already: %s", workdir, start, finished)
+            return finished
+        logging.info("%s: %d train images %s, %d steps/epoch, from step %d to %d on %d "
+                     "replica(s).", train.name, train.num_examples, train.image_shape,
+                     steps_per_epoch, start, total_steps, strategy.num_replicas_in_sync)
+        if start == 0 and config.encoder_pretrain_steps:  # a signal here stops it at once:
+            _pretrain(config, state, strategy, train)  # nothing to save, a rerun redoes it
+        iterator = iter(data.distribute(strategy, train, config.batch_size, config.seed, start))
+        results = _train_then_test(config, state, strategy, iterator, manager, total_steps,
+                                   make_test_set(state, test), stop, workdir)
+        _finish(config, state, strategy, workdir, train.image_shape, results, train)
+    return results
+
+
+def _train_then_test(config, state, strategy, iterator, manager, total_steps, test_set, stop,
+                     workdir) -> dict:
+    """The loop (signals deferred to it), the last checkpoint, then the test metrics and
+    images, all logged to TensorBoard (the chief's); returns test and train metrics."""
     chief = cluster.is_chief(strategy)
-    tf.io.gfile.makedirs(workdir)
-    checkpoints.check_run_record(workdir, config, train.image_shape, write=chief)
-    with strategy.scope():
-        state = training.create_state(config, train.image_shape, steps_per_epoch,
-                                      config.epochs or -(-total_steps // steps_per_epoch))
-    manager = checkpoints.create_manager(state.checkpoint(), workdir, config, strategy)
-    checkpoints.restore_latest(manager, os.path.join(workdir, "checkpoints"))  # the chief's
-    start = int(state.step.numpy())
-    cluster.check_workers_agree(strategy, start)
-    logging.info("%s: %d train images %s, %d steps/epoch, from step %d to %d on %d replica(s).",
-                 train.name, train.num_examples, train.image_shape, steps_per_epoch, start,
-                 total_steps, strategy.num_replicas_in_sync)
-    if start == 0 and config.encoder_pretrain_steps:
-        _pretrain(config, state, strategy, train)
-    iterator = iter(data.distribute(strategy, train, config.batch_size, config.seed, start))
     writer = tf.summary.create_file_writer(os.path.join(workdir, "train")) if chief else \
         tf.summary.create_noop_writer()
-    test_set = make_test_set(state, test)
-    with writer.as_default():
-        train_metrics = _run_loop(config, state, strategy, iterator, manager, total_steps,
-                                  test_set)
-        step = int(state.step.numpy())
-        if step > start or not manager.latest_checkpoint:
-            manager.save(checkpoint_number=step)
-        results = test_set.metrics(config)
-        for name, value in results.items():
-            tf.summary.scalar(f"test/{name}", value, step=step)
-        test_set.write_images(config, step, png_dir=workdir if chief else "")
-    writer.flush()
+    try:
+        with writer.as_default():
+            with stop.deferred():
+                train_metrics = _run_loop(config, state, strategy, iterator, manager,
+                                          total_steps, test_set, stop)
+            step = int(state.step.numpy())
+            checkpoints.save(manager, step)  # a no-op when the loop saved this step
+            results = test_set.metrics(config)
+            for name, value in results.items():
+                tf.summary.scalar(f"test/{name}", value, step=step)
+            test_set.write_images(config, step, png_dir=workdir if chief else "")
+    finally:
+        writer.close()  # also after an error: no open file left in the workdir
     results.update({f"train_{k}": v for k, v in train_metrics.items()}, step=step)
-    _finish(config, state, strategy, workdir, train.image_shape, results, train)
     return results
+
+
+def _finished_results(workdir: str, start: int, total_steps: int) -> dict:
+    """The results.json of a run that already ended at `start` >= `total_steps`, else {}.
+
+    Rerunning a finished run then rewrites nothing (its train losses are not recomputed).
+    """
+    path = os.path.join(workdir, "results.json")
+    if start < total_steps or not tf.io.gfile.exists(path):
+        return {}
+    results = fileio.read_json(path)
+    return results if results.get("step") == start else {}
 
 
 def _pretrain(config: Config, state: training.TrainState, strategy, train) -> None:
@@ -172,13 +203,13 @@ def _pretrain(config: Config, state: training.TrainState, strategy, train) -> No
 
 def fit_latent_sampler(config: Config, encoder, train, workdir: str, step: int):
     """The fitted latent sampler (--sampler_components): a Gaussian mixture of the codes of at
-    most SAMPLER_FIT_LIMIT training images (a seeded subset), saved as <workdir>/latent_sampler.FILE."""
+    most SAMPLER_FIT_LIMIT training images (a seeded subset), saved as
+    <workdir>/latent_sampler.FILE."""
     subset = data.materialize(train, SAMPLER_FIT_LIMIT, config.seed)
     if subset.num_examples > SAMPLER_FIT_LIMIT:
-        keep = np.random.default_rng(config.seed).choice(subset.num_examples, SAMPLER_FIT_LIMIT,
-                                                         replace=False)
-        subset = data.ImageData(subset.images[np.sort(keep)], subset.labels[np.sort(keep)],
-                                subset.name)
+        keep = np.sort(np.random.default_rng(config.seed).choice(
+            subset.num_examples, SAMPLER_FIT_LIMIT, replace=False))
+        subset = data.ImageData(subset.images[keep], subset.labels[keep], subset.name)
     encode = tf.function(lambda x: networks.encoder_mean(encoder, x), autograph=False)
     codes = np.concatenate([encode(images).numpy() for images, _ in
                             data.make_eval_dataset(subset, 500)])
@@ -223,33 +254,39 @@ def _call(train_fn, iterator, num: int) -> dict:
                           "them out), or fix the files.") from None
 
 
-def _run_loop(config, state, strategy, iterator, manager, total_steps, test_set) -> dict:
+def _run_loop(config, state, strategy, iterator, manager, total_steps, test_set, stop) -> dict:
     """Call the compiled steps until `total_steps`, logging, drawing and checkpointing.
 
-    After a SIGTERM (on any worker) it saves a checkpoint and raises Preempted.
+    After SIGTERM or SIGINT on any worker (`stop.received`, all-gathered between steps) it saves
+    a checkpoint and raises Preempted.
     """
     train_fn = training.make_train_fn(config, state, strategy)
     step, metrics = int(state.step.numpy()), {}
     first, window_start, window_step = step, time.time(), step
-    with cluster.SigtermFlag() as sigterm:
-        while step < total_steps and not any(cluster.all_workers(strategy, sigterm.received)):
-            num = min(config.steps_per_loop, total_steps - step)
-            metrics = _call(train_fn, iterator, num)
-            previous, step = step, step + num
-            _check_finite(metrics, step, manager)
-            crossed = lambda every: step // every > previous // every or step == total_steps  # noqa
-            if crossed(config.log_every) or previous == first:
-                elapsed = max(time.time() - window_start, 1e-9)
-                rate = (step - window_step) * config.batch_size / elapsed
-                lr = float(state.ae_optimizer.learning_rate)
-                _log_scalars(metrics, lr, step, rate,
-                             (total_steps - step) * config.batch_size / rate)
-                window_start, window_step = time.time(), step
-            if crossed(config.image_every):
-                test_set.write_images(config, step)
-            if crossed(config.checkpoint_every):
-                manager.save(checkpoint_number=step)
-    if step < total_steps:  # stopped by SIGTERM
-        raise Preempted(f"SIGTERM at step {step}: saved {manager.save(checkpoint_number=step)}; "
-                        "rerun the same command to resume.")
+    signums = [0]
+    while step < total_steps:
+        signums = cluster.all_workers(strategy, stop.received)
+        if any(signums):
+            break
+        num = min(config.steps_per_loop, total_steps - step)
+        metrics = _call(train_fn, iterator, num)
+        previous, step = step, step + num
+        _check_finite(metrics, step, manager)
+        crossed = lambda every: step // every > previous // every or step == total_steps  # noqa
+        if crossed(config.log_every) or previous == first:
+            elapsed = max(time.time() - window_start, 1e-9)
+            rate = (step - window_step) * config.batch_size / elapsed
+            lr = float(state.ae_optimizer.learning_rate)
+            _log_scalars(metrics, lr, step, rate,
+                         (total_steps - step) * config.batch_size / rate)
+            window_start, window_step = time.time(), step
+        if crossed(config.image_every):
+            test_set.write_images(config, step)
+        if crossed(config.checkpoint_every):
+            checkpoints.save(manager, step)
+    if step < total_steps:  # stopped by a signal
+        signum = int(max(signums))
+        raise Preempted(f"{signal.Signals(signum).name} at step {step}: saved "
+                        f"{checkpoints.save(manager, step)}; rerun the same command to resume.",
+                        signum)
     return metrics

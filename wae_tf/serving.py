@@ -20,18 +20,34 @@ from wae_tf.errors import ConfigError
 CONFIG_ASSET = os.path.join("assets.extra", "wae_config.json")
 
 
+def _check_shape(tensor, name: str, dims: str, expected):
+    """An Assert that `tensor` has shape [N, *expected]; the rank is checked first (comparing
+    shapes of different ranks would fail with TF's own "Incompatible shapes" instead)."""
+    shape, expected = tf.shape(tensor), tf.constant(expected, tf.int32)
+    ok = tf.cond(tf.equal(tf.size(shape), tf.size(expected) + 1),
+                 lambda: tf.reduce_all(tf.equal(shape[1:], expected)),
+                 lambda: tf.constant(False))
+    return tf.debugging.Assert(ok, [f"{name} must have shape {dims} = [N] +", expected, "got",
+                                    shape])
+
+
 def _check_images(images, image_shape):
     """Fail the request unless images are [N, H, W, C] with values in [0, 1] (NaN fails too)."""
-    shape_ok = tf.reduce_all(tf.equal(tf.shape(images)[1:], tf.constant(image_shape)))
-    with tf.control_dependencies([tf.debugging.Assert(
-            shape_ok, ["images must have shape [N, H, W, C] =", tf.constant(image_shape),
-                       "got", tf.shape(images)])]):
+    with tf.control_dependencies([_check_shape(images, "images", "[N, H, W, C]", image_shape)]):
         ok = tf.reduce_all(tf.logical_and(images >= 0.0, images <= 1.0))
         return tf.debugging.Assert(ok, ["images must be finite float32 values in [0, 1]"])
 
 
-def _check_finite(z):
-    return tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(z)), ["z must be finite"])
+def _check_z(z, z_dim: int):
+    """Fail the request unless z is [N, z_dim] and finite."""
+    with tf.control_dependencies([_check_shape(z, "z", "[N, z_dim]", [z_dim])]):
+        return tf.debugging.Assert(tf.reduce_all(tf.math.is_finite(z)), ["z must be finite"])
+
+
+def _check_seed(seed):
+    """Fail the request unless seed is a vector [N] (one image per seed)."""
+    return tf.debugging.Assert(tf.equal(tf.rank(seed), 1), [
+        "seed must have shape [N] (one int64 per image), got", tf.shape(seed)])
 
 
 class _Untracked:
@@ -78,7 +94,7 @@ class WAEModule(tf.Module):
 
     def _decode(self, z):
         """z [N,z_dim] -> images [N,H,W,C] in [0,1]."""
-        with tf.control_dependencies([_check_finite(z)]):
+        with tf.control_dependencies([_check_z(z, self._prior[1])]):
             return {"images": self._models.decoder(z, training=False)}
 
     def _reconstruct(self, images):
@@ -95,13 +111,16 @@ class WAEModule(tf.Module):
             pair = tf.stack([one_seed, tf.zeros_like(one_seed)])
             return regularizers.sample_prior(kind, 1, z_dim, scale, pair)[0]  # [z_dim]
 
+        with tf.control_dependencies([_check_seed(seed)]):
+            seed = tf.identity(seed)
         z = tf.map_fn(draw, seed, fn_output_signature=tf.TensorSpec([z_dim], tf.float32))
         return {"images": self._models.decoder(z, training=False)}
-
 
     def _sample_fitted(self, seed):
         """seed int64 [N] -> images [N,H,W,C] decoded from draws of the Gaussian mixture fitted
         to the training codes; one seed, one image, as `sample`."""
+        with tf.control_dependencies([_check_seed(seed)]):
+            seed = tf.identity(seed)
         z = latent_sampler.sample_per_seed(self._mixture, seed)
         return {"images": self._models.decoder(z, training=False)}
 
@@ -137,11 +156,18 @@ def export_saved_model(encoder, decoder, config: Config, image_shape, base_dir: 
     module = WAEModule(plain.encoder, plain.decoder, config, image_shape, mixture)
     final_dir = os.path.join(base_dir, str(int(version)))
     tmp_dir = fileio.temporary_sibling(final_dir)  # not a number: TF Serving ignores it
-    tf.io.gfile.makedirs(tmp_dir)
-    tf.saved_model.save(module, tmp_dir, signatures=signatures(module))
-    tf.io.gfile.makedirs(os.path.join(tmp_dir, "assets.extra"))
-    fileio.write_json(os.path.join(tmp_dir, CONFIG_ASSET), config_lib.run_record(config, image_shape))
-    fileio.replace_directory(tmp_dir, final_dir)
+    try:
+        tf.io.gfile.makedirs(tmp_dir)
+        tf.saved_model.save(module, tmp_dir, signatures=signatures(module))
+        tf.io.gfile.makedirs(os.path.join(tmp_dir, "assets.extra"))
+        fileio.write_json(os.path.join(tmp_dir, CONFIG_ASSET),
+                          config_lib.run_record(config, image_shape))
+        fileio.replace_directory(tmp_dir, final_dir)
+    except (tf.errors.OpError, OSError, ConfigError) as error:  # full disk, read-only
+        fileio.remove_quietly(tmp_dir)
+        raise ConfigError(f"Could not export to {final_dir} ({fileio.error_text(error)})"
+                          ": free space or fix permissions, then export the checkpoint again "
+                          "(python -m wae_tf.export).") from None
     logging.info("Exported SavedModel to %s", final_dir)
     return final_dir
 
@@ -155,15 +181,17 @@ def restore_trained_models(workdir: str) -> TrainedModels:
     """The plain Keras encoder and decoder of a training run, restored from its latest
     checkpoint (checkpoints hold the same variables whatever layers training used)."""
     config, image_shape = checkpoints.read_run_record(workdir)
-    latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
-    if latest is None:
-        raise ConfigError(f"No checkpoint in {os.path.join(workdir, 'checkpoints')}.")
     models = networks.make_models(config, image_shape, with_discriminator=False)
     step = tf.Variable(0, dtype=tf.int64)
-    tf.train.Checkpoint(encoder=models.encoder, decoder=models.decoder, step=step).restore(
-        latest).expect_partial().assert_existing_objects_matched()
+    directory = os.path.join(workdir, "checkpoints")
+    # The newest readable one: a corrupt newest checkpoint is reported and the previous used.
+    path = checkpoints.restore_newest_readable(
+        tf.train.Checkpoint(encoder=models.encoder, decoder=models.decoder, step=step),
+        directory, partial=True)
+    if not path:
+        raise ConfigError(f"No checkpoint in {directory}.")
     return TrainedModels(config, image_shape, models.encoder, models.decoder,
-                         int(step.numpy()), latest)
+                         int(step.numpy()), path)
 
 
 def export_from_workdir(workdir: str, export_dir: str = "") -> str:

@@ -1,0 +1,51 @@
+"""The fault-injection tool's bookkeeping: where each interrupted run resumed, what it recomputed
+and lost, and the table (the runs themselves: python -m wae_tf.fault_injection, BUILD.md)."""
+
+import signal
+
+from wae_tf import faults
+
+
+def _record(fault, killed_after, on_disk, resumed_from, exit_code, startup=False):
+    return dict(fault=fault, signal=signal.Signals(faults_by_name()[fault].signum).name,
+                killed_after_step=killed_after, checkpoint_on_disk=on_disk,
+                resumed_from=resumed_from, exit_code=exit_code, in_startup=startup,
+                exit_ok=exit_code in faults_by_name()[fault].exit_codes, traceback=False)
+
+
+def faults_by_name():
+    return {f.name: f for f in faults.faults(kills=1)}
+
+
+def test_every_fault_of_the_issue_is_planned():
+    names = list(faults_by_name())
+    assert names == ["SIGKILL", "SIGTERM", "SIGINT", "SIGTERM during start-up",
+                     "SIGINT during start-up", "state file deleted (after SIGKILL)",
+                     "state file empty (after SIGKILL)"]
+
+
+def test_resumes_skip_runs_stopped_before_restoring_and_lost_steps_are_counted():
+    interruptions = [
+        _record("SIGKILL", 30, 25, 0, -9),
+        _record("SIGINT during start-up", -1, 25, -1, 130, startup=True),  # never restored
+        _record("SIGTERM", 40, 40, 25, 143),
+        _record("state file deleted (after SIGKILL)", 52, 50, 40, -9),
+    ]
+    final = dict(resumed_from=25)  # went back past ckpt-50: 25 checkpointed steps lost
+    faults._link_resumes(interruptions, final)  # pylint: disable=protected-access
+    assert [r["resumed_next"] for r in interruptions] == [25, 25, 40, 25]
+    assert [r["recomputed"] for r in interruptions] == [5, 0, 0, 27]
+    assert [r["lost"] for r in interruptions] == [0, 0, 0, 25]
+    rows = faults._rows(interruptions, checkpoint_every=25)  # pylint: disable=protected-access
+    survived = {row["fault"]: row["survived"] for row in rows}
+    assert survived == {"SIGKILL": 1, "SIGINT during start-up": 1, "SIGTERM": 1,
+                        "state file deleted (after SIGKILL)": 0}
+    table = faults.table(rows)
+    assert table.splitlines()[0] == "| fault | tries | survived | steps recomputed | data lost |"
+    assert "| state file deleted (after SIGKILL) | 1 | 0 | 27 | 25 |" in table
+
+
+def test_a_sigterm_that_did_not_save_its_step_did_not_survive():
+    record = _record("SIGTERM", 40, 25, 25, 143)
+    faults._link_resumes([record], dict(resumed_from=25))  # pylint: disable=protected-access
+    assert not faults._survived(record, 25)  # pylint: disable=protected-access

@@ -197,7 +197,8 @@ def test_training_resumes_over_a_deleted_state_file_instead_of_restarting(preemp
                                                                           tmp_path, caplog):
     directory = _copy(preempted_run[0], tmp_path)
     os.remove(os.path.join(directory, "checkpoint"))
-    with caplog.at_level(logging.INFO):
+    # On absl's logger itself: an earlier test may have lowered absl's verbosity.
+    with caplog.at_level(logging.INFO, logger="absl"):
         results = loop.train_and_evaluate(CONFIG.replace(train_steps=6), os.path.dirname(directory),
                                           data_override=(make_images(32), make_images(8)))
     assert results["step"] == 6 and "from step 5 to 6" in caplog.text

@@ -31,6 +31,7 @@ from wae_tf import metrics
 from wae_tf import networks
 from wae_tf import regularizers
 from wae_tf import serving
+from wae_tf import training
 from wae_tf import visualize
 from wae_tf.config import Config
 from wae_tf.errors import ConfigError
@@ -127,7 +128,8 @@ def run_model(model: Autoencoder, test_images: np.ndarray, num_samples: int, see
     z = prior_samples(model.config, num_samples, seed, _SAMPLES_TAG)  # [num_samples, z_dim]
     sampled = codes
     if model.encode_log_var is not None:
-        log_var = np.clip(_batched(model.encode_log_var, test_images), -50.0, 50.0)
+        limit = training.LOG_VAR_LIMIT  # as training clips it
+        log_var = np.clip(_batched(model.encode_log_var, test_images), -limit, limit)
         eps = np.random.default_rng([seed, _EPS_TAG]).standard_normal(codes.shape)
         sampled = (codes + np.exp(0.5 * log_var) * eps).astype(np.float32)
     outputs = dict(codes=codes, recon=recon, samples=_batched(model.decode, z), q_codes=sampled)

@@ -33,3 +33,7 @@ def benchmark() -> None:
 
 def compare() -> None:
     _run("compare")
+
+
+def reconstruct() -> None:
+    _run("reconstruct")

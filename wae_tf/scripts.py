@@ -6,34 +6,15 @@ the main module and `--help` lists them. Standard library only.
 
 import runpy
 
-
-def _run(name: str) -> None:
-    runpy.run_module(f"wae_tf.{name}", run_name="__main__", alter_sys=True)
+COMMANDS = ("train", "evaluate", "export", "encode", "benchmark", "compare", "reconstruct")
 
 
-def train() -> None:
-    _run("train")
+def _command(name: str):
+    """The zero-argument function of `wae-<name>`."""
+    def run() -> None:
+        runpy.run_module(f"wae_tf.{name}", run_name="__main__", alter_sys=True)
+    run.__name__ = run.__qualname__ = name
+    return run
 
 
-def evaluate() -> None:
-    _run("evaluate")
-
-
-def export() -> None:
-    _run("export")
-
-
-def encode() -> None:
-    _run("encode")
-
-
-def benchmark() -> None:
-    _run("benchmark")
-
-
-def compare() -> None:
-    _run("compare")
-
-
-def reconstruct() -> None:
-    _run("reconstruct")
+train, evaluate, export, encode, benchmark, compare, reconstruct = map(_command, COMMANDS)

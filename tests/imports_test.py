@@ -73,7 +73,7 @@ def test_every_module_imports_in_a_fresh_interpreter():
             "    importlib.import_module('wae_tf.' + name)\n")
     # Entry points define absl flags when imported: one interpreter each.
     entry_points = ("train", "export", "evaluate", "compare", "benchmark", "fault_injection",
-                    "encode")
+                    "encode", "reconstruct")
     library = [m for m in MODULES if m not in entry_points]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     for group in [library] + [[m] for m in entry_points if m in MODULES]:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -23,7 +24,8 @@ def _run(*args, timeout=600):
 
 def test_train_then_export_on_real_fashion_mnist(tmp_path):
     workdir = str(tmp_path / "run")
-    result = _run("wae_tf.train", "--flagfile=flags/test_tiny.cfg", f"--workdir={workdir}")
+    result = _run("wae_tf.train", "--flagfile=flags/test_tiny.cfg", f"--workdir={workdir}",
+                  "--progress=on")
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("config.json", "results.json", "samples.png",
                  "reconstructions.png", "export/6/saved_model.pb", "checkpoints/checkpoint"):
@@ -32,6 +34,10 @@ def test_train_then_export_on_real_fashion_mnist(tmp_path):
     results = json.load(open(os.path.join(workdir, "results.json")))
     assert results["step"] == 6 and 0 < results["test_recon_cost"] < 50
     assert "images/s" in result.stderr and "left" in result.stderr
+    # The progress bar, forced on, beside the log lines: its last drawing is step 6 of 6.
+    # (text mode reads the bar's \r as a line break)
+    plain = re.sub(r"\x1b\[[0-9;]*m", "", result.stderr)  # without the bar's colours
+    assert re.search(r"^6/6 ━+ \d+s \d+\w+/step - .*loss: ", plain, re.M), result.stderr[-3000:]
     record = json.load(open(os.path.join(workdir, "config.json")))
     assert record["image_shape"] == [28, 28, 1] and record["train_steps"] == 6
     # The workdir alone resumes the run from its config.json: nothing more to train, and the
@@ -41,9 +47,11 @@ def test_train_then_export_on_real_fashion_mnist(tmp_path):
     assert "finished at step 6 already" in again.stderr
     assert json.load(open(os.path.join(workdir, "results.json"))) == results
     # A flag given again overrides the record: two more steps.
-    longer = _run("wae_tf.train", f"--workdir={workdir}", "--train_steps=8", "--export=false")
+    longer = _run("wae_tf.train", f"--workdir={workdir}", "--train_steps=8", "--export=false",
+                  "--progress=auto")
     assert longer.returncode == 0, longer.stderr[-3000:]
     assert "from step 6 to 8" in longer.stderr
+    assert "━" not in longer.stderr  # auto: no bar when stderr is not a terminal
     # Exporting the latest checkpoint: its step is the version directory.
     exported = _run("wae_tf.export", f"--workdir={workdir}", f"--export_dir={tmp_path}/exp")
     assert exported.returncode == 0, exported.stderr[-3000:]

@@ -1,6 +1,8 @@
-"""absl flags mirroring Config's fields, and the one-line error handling of the entry points."""
+"""absl flags mirroring Config's fields, where the experiments' flagfiles are, and the one-line
+error handling of the entry points."""
 
 import dataclasses
+import os
 import sys
 
 from absl import flags
@@ -27,6 +29,20 @@ def define_config_flags(flag_values=FLAGS) -> None:
             flags.DEFINE_float(field.name, field.default, help_text, **kw)
         else:
             flags.DEFINE_string(field.name, field.default, help_text, **kw)
+
+
+def flagfiles_dir() -> str:
+    """The experiments' flagfiles: the copy an installed package carries (wae_tf/flags, see
+    pyproject.toml), else flags/ of the source checkout the package runs from (or is installed
+    editable from). They include each other as `flags/<name>.cfg`: read them from its parent."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    candidates = (os.path.join(package, "flags"), os.path.join(os.path.dirname(package), "flags"))
+    for candidate in candidates:
+        if os.path.isdir(candidate):
+            return candidate
+    raise ConfigError(f"The experiments' flagfiles are in neither {candidates[0]} nor "
+                      f"{candidates[1]}: reinstall wae-tf (its package carries them) or run "
+                      "from a checkout of the repository.")
 
 
 def config_from_flags(flag_values=FLAGS) -> config_lib.Config:

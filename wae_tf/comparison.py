@@ -25,22 +25,22 @@ from wae_tf import fileio
 from wae_tf import loop
 from wae_tf import visualize
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = (("vae", "VAE"), ("vae_lambda01", "VAE (λ=0.1)"), ("wae_mmd", "WAE-MMD"),
         ("wae_gan", "WAE-GAN"), ("wae_swd", "WAE-SWD"))
 TIMING_FILE = "compare_timing.json"
 
 
 def flagfile_path(name: str) -> str:
-    return os.path.join(REPO, "flags", f"compare_{name}.cfg")
+    return os.path.join(cli.flagfiles_dir(), f"compare_{name}.cfg")
 
 
 def parse_flagfile(path: str) -> config_lib.Config:
-    """The validated Config of one flagfile (nested --flagfile paths are relative to the repo)."""
+    """The validated Config of one flagfile (nested `--flagfile=flags/...` paths are read from
+    the flagfiles' parent directory: the checkout, or the installed package)."""
     values = flags.FlagValues()
     cli.define_config_flags(values)
     cwd = os.getcwd()
-    os.chdir(REPO)
+    os.chdir(os.path.dirname(cli.flagfiles_dir()))
     try:
         values(["compare", f"--flagfile={path}"])
     finally:

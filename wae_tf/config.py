@@ -19,6 +19,7 @@ CHOICES = {
     "mixed_precision": ("none", "mixed_float16", "mixed_bfloat16"),
     "conv_impl": ("auto", "native", "patches"),
     "in_memory": ("auto", "true", "false"),
+    "progress": ("auto", "on", "off"),
 }
 
 # Fields that shape the models: a checkpoint made with other values cannot be restored.
@@ -33,7 +34,8 @@ RESUMABLE_FIELDS = ("train_steps", "epochs", "data_dir", "in_memory", "cache_dir
                     "skip_bad_images", "tfds_data_dir", "tfds_download", "shuffle_buffer",
                     "steps_per_loop", "jit_compile", "conv_impl", "deterministic", "strategy",
                     "cpu_devices", "cluster_timeout", "checkpoint_every", "keep_checkpoints",
-                    "log_every", "image_every", "export_dir", "export", "sampler_components")
+                    "log_every", "progress", "image_every", "export_dir", "export",
+                    "sampler_components")
 
 DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -154,6 +156,8 @@ class Config:
     checkpoint_every: int = _field(1000, "Save a checkpoint every this many steps (and at the end).")
     keep_checkpoints: int = _field(3, "How many recent checkpoints to keep.")
     log_every: int = _field(100, "Log scalars to the console and TensorBoard every this many steps.")
+    progress: str = _field("auto", "A one-line progress bar with the time left on stderr, beside "
+                           "the log lines: auto (when stderr is a terminal) | on | off.")
     image_every: int = _field(1000, "Log reconstruction and sample grids every this many steps.")
     export_dir: str = _field("", "Base directory of the SavedModel export; default <workdir>/export.")
     export: bool = _field(True, "Export a SavedModel at the end of training.")

@@ -69,7 +69,7 @@ def resize_images(images: tf.Tensor, size: int) -> tf.Tensor:
     return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
 
 
-def _preprocess(size: int, channels: int, crop: int):
+def preprocess(size: int, channels: int, crop: int):
     """Encoded bytes -> uint8 [size, size, channels]: decode (a GIF's first frame), centre crop
     to crop x crop (0: the largest centred square), antialiased resize."""
     def fn(contents):
@@ -87,7 +87,7 @@ def _preprocess(size: int, channels: int, crop: int):
 
 def decoder(files: "FileSplit"):
     """path (string tensor) -> uint8 [size, size, channels], as training decodes `files`."""
-    fn = _preprocess(files.size, files.channels, files.crop)
+    fn = preprocess(files.size, files.channels, files.crop)
     return lambda path: fn(tf.io.read_file(path))
 
 
@@ -99,7 +99,7 @@ def crop_of(config: Config) -> int:
 def image_dataset(paths: List[str], size: int, channels: int, crop: int) -> tf.data.Dataset:
     """(path, uint8 [size, size, channels]) per readable file, in order, decoded in parallel;
     files that cannot be decoded are left out (compare the paths to find them)."""
-    fn = _preprocess(size, channels, crop)
+    fn = preprocess(size, channels, crop)
     dataset = tf.data.Dataset.from_tensor_slices(paths).map(
         lambda p: (p, fn(tf.io.read_file(p))), num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True)

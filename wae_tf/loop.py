@@ -18,6 +18,7 @@ from wae_tf import fileio
 from wae_tf import latent_sampler
 from wae_tf import metrics as metrics_lib
 from wae_tf import networks
+from wae_tf import progress
 from wae_tf import regularizers
 from wae_tf import serving
 from wae_tf import training
@@ -163,9 +164,10 @@ def _train_then_test(config, state, strategy, iterator, manager, total_steps, te
         tf.summary.create_noop_writer()
     try:
         with writer.as_default():
-            with stop.deferred():
+            with stop.deferred(), progress.progress_bar(
+                    config.progress, int(state.step.numpy()), total_steps, chief) as show:
                 train_metrics = _run_loop(config, state, strategy, iterator, manager,
-                                          total_steps, test_set, stop)
+                                          total_steps, test_set, stop, show)
             step = int(state.step.numpy())
             checkpoints.save(manager, step)  # a no-op when the loop saved this step
             results = test_set.metrics(config)
@@ -254,8 +256,10 @@ def _call(train_fn, iterator, num: int) -> dict:
                           "them out), or fix the files.") from None
 
 
-def _run_loop(config, state, strategy, iterator, manager, total_steps, test_set, stop) -> dict:
-    """Call the compiled steps until `total_steps`, logging, drawing and checkpointing.
+def _run_loop(config, state, strategy, iterator, manager, total_steps, test_set, stop,
+              show_progress) -> dict:
+    """Call the compiled steps until `total_steps`, logging, drawing and checkpointing;
+    show_progress(step, losses) after each call (progress.progress_bar).
 
     After SIGTERM or SIGINT on any worker (`stop.received`, all-gathered between steps) it saves
     a checkpoint and raises Preempted.
@@ -284,6 +288,7 @@ def _run_loop(config, state, strategy, iterator, manager, total_steps, test_set,
             test_set.write_images(config, step)
         if crossed(config.checkpoint_every):
             checkpoints.save(manager, step)
+        show_progress(step, metrics)  # floats already: no extra device sync
     if step < total_steps:  # stopped by a signal
         signum = int(max(signums))
         raise Preempted(f"{signal.Signals(signum).name} at step {step}: saved "

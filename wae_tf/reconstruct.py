@@ -1,0 +1,34 @@
+"""Entry point: python -m wae_tf.reconstruct --image=FILE --out=FILE.png [--server=URL] asks a
+model that TensorFlow Serving serves (REST, port 8501) for the reconstruction of an image file
+(wae_tf.rest_client) and writes it as a PNG."""
+
+import json
+import sys
+
+from absl import app
+from absl import flags
+
+from wae_tf import cli
+
+flags.DEFINE_string("image", None, "The image file (JPEG, PNG, BMP, GIF, WebP).", required=True)
+flags.DEFINE_string("out", None, "The reconstruction's PNG file.", required=True)
+flags.DEFINE_string("server", "http://localhost:8501", "TensorFlow Serving's REST address.")
+flags.DEFINE_string("model", "wae", "The served model's name (TF Serving's MODEL_NAME).")
+flags.DEFINE_string("model_version", "", "A version to ask for; default: the latest served.")
+flags.DEFINE_integer("crop", 0, "Centre crop side before resizing, as the model was trained "
+                     "(--crop, or --celeba_crop for CelebA); 0 = the largest centred square.")
+flags.DEFINE_float("timeout", 60.0, "Seconds to wait for each answer.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    from wae_tf import rest_client  # pylint: disable=import-outside-toplevel; after flag parsing
+    sys.exit(cli.run_reporting_user_errors(lambda: print(json.dumps(rest_client.reconstruct_file(
+        FLAGS.image, FLAGS.out, FLAGS.server, FLAGS.model, FLAGS.model_version, FLAGS.crop,
+        FLAGS.timeout)))))
+
+
+if __name__ == "__main__":
+    app.run(main)

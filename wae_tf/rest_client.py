@@ -1,0 +1,102 @@
+"""A TensorFlow Serving REST client: an image file -> its reconstruction PNG, over HTTP/JSON.
+
+It asks the server for the model's metadata (GET /v1/models/<model>/metadata) to learn the image
+shape of the `reconstruct` signature, prepares the file as training prepares a folder's files,
+sends one columnar predict request (POST /v1/models/<model>:predict with {"signature_name",
+"inputs"}) with the standard library's urllib, and writes the returned image as a PNG.
+"""
+
+import json
+import urllib.error
+import urllib.request
+from typing import Optional, Tuple
+
+import numpy as np
+import tensorflow as tf
+
+from wae_tf import folders
+from wae_tf import visualize
+from wae_tf.errors import ConfigError
+
+SIGNATURE = "reconstruct"
+
+
+def model_url(server: str, model: str, version: str = "") -> str:
+    """TF Serving's REST address of a model: <server>/v1/models/<model>[/versions/<version>]."""
+    url = f"{server.rstrip('/')}/v1/models/{model}"
+    return f"{url}/versions/{version}" if version else url
+
+
+def call(url: str, body: Optional[dict] = None, timeout: float = 60.0) -> dict:
+    """GET `url` (or POST `body` as JSON) and return the JSON answer; a refused request or an
+    unreachable server is a ConfigError with the server's own message."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:  # TF Serving answers {"error": "..."}
+        text = error.read().decode(errors="replace")
+        try:
+            text = json.loads(text).get("error", text)
+        except (ValueError, AttributeError):
+            pass
+        raise ConfigError(f"{url} answered HTTP {error.code}: {text}") from None
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise ConfigError(f"Cannot reach TensorFlow Serving at {url} ({reason}): start it "
+                          "(README, Serving) or pass --server=http://HOST:8501.") from None
+
+
+def image_shape(metadata: dict, signature: str = SIGNATURE) -> Tuple[int, int, int]:
+    """[H, W, C] of the signature's `images` input in TF Serving's model metadata."""
+    try:
+        spec = metadata["metadata"]["signature_def"]["signature_def"][signature]
+        dims = spec["inputs"]["images"]["tensor_shape"]["dim"]  # [batch, H, W, C]
+        shape = tuple(int(dim["size"]) for dim in dims[1:])
+    except (KeyError, TypeError, ValueError):
+        raise ConfigError(f"The served model has no {signature!r} signature with an `images` "
+                          "input: is it a wae_tf export?") from None
+    if len(shape) != 3 or min(shape) <= 0:
+        raise ConfigError(f"The {signature!r} signature's images have shape {shape}, not a "
+                          "known [H, W, C]: is it a wae_tf export?")
+    return shape
+
+
+def read_image(path: str, shape: Tuple[int, int, int], crop: int = 0) -> np.ndarray:
+    """An image file as float32 [H, W, C] in [0, 1] at `shape`: decoded, centre cropped (crop x
+    crop; 0: the largest centred square) and resized, as training reads a folder's files."""
+    with tf.io.gfile.GFile(path, "rb") as f:
+        contents = f.read()
+    try:
+        image = folders.preprocess(shape[0], shape[2], crop)(tf.constant(contents))
+    except tf.errors.InvalidArgumentError as error:
+        raise ConfigError(f"Cannot decode {path} as an image ({str(error).splitlines()[0]}): "
+                          f"pass a {', '.join(folders.EXTENSIONS)} file.") from None
+    return image.numpy().astype(np.float32) / 255.0
+
+
+def reconstruct(image: np.ndarray, url: str, timeout: float = 60.0) -> np.ndarray:
+    """The served reconstruction of one image [H, W, C] in [0, 1] (a batch of one)."""
+    body = {"signature_name": SIGNATURE, "inputs": {"images": image[None].tolist()}}
+    outputs = call(f"{url}:predict", body, timeout).get("outputs")
+    if isinstance(outputs, dict):  # several named outputs; TF Serving leaves out a sole one's name
+        outputs = outputs.get("images")
+    if outputs is None:
+        raise ConfigError(f"{url}:predict answered without the `images` output: is it a wae_tf "
+                          "export?")
+    return np.asarray(outputs, np.float32)[0]
+
+
+def reconstruct_file(image_path: str, out_path: str, server: str, model: str,
+                     version: str = "", crop: int = 0, timeout: float = 60.0) -> dict:
+    """Write the served reconstruction of `image_path` to `out_path` (PNG); returns what was
+    done, with the mean squared error per pixel between the prepared input and its
+    reconstruction."""
+    url = model_url(server, model, version)
+    shape = image_shape(call(f"{url}/metadata", timeout=timeout))
+    image = read_image(image_path, shape, crop)
+    reconstruction = reconstruct(image, url, timeout)
+    visualize.save_png(out_path, reconstruction)
+    return dict(out=out_path, model=url, image_shape=list(shape),
+                mse_per_pixel=float(np.mean((reconstruction - image) ** 2)))

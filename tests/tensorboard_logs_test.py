@@ -13,7 +13,9 @@ from tensorboard.plugins import projector
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from tests.conftest import make_images
+from wae_tf import config as config_lib
 from wae_tf import evaluation
+from wae_tf import fileio
 from wae_tf import tensorboard_logs
 from wae_tf import visualize
 
@@ -42,6 +44,7 @@ def test_the_run_directory_is_an_hparams_session_with_its_config(tiny_run):
     logged = {name: value.WhichOneof("kind") and getattr(value, value.WhichOneof("kind"))
               for name, value in start.hparams.items()}
     config = tiny_run["config"]
+    assert start.group_name == "run"  # the trial id: the run directory's name
     assert set(logged) == set(tensorboard_logs.HPARAM_FIELDS)
     assert logged["regularizer"] == config.regularizer == "mmd"
     assert logged["lambda_reg"] == config.lambda_reg and logged["z_dim"] == config.z_dim == 4
@@ -61,9 +64,8 @@ def test_every_metric_of_the_experiment_is_a_scalar_of_the_run(evaluated):
     """Each (group, tag) of METRICS is a scalar in <workdir>/<group>, whose last value is the
     one results.json or metrics.json reports: the HParams tab finds every metric."""
     workdir, results = evaluated["workdir"], evaluated["results"]
-    reported = {"train": {f"test/{k}": v for k, v in
-                          evaluation.fileio.read_json(os.path.join(workdir, "results.json"))
-                          .items()},
+    trained = fileio.read_json(os.path.join(workdir, "results.json"))
+    reported = {"train": {f"test/{k}": v for k, v in trained.items()},
                 "eval": {f"eval/{k}": v["value"] for k, v in results.items()
                          if isinstance(v, dict) and "value" in v}}
     for group in ("train", "eval"):
@@ -78,10 +80,10 @@ def test_every_metric_of_the_experiment_is_a_scalar_of_the_run(evaluated):
 
 def test_a_rerun_replaces_the_session_and_an_old_run_gets_one_from_config_json(tmp_path):
     """TensorBoard keeps the first session it reads: a resumed run's must replace the old."""
-    config = tensorboard_logs.config_lib.Config(train_steps=5, lambda_reg=3.0)
+    config = config_lib.Config(train_steps=5, lambda_reg=3.0)
     tensorboard_logs.write_hparams(str(tmp_path), config)
-    evaluation.fileio.write_json(str(tmp_path / "config.json"), tensorboard_logs.config_lib.
-                                 run_record(config.replace(train_steps=9), (28, 28, 1)))
+    fileio.write_json(str(tmp_path / "config.json"),
+                      config_lib.run_record(config.replace(train_steps=9), (28, 28, 1)))
     tensorboard_logs.write_hparams(str(tmp_path))  # without a config: the run's config.json
     assert len(os.listdir(tmp_path)) == 2  # config.json and one events file
     content = _accumulator(str(tmp_path)).PluginTagToContent(hparams_metadata.PLUGIN_NAME)

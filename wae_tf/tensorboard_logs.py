@@ -30,23 +30,24 @@ HPARAM_FIELDS = ("dataset", "image_size", "width_divisor", "encoder", "z_dim", "
                  "prior_scale", "regularizer", "lambda_reg", "kernel", "recon", "pixel_range",
                  "learning_rate", "batch_size", "train_steps", "epochs", "seed",
                  "sampler_components")
-# (group: the sub-directory of the run holding the scalar, tag, display name) of every metric.
+# (group: the sub-directory of the run holding the scalar, tag, display name) of every metric;
+# TensorBoard shows the first five at first: the comparison table's (README).
 METRICS = (
-    ("train", "test/test_recon_cost", "test recon cost"),
-    ("train", "test/test_mse_per_pixel", "test MSE/pixel"),
     ("eval", "eval/fid", "FID"),
     ("eval", "eval/precision", "precision"),
     ("eval", "eval/recall", "recall"),
+    ("train", "test/test_mse_per_pixel", "test MSE/pixel"),
     ("eval", "eval/mmd_codes_prior", "MMD(Q_Z, P_Z)"),
-    ("eval", "eval/sharpness_samples", "sharpness samples"),
-    ("eval", "eval/sharpness_reconstructions", "sharpness recon"),
     ("eval", "eval/fid_fitted_sampler", "FID fitted sampler"),
     ("eval", "eval/precision_fitted_sampler", "precision fitted sampler"),
     ("eval", "eval/recall_fitted_sampler", "recall fitted sampler"),
+    ("eval", "eval/sharpness_samples", "sharpness samples"),
+    ("eval", "eval/sharpness_reconstructions", "sharpness recon"),
+    ("train", "test/test_recon_cost", "test recon cost"),
 )
 
 PROJECTOR_DIR = "projector"
-MAX_PROJECTED = 10000  # codes in the projector: t-SNE and UMAP in the browser stay interactive
+MAX_PROJECTED = 10000  # codes in the projector; its t-SNE samples 10,000 of them at most
 SPRITE_MAX = 8192  # the projector's limit on the sprite's side, in pixels
 CODES_TENSOR = "codes/.ATTRIBUTES/VARIABLE_VALUE"  # the variable's name in the checkpoint
 
@@ -70,7 +71,8 @@ def write_hparams(workdir: str, config: Optional[config_lib.Config] = None) -> N
     """The run's session (its hparams) and the experiment (hparams and METRICS) in an events file
     of `workdir` itself, replacing the one an earlier start wrote (TensorBoard keeps the first
     session it reads: a resume with a longer --train_steps would not show); `config` defaults
-    to the run's config.json (for runs trained before this was logged)."""
+    to the run's config.json (for runs trained before this was logged). The trial id, the
+    HParams table's first column, is the directory's name (runs of one name are one row)."""
     if config is None:
         config = config_lib.from_dict(fileio.read_json(os.path.join(workdir, "config.json")))
     earlier = tf.io.gfile.glob(os.path.join(workdir, "events.out.tfevents.*"))
@@ -79,7 +81,7 @@ def write_hparams(workdir: str, config: Optional[config_lib.Config] = None) -> N
         hp.hparams_config(hparams=_hparam_defs(),
                           metrics=[hp.Metric(tag, group=group, display_name=name)
                                    for group, tag, name in METRICS])
-        hp.hparams(hparams_of(config))
+        hp.hparams(hparams_of(config), trial_id=os.path.basename(os.path.normpath(workdir)))
     writer.close()
     for path in earlier:  # only this function writes events into the run's own directory
         tf.io.gfile.remove(path)

@@ -51,6 +51,22 @@ def tiny_data():
     return make_images(32), make_images(16, seed=1)
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A 2-step tiny WAE (with its export and fitted latent sampler) and a 1-epoch classifier on
+    synthetic images: what the evaluation and TensorBoard tests evaluate."""
+    from wae_tf import classifier, loop  # pylint: disable=import-outside-toplevel
+    root = tmp_path_factory.mktemp("tiny_run")
+    workdir = str(root / "run")
+    train, test = make_images(48), make_images(24, seed=1)
+    config = tiny_config(export=True)
+    loop.train_and_evaluate(config, workdir, data_override=(train, test))
+    classifier_dir = str(root / "classifier")
+    classifier.load_or_train(classifier_dir, "synthetic", lambda: (train, test), epochs=1)
+    return dict(workdir=workdir, test=test, classifier_dir=classifier_dir, config=config,
+                export=os.path.join(workdir, "export", str(config.train_steps)))
+
+
 @functools.lru_cache(maxsize=None)
 def mirrored_strategy():
     """One MirroredStrategy per process: a second one would reuse collective instance keys."""

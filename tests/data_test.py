@@ -60,6 +60,7 @@ def test_load_split_from_data_dir(tmp_path, compress):
         assert loaded.labels.shape == (n,) and loaded.labels.dtype == np.int64
         assert loaded.num_examples == n and loaded.image_shape == (28, 28, 1)
         assert loaded.name == f"fashion_mnist/{split}"
+        assert loaded.class_names[0] == "T-shirt/top" and len(loaded.class_names) == 10
         np.testing.assert_array_equal(loaded.images[..., 0], arrays[split][0])
         np.testing.assert_array_equal(loaded.labels, arrays[split][1])
 
@@ -68,6 +69,7 @@ def test_load_split_mnist_from_data_dir(tmp_path):
     make_idx_dir(tmp_path)
     loaded = data.load_split(Config(dataset="mnist", data_dir=str(tmp_path)), "test")
     assert loaded.name == "mnist/test" and loaded.images.shape == (7, 28, 28, 1)
+    assert loaded.class_names == ()  # digits: the labels are their names
 
 
 def test_load_split_resizes_to_image_size(tmp_path):

@@ -9,13 +9,12 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import FASHION_DIR, REPO, make_images, tiny_config
+from tests.conftest import FASHION_DIR, REPO, tiny_config
 from wae_tf import classifier
 from wae_tf import comparison
 from wae_tf import errors
 from wae_tf import evaluation
 from wae_tf import figures
-from wae_tf import loop
 
 METRIC_FIELDS = ("test_recon_cost", "test_mse_per_pixel", "fid", "precision", "recall",
                  "classifier_test_accuracy", "mmd_codes_prior", "sharpness_samples",
@@ -24,29 +23,15 @@ FIGURES = ("reconstructions.png", "samples.png", "interpolations.png", "latent_s
            "samples_fitted.png")
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A 2-step tiny WAE (with its export) and a 1-epoch classifier on synthetic images."""
-    root = tmp_path_factory.mktemp("evaluate")
-    workdir = str(root / "run")
-    train, test = make_images(48), make_images(24, seed=1)
-    config = tiny_config(export=True)
-    loop.train_and_evaluate(config, workdir, data_override=(train, test))
-    classifier_dir = str(root / "classifier")
-    classifier.load_or_train(classifier_dir, "synthetic", lambda: (train, test), epochs=1)
-    return dict(workdir=workdir, test=test, classifier_dir=classifier_dir,
-                export=os.path.join(workdir, "export", str(config.train_steps)))
+def _evaluate_workdir(tiny_run, **kwargs):
+    return evaluation.evaluate_workdir(tiny_run["workdir"], num_samples=20, seed=3,
+                                     classifier_dir=tiny_run["classifier_dir"],
+                                     test_data=tiny_run["test"], **kwargs)
 
 
-def _evaluate_workdir(trained, **kwargs):
-    return evaluation.evaluate_workdir(trained["workdir"], num_samples=20, seed=3,
-                                     classifier_dir=trained["classifier_dir"],
-                                     test_data=trained["test"], **kwargs)
-
-
-def test_metrics_json_has_every_field_with_its_counts(trained):
-    results = _evaluate_workdir(trained)
-    eval_dir = os.path.join(trained["workdir"], "eval")
+def test_metrics_json_has_every_field_with_its_counts(tiny_run):
+    results = _evaluate_workdir(tiny_run)
+    eval_dir = os.path.join(tiny_run["workdir"], "eval")
     with open(os.path.join(eval_dir, "metrics.json")) as f:
         saved = json.load(f)
     assert saved == json.loads(json.dumps(results))
@@ -88,11 +73,11 @@ def test_the_mmd_of_a_gaussian_encoder_uses_sampled_codes():
 
 
 @pytest.mark.numerics
-def test_saved_model_gives_the_checkpoints_numbers(trained, tmp_path):
-    from_checkpoint = _evaluate_workdir(trained, output_dir=str(tmp_path / "a"))
+def test_saved_model_gives_the_checkpoints_numbers(tiny_run, tmp_path):
+    from_checkpoint = _evaluate_workdir(tiny_run, output_dir=str(tmp_path / "a"))
     from_export = evaluation.evaluate_saved_model(
-        trained["export"], output_dir=str(tmp_path / "b"), num_samples=20, seed=3,
-        classifier_dir=trained["classifier_dir"], test_data=trained["test"])
+        tiny_run["export"], output_dir=str(tmp_path / "b"), num_samples=20, seed=3,
+        classifier_dir=tiny_run["classifier_dir"], test_data=tiny_run["test"])
     for name in ("test_recon_cost", "fid", "mmd_codes_prior", "sharpness_samples"):
         assert from_export[name]["value"] == pytest.approx(from_checkpoint[name]["value"],
                                                            rel=1e-4, abs=1e-6), name
@@ -100,11 +85,11 @@ def test_saved_model_gives_the_checkpoints_numbers(trained, tmp_path):
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(FASHION_DIR, "t10k-images-idx3-ubyte.gz")),
                     reason=f"Fashion-MNIST IDX files not in {FASHION_DIR}")
-def test_entry_point_evaluates_an_export_on_the_real_test_split(trained, tmp_path):
+def test_entry_point_evaluates_an_export_on_the_real_test_split(tiny_run, tmp_path):
     # The export's version directory is found from its base; the test split is the real one.
-    args = [sys.executable, "-m", "wae_tf.evaluate", f"--saved_model={trained['export']}/..",
+    args = [sys.executable, "-m", "wae_tf.evaluate", f"--saved_model={tiny_run['export']}/..",
             f"--output_dir={tmp_path}", "--num_samples=30", "--seed=1",
-            f"--classifier_dir={trained['classifier_dir']}"]
+            f"--classifier_dir={tiny_run['classifier_dir']}"]
     result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300,
                             env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -115,18 +100,18 @@ def test_entry_point_evaluates_an_export_on_the_real_test_split(trained, tmp_pat
     assert "exactly one of --workdir and --saved_model" in neither.stderr
 
 
-def test_same_seed_same_numbers_other_seed_other_samples(trained, tmp_path):
-    first = _evaluate_workdir(trained, output_dir=str(tmp_path / "a"))
-    again = _evaluate_workdir(trained, output_dir=str(tmp_path / "b"))
+def test_same_seed_same_numbers_other_seed_other_samples(tiny_run, tmp_path):
+    first = _evaluate_workdir(tiny_run, output_dir=str(tmp_path / "a"))
+    again = _evaluate_workdir(tiny_run, output_dir=str(tmp_path / "b"))
     assert first["fid"]["value"] == again["fid"]["value"]
-    other = evaluation.evaluate_workdir(trained["workdir"], output_dir=str(tmp_path / "c"),
-                                      num_samples=20, seed=4, test_data=trained["test"],
-                                      classifier_dir=trained["classifier_dir"])
+    other = evaluation.evaluate_workdir(tiny_run["workdir"], output_dir=str(tmp_path / "c"),
+                                      num_samples=20, seed=4, test_data=tiny_run["test"],
+                                      classifier_dir=tiny_run["classifier_dir"])
     assert other["sharpness_samples"]["value"] != first["sharpness_samples"]["value"]
 
 
-def test_classifier_is_cached_and_reports_its_accuracy(trained):
-    clf = classifier.load_or_train(trained["classifier_dir"], "synthetic",
+def test_classifier_is_cached_and_reports_its_accuracy(tiny_run):
+    clf = classifier.load_or_train(tiny_run["classifier_dir"], "synthetic",
                                    lambda: pytest.fail("the cached classifier was retrained"))
     assert 0 <= clf.info["test_accuracy"] <= 1 and clf.info["num_test_images"] == 24
     assert clf.embed(np.zeros((3, 28, 28, 1), np.float32)).shape == (3, classifier.FEATURE_DIM)

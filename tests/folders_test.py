@@ -51,6 +51,7 @@ def test_a_folder_loads_with_classes_a_stable_split_and_the_networks_size(two_cl
     assert train.image_shape == test.image_shape == (28, 28, 3)
     assert train.images.dtype == np.uint8
     assert set(train.labels) == {0, 1}  # cats (nested ones too) and dogs
+    assert train.class_names == test.class_names == ("cats", "dogs")  # label l names l
     # The split of a file depends on its path alone: new files move no other file.
     before = set(folders.split_files(_config(two_classes, test_fraction=0.3), "test")[1])
     _write(os.path.join(two_classes, "dogs", "new.png"), _image(999))
@@ -66,7 +67,7 @@ def test_train_and_test_subfolders_are_the_splits(tmp_path):
     assert data.load_split(config, "train").num_examples == 5
     test = data.load_split(config, "test")
     assert test.num_examples == 3 and test.image_shape == (28, 28, 1)  # grayscale files
-    assert not test.labels.any()  # one folder: unlabeled
+    assert not test.labels.any() and test.class_names == ()  # one folder: unlabeled
     forced = data.load_split(_config(str(tmp_path), channels=3), "test")
     assert forced.image_shape == (28, 28, 3)
 

@@ -104,6 +104,8 @@ def test_two_workers_finish_and_match_a_single_process_run(tmp_path, kind):
     names = os.listdir(os.path.join(workdir, "checkpoints"))
     assert "checkpoint" in names and "ckpt-3.index" in names and "worker_tmp" not in names
     assert len(os.listdir(os.path.join(workdir, "train"))) == 1  # one events file
+    sessions = [n for n in os.listdir(workdir) if n.startswith("events.out.tfevents")]
+    assert len(sessions) == 1 and f".{workers[0][0].pid}." in sessions[0]  # the chief's hparams
 
 
 # ----------------------------------------------------------- start-up: TF_CONFIG and the wait

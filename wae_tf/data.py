@@ -35,6 +35,9 @@ from wae_tf.config import DEFAULT_FASHION_MNIST_DIR, Config
 from wae_tf.errors import ConfigError
 
 SPLITS = ("train", "test")
+# The classes of labels 0..9 of the data sets read from IDX files (Fashion-MNIST's README).
+CLASS_NAMES = {"fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                                 "Shirt", "Sneaker", "Bag", "Ankle boot")}
 # File name prefix of each split in the IDX distribution of (Fashion-)MNIST.
 _IDX_PREFIX = {"train": "train", "test": "t10k"}
 # IDX type code (third byte of the magic number) -> big-endian numpy dtype.
@@ -53,6 +56,7 @@ class ImageData:
     images: np.ndarray  # uint8 [N, H, W, C]
     labels: np.ndarray  # int64 [N]; zeros when the data set has no labels (celeb_a)
     name: str  # e.g. "fashion_mnist/train"
+    class_names: Tuple[str, ...] = ()  # label l is class_names[l]; () where unnamed or unknown
 
     @property
     def num_examples(self) -> int:
@@ -148,7 +152,8 @@ def _load_files(config: Config, split: str):
             return ImageFiles(files)
         return cached_files(files, config.cache_dir, config.skip_bad_images)
     images, files = folders.decode_split(files, config.skip_bad_images)
-    return ImageData(images=images, labels=files.labels, name=files.name)
+    return ImageData(images=images, labels=files.labels, name=files.name,
+                     class_names=files.class_names)
 
 
 def streams(config: Config, num_examples: int, image_shape) -> bool:
@@ -213,7 +218,8 @@ def _load_mnist_like(config: Config, split: str) -> ImageData:
         return _load_tfds(config, split)
     paths, tried = _find_idx_files(data_dir, split)
     if paths:
-        return _load_idx_split(*paths, name=f"{config.dataset}/{split}")
+        return dataclasses.replace(_load_idx_split(*paths, name=f"{config.dataset}/{split}"),
+                                   class_names=CLASS_NAMES.get(config.dataset, ()))
     if config.data_dir:
         raise ConfigError(f"No {config.dataset} IDX files for split {split!r}: tried "
                           f"{', '.join(tried)}. Fix: pass --data_dir=DIR holding them (for "
@@ -327,7 +333,9 @@ def _load_tfds(config: Config, split: str):
     images, labels = _to_numpy(batches)
     if images.shape[0] == 0:
         raise ConfigError(f"TFDS data set {name!r} split {split!r} in {where} is empty.")
-    return ImageData(images=images, labels=labels, name=f"{name}/{split}")
+    names = getattr(info.features["label"], "names", None) if has_label else None
+    return ImageData(images=images, labels=labels, name=f"{name}/{split}",
+                     class_names=tuple(names or ()))
 
 
 def _tfds_size(info, split: str) -> int:

@@ -17,7 +17,8 @@ flags.DEFINE_string("workdir", "", "A training run's directory (evaluates its la
                     "checkpoint into <workdir>/eval).")
 flags.DEFINE_string("saved_model", "", "An exported SavedModel version directory "
                     "(evaluated into <saved_model>/eval).")
-flags.DEFINE_string("output_dir", "", "Where to write metrics.json, PNGs and events.")
+flags.DEFINE_string("output_dir", "", "Where to write metrics.json, PNGs, events and projector/ "
+                    "(TensorBoard's embedding projector).")
 flags.DEFINE_integer("num_samples", 10000, "Prior samples and (at most) test images used.")
 flags.DEFINE_integer("seed", 0, "Seed of the prior samples and of the test subset.")
 flags.DEFINE_string("classifier_dir", "", "Feature classifier cache; default "

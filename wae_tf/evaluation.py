@@ -7,7 +7,8 @@ decoded prior samples against test images in the feature space of wae_tf.classif
 test accuracy; MMD between the test codes (sampled z = mean + sigma*eps for a Gaussian encoder:
 the aggregate posterior Q_Z) and prior samples; the Laplacian-variance sharpness of samples,
 reconstructions and test images. With a fitted latent sampler (wae_tf.latent_sampler) FID,
-precision and recall of its samples too (`*_fitted_sampler`).
+precision and recall of its samples too (`*_fitted_sampler`). The codes of the test images go to
+TensorBoard's embedding projector (wae_tf.tensorboard_logs).
 """
 
 import dataclasses
@@ -31,6 +32,7 @@ from wae_tf import metrics
 from wae_tf import networks
 from wae_tf import regularizers
 from wae_tf import serving
+from wae_tf import tensorboard_logs
 from wae_tf import training
 from wae_tf import visualize
 from wae_tf.config import Config
@@ -111,12 +113,17 @@ def prior_samples(config: Config, num: int, seed: int, tag: int) -> np.ndarray:
                                      tf.constant([seed, tag], tf.int64)).numpy()
 
 
+def subset_index(num_examples: int, num: int, seed: int) -> np.ndarray:
+    """Indices [n] of the min(num, N) test images evaluated: all, in order, if num >= N; else a
+    seeded random subset, sorted."""
+    if num >= num_examples:
+        return np.arange(num_examples)
+    return np.sort(np.random.default_rng(seed).choice(num_examples, num, replace=False))
+
+
 def select_test(test: data.ImageData, num: int, seed: int):
-    """min(num, N) test images (all, in order, if num >= N; else a seeded random subset):
-    float32 images [n, H, W, C] in [0, 1] and labels [n]."""
-    index = np.arange(test.num_examples)
-    if num < test.num_examples:
-        index = np.sort(np.random.default_rng(seed).choice(test.num_examples, num, replace=False))
+    """The test images of subset_index: float32 images [n, H, W, C] in [0, 1] and labels [n]."""
+    index = subset_index(test.num_examples, num, seed)
     return test.images[index].astype(np.float32) / 255.0, test.labels[index]
 
 
@@ -226,6 +233,10 @@ def evaluate(model: Autoencoder, test: data.ImageData, classifier, output_dir: s
                                                             num_samples, seed)
     images = figures.make_figures(model, outputs, test_images, labels)
     results["figures"] = sorted(f"{name}.png" for name in images)
+    results["projector"] = tensorboard_logs.write_projector(
+        os.path.join(output_dir, tensorboard_logs.PROJECTOR_DIR), outputs["codes"], test_images,
+        labels, subset_index(test.num_examples, num_samples, seed), test.class_names,
+        max(model.step, 0), test.name)
     results["eval_wall_time_s"] = time.time() - start
     write_outputs(results, images, output_dir, max(model.step, 0))
     logging.info("Evaluated %s in %.0f s: FID %.3f, precision %.3f, recall %.3f.",

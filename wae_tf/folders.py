@@ -51,15 +51,22 @@ def split_files(config: Config, split: str) -> Tuple[str, List[str]]:
         os.path.relpath(p, root), config.seed, config.test_fraction) == held_out]
 
 
+def _class_folders(base: str, paths: List[str]) -> List[str]:
+    """Each file's first-level sub-folder below `base` ("" for a file directly in it)."""
+    return [os.path.relpath(p, base).split(os.sep)[0] if os.sep in os.path.relpath(p, base)
+            else "" for p in paths]
+
+
+def class_names(base: str, paths: List[str]) -> Tuple[str, ...]:
+    """The classes, sorted: the first-level sub-folders when there are several, else ()."""
+    names = sorted(set(_class_folders(base, paths)))
+    return tuple(names) if len(names) > 1 else ()
+
+
 def class_labels(base: str, paths: List[str]) -> np.ndarray:
-    """int64 [N]: the index of each file's first-level sub-folder when there are several."""
-    folders = [os.path.relpath(p, base).split(os.sep)[0] if os.sep in os.path.relpath(p, base)
-               else "" for p in paths]
-    names = sorted(set(folders))
-    if len(names) < 2:
-        return np.zeros(len(paths), np.int64)
-    index = {name: i for i, name in enumerate(names)}
-    return np.array([index[f] for f in folders], np.int64)
+    """int64 [N]: the index of each file's first-level sub-folder in class_names (0 if none)."""
+    index = {name: i for i, name in enumerate(class_names(base, paths))}
+    return np.array([index.get(f, 0) for f in _class_folders(base, paths)], np.int64)
 
 
 def resize_images(images: tf.Tensor, size: int) -> tf.Tensor:
@@ -134,6 +141,7 @@ class FileSplit:
     size: int  # side of the decoded images
     channels: int
     crop: int  # centre crop before resizing; 0: the largest centred square
+    class_names: Tuple[str, ...] = ()  # label l is the sub-folder class_names[l]
 
     @property
     def image_shape(self) -> Tuple[int, int, int]:
@@ -161,7 +169,7 @@ def list_split(config: Config, split: str) -> FileSplit:
                           "--data_dir (and --test_fraction if it has no train/ and test/).")
     channels = config.channels or max(_file_channels(p) for p in paths[:64]) or 3
     return FileSplit(tuple(paths), class_labels(base, paths), f"folder:{config.data_dir}/{split}",
-                     size, channels, config.crop)
+                     size, channels, config.crop, class_names(base, paths))
 
 
 # The official CelebA files (mmlab.ie.cuhk.edu.hk/projects/CelebA.html), downloaded by hand.

@@ -21,6 +21,7 @@ from wae_tf import networks
 from wae_tf import progress
 from wae_tf import regularizers
 from wae_tf import serving
+from wae_tf import tensorboard_logs
 from wae_tf import training
 from wae_tf import visualize
 from wae_tf.config import Config
@@ -160,6 +161,8 @@ def _train_then_test(config, state, strategy, iterator, manager, total_steps, te
     """The loop (signals deferred to it), the last checkpoint, then the test metrics and
     images, all logged to TensorBoard (the chief's); returns test and train metrics."""
     chief = cluster.is_chief(strategy)
+    if chief:  # the run's hparams session, for TensorBoard's HParams tab
+        tensorboard_logs.write_hparams(workdir, config)
     writer = tf.summary.create_file_writer(os.path.join(workdir, "train")) if chief else \
         tf.summary.create_noop_writer()
     try:

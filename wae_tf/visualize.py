@@ -4,12 +4,13 @@ import numpy as np
 import tensorflow as tf
 
 
-def image_grid(images, columns: int = 8) -> np.ndarray:
-    """Tile images [N,H,W,C] in [0,1] into one [rows*H, columns*W, C] float32 array."""
-    images = np.asarray(images, dtype=np.float32)
+def image_grid(images, columns: int = 8, dtype=np.float32) -> np.ndarray:
+    """Tile images [N,H,W,C] in [0,1] (or uint8 with dtype=np.uint8) into one
+    [rows*H, columns*W, C] array of `dtype`."""
+    images = np.asarray(images, dtype=dtype)
     n, h, w, c = images.shape
     rows = -(-n // columns)
-    padded = np.zeros((rows * columns, h, w, c), np.float32)
+    padded = np.zeros((rows * columns, h, w, c), dtype)
     padded[:n] = images
     grid = padded.reshape(rows, columns, h, w, c).transpose(0, 2, 1, 3, 4)
     return grid.reshape(rows * h, columns * w, c)
@@ -22,8 +23,11 @@ def side_by_side(originals, reconstructions, columns: int = 8) -> np.ndarray:
 
 
 def save_png(path: str, grid) -> None:
-    """Write a [H,W,C] float image in [0,1] as an 8-bit PNG (through tf.io.gfile)."""
-    pixels = tf.cast(tf.round(tf.clip_by_value(grid, 0.0, 1.0) * 255.0), tf.uint8)
+    """Write a [H,W,C] float image in [0,1] (or uint8) as an 8-bit PNG (through tf.io.gfile)."""
+    if getattr(grid, "dtype", None) == np.uint8:
+        pixels = grid
+    else:
+        pixels = tf.cast(tf.round(tf.clip_by_value(grid, 0.0, 1.0) * 255.0), tf.uint8)
     with tf.io.gfile.GFile(path, "wb") as f:
         f.write(tf.io.encode_png(pixels).numpy())
 

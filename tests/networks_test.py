@@ -1,5 +1,6 @@
 """Shapes and parameter counts of the paper's networks (plain Keras layers)."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -80,6 +81,10 @@ def test_the_exported_discriminator_adds_the_same_log_density_with_built_in_laye
     networks.copy_weights(trained, exported)
     z = tf.random.stateless_normal([6, 3], seed=[1, 2], stddev=3.0)
     np.testing.assert_allclose(exported(z), trained(z), rtol=1e-6, atol=1e-5)
+    z_in = keras.Input((3,))
+    first_only = keras.Model(z_in, keras.layers.Dense(16, name="dense0")(z_in), name="first")
+    with pytest.raises(ValueError, match=r"no weights for \['dense1', .*'logit'\] in first"):
+        networks.copy_weights(first_only, exported)  # a trainable layer left at its init: refused
 
 
 def test_unsupported_image_size_is_refused():

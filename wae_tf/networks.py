@@ -214,11 +214,15 @@ def make_discriminator(config: Config, image_shape, builtin_layers_only: bool = 
 
 def copy_weights(source: keras.Model, target: keras.Model) -> None:
     """Each layer's weights into `target`'s layer of the same name (the same network built from
-    another LayerSet, or the built-in prior log-density); a layer only `target` has keeps its
-    own weights."""
+    another LayerSet, or with the built-in prior log-density, whose fixed weights are its own).
+    ValueError if a trainable layer of `target` has no namesake in `source`."""
     for layer in source.layers:
         if layer.weights:
             target.get_layer(layer.name).set_weights(layer.get_weights())
+    names = {layer.name for layer in source.layers}
+    missing = [l.name for l in target.layers if l.trainable_weights and l.name not in names]
+    if missing:
+        raise ValueError(f"{target.name}: no weights for {missing} in {source.name}.")
 
 
 def network_image_size(image_shape) -> int:

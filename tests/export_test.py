@@ -1,4 +1,5 @@
-"""The SavedModel contract: signatures, shapes, dtypes, determinism, loaded without wae_tf."""
+"""The SavedModel contract: signatures, shapes, dtypes, determinism, loaded without wae_tf;
+the .keras files beside it, loaded without wae_tf too."""
 
 import collections
 import json
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import tiny_config
+from tests.conftest import make_images, tiny_config
+from wae_tf import loop
 from wae_tf import serving
 from wae_tf import training
 
@@ -71,6 +73,38 @@ print(json.dumps({
 """
 
 
+# Runs in a fresh interpreter without wae_tf: each version's .keras files, its SavedModel's
+# encode/decode signatures and TFSMLayer(call_endpoint="decode") in a Keras model, on the same
+# inputs; the outputs go to an .npz for the test to compare.
+KERAS_CLIENT = r"""
+import json, os, sys
+import keras
+import numpy as np
+import tensorflow as tf
+inputs, out_path, versions = np.load(sys.argv[1]), sys.argv[2], sys.argv[3:]
+images, z = inputs["images"], inputs["z"]
+out, files = {}, {}
+for i, version in enumerate(versions):
+    keras_dir = os.path.join(version, "keras")
+    files[i] = sorted(os.listdir(keras_dir))
+    models = {f[:-len(".keras")]: keras.saving.load_model(os.path.join(keras_dir, f))
+              for f in files[i]}
+    codes = models["encoder"].predict(images, verbose=0)
+    out[f"{i}/encoder"] = codes[0] if isinstance(codes, list) else codes  # Gaussian: the mean
+    out[f"{i}/decoder"] = models["decoder"].predict(z, verbose=0)
+    if "discriminator" in models:
+        out[f"{i}/discriminator"] = models["discriminator"].predict(z, verbose=0)
+    served = tf.saved_model.load(version).signatures
+    out[f"{i}/encode"] = served["encode"](images=tf.constant(images))["z"].numpy()
+    out[f"{i}/decode"] = served["decode"](z=tf.constant(z))["images"].numpy()
+    z_in = keras.Input((z.shape[1],), name="z")
+    decoded = keras.layers.TFSMLayer(version, call_endpoint="decode", trainable=False)(z_in)
+    out[f"{i}/tfsm_decode"] = keras.Model(z_in, decoded["images"]).predict(z, verbose=0)
+np.savez(out_path, **out)
+print(json.dumps({"files": files, "wae_tf_imported": "wae_tf" in sys.modules}))
+"""
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     # The matmul forms of the stride-2 layers, whose custom gradient the export must not trip on.
@@ -81,12 +115,29 @@ def exported(tmp_path_factory):
     return base, path, state
 
 
+@pytest.fixture(scope="module")
+def gan_run(tmp_path_factory):
+    """A WAE-GAN whose discriminator adds the prior's log-density (scale 2), trained 2 steps:
+    the training run's export and one re-exported from its checkpoint."""
+    root = tmp_path_factory.mktemp("gan")
+    workdir = str(root / "run")
+    config = tiny_config(regularizer="gan", disc_prior_logdensity=True, prior_scale=2.0,
+                         export=True)
+    loop.train_and_evaluate(config, workdir, data_override=(make_images(32),
+                                                           make_images(16, seed=1)))
+    again = serving.export_from_workdir(workdir, str(root / "again"))
+    return dict(workdir=workdir, trained=os.path.join(workdir, "export", "2"), again=again)
+
+
 def test_export_writes_a_versioned_directory_atomically(exported):
     base, path, _ = exported
     assert path == os.path.join(base, "7")
     assert sorted(os.listdir(base)) == ["7"]  # no temporary directory left behind
-    assert os.path.exists(os.path.join(path, "saved_model.pb"))
-    assert os.path.isdir(os.path.join(path, "variables"))
+    assert sorted(os.listdir(path)) == ["assets", "assets.extra", "fingerprint.pb", "keras",
+                                        "saved_model.pb", "variables"]
+    assert sorted(os.listdir(os.path.join(path, "assets.extra"))) == [
+        "tf_serving_warmup_requests", "wae_config.json"]
+    assert sorted(os.listdir(os.path.join(path, "keras"))) == ["decoder.keras", "encoder.keras"]
     with open(os.path.join(path, serving.CONFIG_ASSET)) as f:
         assert json.load(f)["encoder"] == "gaussian"
 
@@ -114,9 +165,12 @@ def test_saved_model_cli_shows_and_runs_the_signatures(exported, tmp_path):
     _, path, _ = exported
     cli = os.path.join(BIN, "saved_model_cli")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    shown = subprocess.run([cli, "show", "--dir", path, "--tag_set", "serve", "--signature_def",
-                            "sample"], capture_output=True, text=True, env=env, timeout=300,
-                           check=True).stdout
+    # --all: every signature and the object graph's functions, beside the keras/ directory and
+    # the warm-up file.
+    shown = subprocess.run([cli, "show", "--dir", path, "--all"], capture_output=True,
+                           text=True, env=env, timeout=300, check=True).stdout
+    for name in ("serving_default", "reconstruct", "encode", "decode", "sample"):
+        assert f"signature_def['{name}']" in shown, name
     assert "DT_INT64" in shown and "(-1, 28, 28, 1)" in shown
     for signature, inputs in (("decode", "z=[[0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]]"),
                               ("sample", "seed=[3, 4]")):
@@ -222,3 +276,35 @@ def test_a_failed_export_leaves_no_temporary_directory(exported, tmp_path, monke
         serving.export_saved_model(state.encoder, state.decoder, tiny_config(encoder="gaussian"),
                                    (28, 28, 1), str(tmp_path), 3)
     assert os.listdir(tmp_path) == []
+
+
+def test_keras_files_load_without_wae_tf_and_match_the_saved_model(exported, gan_run, tmp_path):
+    """encoder/decoder.keras compute the served encode/decode; discriminator.keras (WAE-GAN)
+    the trained discriminator's logits, prior log-density included, from the training run's
+    export and from one re-exported from the checkpoint; TFSMLayer wraps the served decode."""
+    _, gaussian, _ = exported
+    versions = [gaussian, gan_run["trained"], gan_run["again"]]
+    images = tf.random.stateless_uniform([5, 28, 28, 1], seed=[1, 2]).numpy()
+    z = tf.random.stateless_normal([5, 4], seed=[3, 4], stddev=3.0).numpy()
+    np.savez(tmp_path / "inputs.npz", images=images, z=z)
+    env = dict(os.environ, PYTHONPATH="", TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(
+        [sys.executable, "-c", KERAS_CLIENT, str(tmp_path / "inputs.npz"),
+         str(tmp_path / "out.npz"), *versions], cwd=str(tmp_path), env=env,
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert not summary["wae_tf_imported"]
+    assert summary["files"] == {"0": ["decoder.keras", "encoder.keras"],
+                                "1": ["decoder.keras", "discriminator.keras", "encoder.keras"],
+                                "2": ["decoder.keras", "discriminator.keras", "encoder.keras"]}
+    out = np.load(tmp_path / "out.npz")
+    for i in range(len(versions)):
+        np.testing.assert_allclose(out[f"{i}/encoder"], out[f"{i}/encode"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(out[f"{i}/decoder"], out[f"{i}/decode"], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(out[f"{i}/tfsm_decode"], out[f"{i}/decode"], atol=1e-6)
+    # The trained discriminator (NormalLogDensity), restored from the checkpoint in this process.
+    logits = serving.restore_trained_models(gan_run["workdir"]).discriminator(z).numpy()
+    assert logits.shape == (5, 1)
+    for i in (1, 2):
+        np.testing.assert_allclose(out[f"{i}/discriminator"], logits, rtol=1e-5, atol=1e-5)

@@ -1,5 +1,6 @@
 """Shapes and parameter counts of the paper's networks (plain Keras layers)."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -64,6 +65,26 @@ def test_discriminator_adds_the_prior_log_density():
     expected = -5.0 / 8.0 - np.log(2 * np.pi * 4.0)
     diff = float(tricked(z)[0, 0] - plain(z)[0, 0])
     assert diff == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_exported_discriminator_adds_the_same_log_density_with_built_in_layers():
+    """The export's copy (discriminator.keras loads without wae_tf) computes the training
+    discriminator's logits; the training one keeps its variables, so checkpoints are unchanged."""
+    config = tiny_config(z_dim=3, regularizer="gan", disc_prior_logdensity=True, prior_scale=2.0)
+    trained = networks.make_discriminator(config, (28, 28, 1))
+    exported = networks.make_discriminator(config, (28, 28, 1), builtin_layers_only=True)
+    # Dense layers 3->16->16->16->16->1 (width 512/32), kernels and biases: 10 variables.
+    assert len(trained.weights) == len(trained.trainable_weights) == 10
+    assert [w.shape for w in exported.trainable_weights] == [w.shape for w in trained.weights]
+    assert len(exported.non_trainable_weights) == 2  # the log-density's fixed kernel and bias
+    assert not [layer for layer in exported.layers if type(layer).__module__.startswith("wae_tf")]
+    networks.copy_weights(trained, exported)
+    z = tf.random.stateless_normal([6, 3], seed=[1, 2], stddev=3.0)
+    np.testing.assert_allclose(exported(z), trained(z), rtol=1e-6, atol=1e-5)
+    z_in = keras.Input((3,))
+    first_only = keras.Model(z_in, keras.layers.Dense(16, name="dense0")(z_in), name="first")
+    with pytest.raises(ValueError, match=r"no weights for \['dense1', .*'logit'\] in first"):
+        networks.copy_weights(first_only, exported)  # a trainable layer left at its init: refused
 
 
 def test_unsupported_image_size_is_refused():

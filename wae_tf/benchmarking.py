@@ -23,6 +23,7 @@ from wae_tf import data
 from wae_tf import regularizers
 from wae_tf import serving
 from wae_tf import training
+from wae_tf import warmup
 from wae_tf.config import Config
 
 # Layers whose multiply-adds count as the work of the network (BatchNorm, ReLU, Adam, the
@@ -264,14 +265,6 @@ def time_mmd(batch: int, z_dim: int, runs: int = 5) -> float:
 # ----------------------------------------------------------------------------- serving
 
 
-def _serving_input(name: str, batch: int, config: Config, image_shape):
-    if name == "decode":
-        return {"z": tf.random.stateless_normal([batch, config.z_dim], seed=[9, 9])}
-    if name == "sample":
-        return {"seed": tf.range(batch, dtype=tf.int64)}
-    return {"images": tf.random.stateless_uniform([batch, *image_shape], seed=[9, 9])}
-
-
 def benchmark_serving(state: training.TrainState, config: Config, image_shape,
                       options: Options) -> Dict[str, dict]:
     """Latency (median s per call) and images/s of the exported signatures, loaded back."""
@@ -283,7 +276,7 @@ def benchmark_serving(state: training.TrainState, config: Config, image_shape,
         for name in SERVING_SIGNATURES:
             signature = loaded.signatures[name]
             for batch in options.serving_batches:
-                inputs = _serving_input(name, batch, config, image_shape)
+                inputs = warmup.example_inputs(name, batch, config.z_dim, image_shape)
                 signature(**inputs)  # warm-up
                 times = []
                 for _ in range(options.serving_runs):

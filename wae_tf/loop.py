@@ -241,7 +241,7 @@ def _finish(config, state, strategy, workdir, image_shape, results, train) -> No
     if config.export:
         serving.export_saved_model(state.encoder, state.decoder, config, image_shape,
                                    cluster.write_dir(export_base, strategy), results["step"],
-                                   mixture)
+                                   mixture, state.discriminator)
     cluster.cleanup_worker_dirs([os.path.join(workdir, "checkpoints"), export_base], strategy)
 
 

@@ -176,18 +176,53 @@ class NormalLogDensity(layers.Layer):
         return {**super().get_config(), "z_dim": self.z_dim, "scale": self.scale}
 
 
-def make_discriminator(config: Config, image_shape) -> keras.Model:
-    """z [N,z_dim] -> logit [N,1] that z was drawn from the prior (WAE-GAN)."""
+def _builtin_normal_log_density(logit, z, z_dim: int, scale: float):
+    """NormalLogDensity from built-in Keras layers: logit + sum_i z_i^2 * (-1/(2 s^2)) - log_norm
+    as a Dense of z*z with fixed, non-trainable weights. A model holding it loads in a process
+    that does not import wae_tf (the exported discriminator.keras)."""
+    sigma2 = scale ** 2
+    log_norm = 0.5 * z_dim * math.log(2.0 * math.pi * sigma2)
+    squares = layers.Multiply(name="prior_z_squared", dtype="float32")([z, z])  # [N, z_dim]
+    log_density = layers.Dense(  # [N, 1]: -||z||^2/(2 s^2) - log_norm
+        1, kernel_initializer=keras.initializers.Constant(-1.0 / (2.0 * sigma2)),
+        bias_initializer=keras.initializers.Constant(-log_norm), trainable=False,
+        name="prior_log_density", dtype="float32")(squares)
+    return layers.Add(name="prior_logdensity", dtype="float32")([logit, log_density])
+
+
+def make_discriminator(config: Config, image_shape, builtin_layers_only: bool = False
+                       ) -> keras.Model:
+    """z [N,z_dim] -> logit [N,1] that z was drawn from the prior (WAE-GAN).
+
+    With --disc_prior_logdensity the prior's log-density is added by NormalLogDensity, or, with
+    `builtin_layers_only` (the export's copy), by built-in layers with fixed weights: the same
+    function and the same trainable variables (a checkpoint's weights copy by layer name).
+    """
     units = _channels(disc_units(image_shape[0]), config)
     z = keras.Input(shape=(config.z_dim,), name="z")
     x = z
     for i in range(4):
         x = _dense(units, config, activation="relu", name=f"dense{i}")(x)
     logit = _dense(1, config, name="logit", dtype="float32")(x)  # [N, 1], float32 when mixed
-    if config.disc_prior_logdensity:
+    if config.disc_prior_logdensity and builtin_layers_only:
+        logit = _builtin_normal_log_density(logit, z, config.z_dim, config.prior_scale)
+    elif config.disc_prior_logdensity:
         logit = NormalLogDensity(config.z_dim, config.prior_scale, name="prior_logdensity",
                                  dtype="float32")(logit, z)
     return keras.Model(z, logit, name="discriminator")
+
+
+def copy_weights(source: keras.Model, target: keras.Model) -> None:
+    """Each layer's weights into `target`'s layer of the same name (the same network built from
+    another LayerSet, or with the built-in prior log-density, whose fixed weights are its own).
+    ValueError if a trainable layer of `target` has no namesake in `source`."""
+    for layer in source.layers:
+        if layer.weights:
+            target.get_layer(layer.name).set_weights(layer.get_weights())
+    names = {layer.name for layer in source.layers}
+    missing = [l.name for l in target.layers if l.trainable_weights and l.name not in names]
+    if missing:
+        raise ValueError(f"{target.name}: no weights for {missing} in {source.name}.")
 
 
 def network_image_size(image_shape) -> int:
@@ -219,13 +254,16 @@ def _dtype_policy(config: Config):
 
 
 def make_models(config: Config, image_shape, layer_set: LayerSet = KERAS_LAYERS,
-                with_discriminator: bool = True) -> Models:
+                with_discriminator: bool = True, builtin_layers_only: bool = False) -> Models:
     """Encoder, decoder and (for gan, unless with_discriminator is False) discriminator in the
-    --mixed_precision policy; initialised from Keras's global seed (keras.utils.set_random_seed)."""
+    --mixed_precision policy; initialised from Keras's global seed (keras.utils.set_random_seed).
+
+    `builtin_layers_only`: the discriminator's prior log-density from built-in layers
+    (make_discriminator); with the default `layer_set` no model then holds a wae_tf layer."""
     network_image_size(image_shape)
     with _dtype_policy(config):
         discriminator = None
         if config.regularizer == "gan" and with_discriminator:  # first: the seed's stream as in earlier releases
-            discriminator = make_discriminator(config, image_shape)
+            discriminator = make_discriminator(config, image_shape, builtin_layers_only)
         return Models(make_encoder(config, image_shape, layer_set),
                       make_decoder(config, image_shape, layer_set), discriminator)

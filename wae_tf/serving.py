@@ -1,5 +1,6 @@
 """The serving contract: a tf.Module with encode/decode/reconstruct/sample over plain Keras
-networks, saved atomically as TF Serving's <base>/<version> SavedModel."""
+networks, saved atomically as TF Serving's <base>/<version> SavedModel with its warm-up requests
+and the networks' .keras files."""
 
 import collections
 import functools
@@ -14,10 +15,14 @@ from wae_tf import fileio
 from wae_tf import latent_sampler
 from wae_tf import networks
 from wae_tf import regularizers
+from wae_tf import warmup
 from wae_tf.config import Config
 from wae_tf.errors import ConfigError
 
 CONFIG_ASSET = os.path.join("assets.extra", "wae_config.json")
+# The plain networks as Keras files, inside the version (written and renamed with it); TF
+# Serving and saved_model_cli read saved_model.pb, variables/ and assets*/ only.
+KERAS_DIR = "keras"
 
 
 def _check_shape(tensor, name: str, dims: str, expected):
@@ -133,35 +138,55 @@ def signatures(module: WAEModule) -> dict:
     return found
 
 
-def serving_networks(encoder, decoder, config: Config, image_shape) -> networks.Models:
-    """Plain Keras copies of trained networks (built from any LayerSet): the serving graph is
-    the same whatever machine-specific layers training used."""
-    plain = networks.make_models(config, image_shape, with_discriminator=False)
-    for trained, copy in ((encoder, plain.encoder), (decoder, plain.decoder)):
-        copy.set_weights(trained.get_weights())
+def serving_networks(encoder, decoder, config: Config, image_shape,
+                     discriminator=None) -> networks.Models:
+    """Plain Keras copies of trained networks (built from any LayerSet; the discriminator, if
+    given, from built-in layers only): the serving graph and the .keras files are the same
+    whatever machine-specific layers training used, and load without wae_tf."""
+    plain = networks.make_models(config, image_shape, with_discriminator=discriminator is not None,
+                                 builtin_layers_only=True)
+    for trained, copy in zip((encoder, decoder, discriminator), plain):
+        if trained is not None:
+            networks.copy_weights(trained, copy)
     return plain
 
 
+def save_keras_files(plain: networks.Models, directory: str) -> None:
+    """`<directory>/keras/{encoder,decoder[,discriminator]}.keras`: Keras's own format, which
+    keras.saving.load_model opens without wae_tf (plain networks: serving_networks)."""
+    keras_dir = os.path.join(directory, KERAS_DIR)
+    tf.io.gfile.makedirs(keras_dir)
+    for model in plain:
+        if model is not None:
+            model.save(os.path.join(keras_dir, f"{model.name}.keras"))
+
+
 def export_saved_model(encoder, decoder, config: Config, image_shape, base_dir: str,
-                       version: int, mixture=None) -> str:
+                       version: int, mixture=None, discriminator=None) -> str:
     """Save the trained networks as `<base_dir>/<version>` (TF Serving's layout) atomically;
     return its path.
 
     The SavedModel holds plain Keras layers (serving_networks). It is written to a temporary
     sibling directory and renamed into place, so a crash mid-write never leaves a partial
     version where TF Serving would load it. With `mixture` (latent_sampler.GaussianMixture) it
-    also serves `sample_fitted`.
+    also serves `sample_fitted`. The version also holds TF Serving's warm-up requests
+    (warmup.FILE) and the networks as .keras files (save_keras_files; the discriminator's of a
+    WAE-GAN run when given).
     """
-    plain = serving_networks(encoder, decoder, config, image_shape)
+    plain = serving_networks(encoder, decoder, config, image_shape, discriminator)
     module = WAEModule(plain.encoder, plain.decoder, config, image_shape, mixture)
     final_dir = os.path.join(base_dir, str(int(version)))
     tmp_dir = fileio.temporary_sibling(final_dir)  # not a number: TF Serving ignores it
     try:
         tf.io.gfile.makedirs(tmp_dir)
-        tf.saved_model.save(module, tmp_dir, signatures=signatures(module))
+        served = signatures(module)
+        tf.saved_model.save(module, tmp_dir, signatures=served)
         tf.io.gfile.makedirs(os.path.join(tmp_dir, "assets.extra"))
         fileio.write_json(os.path.join(tmp_dir, CONFIG_ASSET),
                           config_lib.run_record(config, image_shape))
+        warmup.write_requests(os.path.join(tmp_dir, warmup.FILE), list(served), config.z_dim,
+                              image_shape)
+        save_keras_files(plain, tmp_dir)
         fileio.replace_directory(tmp_dir, final_dir)
     except (tf.errors.OpError, OSError, ConfigError) as error:  # full disk, read-only
         fileio.remove_quietly(tmp_dir)
@@ -172,26 +197,28 @@ def export_saved_model(encoder, decoder, config: Config, image_shape, base_dir: 
     return final_dir
 
 
-
 TrainedModels = collections.namedtuple(
-    "TrainedModels", "config image_shape encoder decoder step checkpoint_path")
+    "TrainedModels", "config image_shape encoder decoder step checkpoint_path discriminator")
 
 
 def restore_trained_models(workdir: str) -> TrainedModels:
-    """The plain Keras encoder and decoder of a training run, restored from its latest
-    checkpoint (checkpoints hold the same variables whatever layers training used)."""
+    """The plain Keras encoder, decoder and (WAE-GAN) discriminator of a training run, restored
+    from its latest checkpoint (checkpoints hold the same variables whatever layers training
+    used)."""
     config, image_shape = checkpoints.read_run_record(workdir)
-    models = networks.make_models(config, image_shape, with_discriminator=False)
+    models = networks.make_models(config, image_shape)
     step = tf.Variable(0, dtype=tf.int64)
+    items = dict(encoder=models.encoder, decoder=models.decoder, step=step)
+    if models.discriminator is not None:
+        items.update(discriminator=models.discriminator)
     directory = os.path.join(workdir, "checkpoints")
     # The newest readable one: a corrupt newest checkpoint is reported and the previous used.
-    path = checkpoints.restore_newest_readable(
-        tf.train.Checkpoint(encoder=models.encoder, decoder=models.decoder, step=step),
-        directory, partial=True)
+    path = checkpoints.restore_newest_readable(tf.train.Checkpoint(**items), directory,
+                                               partial=True)
     if not path:
         raise ConfigError(f"No checkpoint in {directory}.")
     return TrainedModels(config, image_shape, models.encoder, models.decoder,
-                         int(step.numpy()), path)
+                         int(step.numpy()), path, models.discriminator)
 
 
 def export_from_workdir(workdir: str, export_dir: str = "") -> str:
@@ -200,7 +227,7 @@ def export_from_workdir(workdir: str, export_dir: str = "") -> str:
     base = export_dir or run.config.export_dir or os.path.join(workdir, "export")
     mixture = latent_sampler.maybe_load(os.path.join(workdir, latent_sampler.FILE))
     return export_saved_model(run.encoder, run.decoder, run.config, run.image_shape, base,
-                              run.step, mixture)
+                              run.step, mixture, run.discriminator)
 
 
 def latest_version(path: str) -> str:

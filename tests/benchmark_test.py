@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -16,9 +17,17 @@ def test_quick_run_reports_positive_figures():
     results = json.loads(json.dumps(benchmarking.run(options)))  # JSON-ready
     run = results["training"]["mmd/w32"]
     for key in ("images_per_second", "step_seconds", "matmul_flops_per_second",
-                "step_flops_per_image", "profiled_step_flops_per_image",
-                "limit_images_per_second", "fraction_of_limit", "input_seconds", "input_share"):
+                "limit_flops_per_second", "step_flops_per_image", "profiled_step_flops_per_image",
+                "limit_images_per_second", "fraction_of_limit", "fraction_of_matmul",
+                "input_seconds", "input_share"):
         assert run[key] > 0, key
+    # The limit is the best GEMM, never below the reference square matmul it also times.
+    assert run["limit_flops_per_second"] >= run["matmul_flops_per_second"]
+    assert run["fraction_of_limit"] <= run["fraction_of_matmul"]
+    # 2 sizes x 3 paths + 2 batch-shaped GEMMs searched, the winner among them.
+    assert len(results["gemm_flops_per_second"]) == 8
+    assert run["limit_gemm"] in results["gemm_flops_per_second"]
+    assert results["cpu"].startswith(("AVX-512", "AVX2", "below"))
     assert run["traces_after_first_call"] == 1 and run["retraces"] == 0
     assert run["steps_per_window"] == 2
     # 4 encoder convs, 2 transposed convs and the output layer, each with its plan.
@@ -55,6 +64,34 @@ def test_matmul_flops_count_two_size_cubed_per_timed_call(monkeypatch):
     monkeypatch.setattr(benchmarking.time, "perf_counter", lambda: 0.5 * next(clock))
     for dtype in ("float32", "bfloat16"):
         assert benchmarking.matmul_flops_per_second(64, 3, dtype) == 2 * 64 ** 3 / 0.5
+
+
+def test_every_gemm_path_multiplies_m_by_k_by_n():
+    """Each path's op computes the [m, n] product of an [m, k] and a [k, n] matrix."""
+    for path in benchmarking.GEMM_PATHS:
+        x, y = benchmarking._gemm_operands(  # pylint: disable=protected-access
+            benchmarking.Gemm(4, 6, 8, path), "float32")
+        product = tf.linalg.matmul(x, y, transpose_b=path == "matmul_transposed")
+        a = np.reshape(x.numpy(), [4, 6])
+        b = y.numpy().T if path == "matmul_transposed" else y.numpy()[-1] if y.ndim == 3 else y
+        assert product.shape[-2:] == ((2, 8) if path == "batch_matmul" else (4, 8))
+        np.testing.assert_allclose(np.reshape(product, [4, 8]), a @ np.asarray(b), rtol=1e-5,
+                                   atol=1e-5, err_msg=path)
+    with pytest.raises(ValueError, match="batch_matmul needs an even m"):
+        benchmarking.gemm_flops_per_second(benchmarking.Gemm(3, 4, 4, "batch_matmul"), 1)
+
+
+def test_the_limit_is_the_fastest_gemm(monkeypatch):
+    """A fake clock making the transposed path 4x faster makes it the limit, at 2 m k n FLOPs
+    per call."""
+    seconds = {"matmul": 1.0, "matmul_transposed": 0.25, "batch_matmul": 1.0}
+    monkeypatch.setattr(benchmarking, "gemm_flops_per_second",
+                        lambda gemm, runs, dtype: gemm.flops / seconds[gemm.path])
+    best, rates = benchmarking.find_limit(
+        [benchmarking.Gemm(8, 8, 8, path) for path in benchmarking.GEMM_PATHS], 1)
+    assert best == benchmarking.Gemm(8, 8, 8, "matmul_transposed")
+    assert rates == {"matmul 8x8x8": 2 * 8 ** 3, "matmul_transposed 8x8x8": 2 * 8 ** 3 / 0.25,
+                     "batch_matmul 8x8x8": 2 * 8 ** 3}
 
 
 def test_streaming_a_folder_reports_input_share_and_memory(tmp_path):

@@ -25,7 +25,10 @@ def define_flags() -> None:
                       "16-bit layer compute (see Config.mixed_precision).")
     flags.DEFINE_enum("conv_impl", "auto", CHOICES["conv_impl"],
                       "Conv parts as TF's kernels, matmuls or timed (see Config.conv_impl).")
-    flags.DEFINE_integer("matmul_size", 4096, "Side of the square matmul measuring the limit.")
+    flags.DEFINE_integer("matmul_size", 4096, "Side of the square tf.matmul the 'mm frac' column "
+                         "is a fraction of (the limit before the best-GEMM search).")
+    flags.DEFINE_list("limit_sizes", ["1024", "2048", "4096"], "Square GEMM sizes the limit "
+                      "searches, through each of TF's matmul ops (plus two batch-shaped GEMMs).")
     flags.DEFINE_list("mmd_batches", ["100", "400", "1600"], "Batch sizes of the MMD timing "
                       "(empty = skip).")
     flags.DEFINE_list("serving_batches", ["1", "256"], "Batch sizes of the SavedModel timing.")
@@ -50,6 +53,7 @@ def options_from_flags() -> benchmarking.Options:
                   steps_per_loop=flags.FLAGS.steps_per_loop, jit_compile=flags.FLAGS.jit_compile,
                   mixed_precision=flags.FLAGS.mixed_precision,
                   conv_impl=flags.FLAGS.conv_impl, matmul_size=flags.FLAGS.matmul_size,
+                  limit_sizes=tuple(int(s) for s in flags.FLAGS.limit_sizes),
                   mmd_batches=tuple(int(b) for b in flags.FLAGS.mmd_batches),
                   serving_batches=tuple(int(b) for b in flags.FLAGS.serving_batches),
                   serving_runs=flags.FLAGS.serving_runs,

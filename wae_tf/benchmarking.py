@@ -1,8 +1,9 @@
-"""Throughput of training and serving, measured against this machine's matmul FLOP/s (fp32;
-with --mixed_precision, the matmul of the layers' 16-bit compute dtype); python -m
-wae_tf.benchmark prints a table and one JSON line. The hardware limit is re-measured right before every timed
-training window (a large matmul), so a fraction of the limit compares figures taken under the
-same load; every figure is the median over windows.
+"""Throughput of training and serving, measured against this machine's limit: the best GEMM
+FLOP/s it reaches in this process (fp32; with --mixed_precision, the layers' 16-bit compute
+dtype), searched once over square and batch-shaped sizes and TF's matmul ops, then re-timed
+right before every timed training window so a fraction of the limit compares figures taken
+under the same load. Every figure is the median over windows; python -m wae_tf.benchmark prints
+a table and one JSON line.
 """
 
 import dataclasses
@@ -44,8 +45,9 @@ class Options:
     jit_compile: bool = False
     mixed_precision: str = "none"
     conv_impl: str = "auto"
-    matmul_size: int = 4096
+    matmul_size: int = 4096  # the square tf.matmul earlier figures were fractions of
     matmul_runs: int = 3
+    limit_sizes: Sequence[int] = (1024, 2048, 4096)  # squares the best-GEMM limit searches
     mmd_batches: Sequence[int] = (100, 400, 1600)
     serving_batches: Sequence[int] = (1, 256)
     serving_runs: int = 5
@@ -56,28 +58,96 @@ class Options:
 
 
 QUICK = dict(width_divisors=(32,), batch_size=8, windows=2, window_steps=2, matmul_size=256,
-             matmul_runs=2, mmd_batches=(16, 64), serving_batches=(1, 8), serving_runs=2)
+             matmul_runs=2, limit_sizes=(64, 128), mmd_batches=(16, 64), serving_batches=(1, 8), serving_runs=2)
 
 
 # ----------------------------------------------------------------------------- the limit
 
 
-# The dtype layers compute in under each --mixed_precision: the limit is that dtype's matmul.
+# The dtype layers compute in under each --mixed_precision: the limit is that dtype's GEMM.
 COMPUTE_DTYPES = {"none": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
 
 
-def matmul_flops_per_second(size: int, runs: int, dtype: str = "float32") -> float:
-    """Median FLOP/s of a [size, size] x [size, size] matmul in `dtype` (2 size^3 FLOPs each)."""
-    a = tf.cast(tf.random.stateless_normal([size, size], seed=[1, 2]), dtype)
-    b = tf.cast(tf.random.stateless_normal([size, size], seed=[3, 4]), dtype)
-    matmul = tf.function(lambda a, b: tf.reduce_sum(tf.cast(tf.matmul(a, b)[:1, :1], tf.float32)))
+@dataclasses.dataclass(frozen=True)
+class Gemm:
+    """One GEMM [m, k] x [k, n] through one of the matmul ops TF offers (`path`)."""
+    m: int
+    k: int
+    n: int
+    path: str = "matmul"  # matmul | matmul_transposed (B stored [n, k]) | batch_matmul
+
+    @property
+    def flops(self) -> float:
+        return 2.0 * self.m * self.k * self.n
+
+    def __str__(self):
+        return f"{self.path} {self.m}x{self.k}x{self.n}"
+
+
+GEMM_PATHS = ("matmul", "matmul_transposed", "batch_matmul")
+
+
+def limit_candidates(sizes: Sequence[int], batch: int) -> tuple:
+    """The GEMMs the limit is the best of: squares of each size through every path, and two
+    batch-shaped ones (a conv as a GEMM over batch x 8x8 positions, a dense layer at `batch`)."""
+    squares = tuple(Gemm(s, s, s, path) for s in sizes for path in GEMM_PATHS)
+    top = max(sizes)
+    return squares + (Gemm(batch * 64, top // 2, top // 8), Gemm(batch, top, top))
+
+
+def _gemm_operands(gemm: Gemm, dtype: str):
+    a = tf.cast(tf.random.stateless_normal([gemm.m, gemm.k], seed=[1, 2]), dtype)
+    shape_b = [gemm.n, gemm.k] if gemm.path == "matmul_transposed" else [gemm.k, gemm.n]
+    b = tf.cast(tf.random.stateless_normal(shape_b, seed=[3, 4]), dtype)
+    if gemm.path == "batch_matmul":  # BatchMatMulV2 over 2 halves of the rows
+        a, b = tf.reshape(a, [2, gemm.m // 2, gemm.k]), tf.stack([b, b])
+    return a, b
+
+
+def gemm_flops_per_second(gemm: Gemm, runs: int, dtype: str = "float32") -> float:
+    """Median FLOP/s of `gemm` in `dtype` (2 m k n FLOPs per call)."""
+    if gemm.path not in GEMM_PATHS or (gemm.path == "batch_matmul" and gemm.m % 2):
+        raise ValueError(f"No GEMM path {gemm}: paths are {', '.join(GEMM_PATHS)} "
+                         "(batch_matmul needs an even m).")
+    a, b = _gemm_operands(gemm, dtype)
+    transpose_b = gemm.path == "matmul_transposed"
+    matmul = tf.function(lambda a, b: tf.reduce_sum(tf.cast(
+        tf.linalg.matmul(a, b, transpose_b=transpose_b)[..., :1, :1], tf.float32)))
     matmul(a, b).numpy()  # warm-up: trace, allocate
     times = []
     for _ in range(runs):
         start = time.perf_counter()
         matmul(a, b).numpy()
         times.append(time.perf_counter() - start)
-    return 2.0 * size ** 3 / statistics.median(times)
+    return gemm.flops / statistics.median(times)
+
+
+def matmul_flops_per_second(size: int, runs: int, dtype: str = "float32") -> float:
+    """Median FLOP/s of a [size, size] x [size, size] tf.matmul in `dtype`: the reference the
+    benchmark's figures before the best-GEMM limit were fractions of."""
+    return gemm_flops_per_second(Gemm(size, size, size), runs, dtype)
+
+
+def find_limit(candidates: Sequence[Gemm], runs: int, dtype: str = "float32"):
+    """(the fastest GEMM of `candidates`, {str(gemm): FLOP/s}) in this process."""
+    rates = {gemm: gemm_flops_per_second(gemm, runs, dtype) for gemm in candidates}
+    best = max(rates, key=rates.get)
+    return best, {str(gemm): rate for gemm, rate in rates.items()}
+
+
+def cpu_isa() -> str:
+    """The CPU's vector instruction set as oneDNN sees it (ONEDNN_MAX_CPU_ISA caps it)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            flags_line = next((line for line in cpuinfo if line.startswith("flags")), "")
+    except OSError:
+        return "unknown (no /proc/cpuinfo)"
+    cpu_flags = set(flags_line.split())
+    avx512 = sorted(f for f in cpu_flags if f.startswith("avx512"))
+    isa = ("AVX-512 (" + " ".join(avx512) + ")" if avx512 else
+           "AVX2/FMA (no AVX-512)" if {"avx2", "fma"} <= cpu_flags else "below AVX2")
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    return f"{isa}; oneDNN capped at {cap}" if cap else isa
 
 
 def layer_forward_flops(model) -> Dict[str, int]:
@@ -181,8 +251,10 @@ def _run_window(train_fn, iterator, calls: int, steps_per_call: int) -> float:
     return time.perf_counter() - start
 
 
-def benchmark_training(config: Config, train: data.ImageData, options: Options) -> dict:
-    """Images/s of the training loop's step (pipeline included) and the fraction of the limit."""
+def benchmark_training(config: Config, train: data.ImageData, options: Options,
+                       limit: Gemm) -> dict:
+    """Images/s of the training loop's step (pipeline included), its fraction of the limit (the
+    GEMM `limit`, re-timed before each window) and of the square --matmul_size tf.matmul."""
     strategy = cluster.create_strategy(config)
     with strategy.scope():
         state = training.create_state(config, train.image_shape, 600, 1)
@@ -196,10 +268,11 @@ def benchmark_training(config: Config, train: data.ImageData, options: Options) 
     calls = max(1, options.window_steps // config.steps_per_loop)
     if not options.window_steps:  # about 2 s per window
         calls = max(1, int(2.0 / seconds))
-    rates, fractions, limits = [], [], []
+    rates, fractions, limits, matmuls = [], [], [], []
+    dtype = COMPUTE_DTYPES[config.mixed_precision]
     for _ in range(options.windows):
-        limits.append(matmul_flops_per_second(options.matmul_size, options.matmul_runs,
-                                              COMPUTE_DTYPES[config.mixed_precision]))
+        matmuls.append(matmul_flops_per_second(options.matmul_size, options.matmul_runs, dtype))
+        limits.append(max(gemm_flops_per_second(limit, options.matmul_runs, dtype), matmuls[-1]))
         # One untimed call: the matmul's 200 MB evict the step's working set from the caches
         # and the allocator, which slows the next steps.
         _run_window(train_fn, iterator, 1, config.steps_per_loop)
@@ -212,14 +285,18 @@ def benchmark_training(config: Config, train: data.ImageData, options: Options) 
     return {
         "images_per_second": statistics.median(rates),
         "step_seconds": step_s,
-        "matmul_flops_per_second": statistics.median(limits),
-        "matmul_dtype": COMPUTE_DTYPES[config.mixed_precision],
+        "limit_gemm": str(limit),
+        "limit_flops_per_second": statistics.median(limits),
+        "matmul_flops_per_second": statistics.median(matmuls),
+        "matmul_dtype": dtype,
         "step_flops_per_image": flops["step"],
         "forward_flops_per_image": flops["forward"],
         "profiled_step_flops_per_image": profiled_step_flops(train_fn, iterator,
                                                              config.batch_size),
         "limit_images_per_second": statistics.median(limits) / flops["step"],
         "fraction_of_limit": statistics.median(fractions),
+        "fraction_of_matmul": statistics.median(
+            r * flops["step"] / m for r, m in zip(rates, matmuls)),
         "input_seconds": input_s,
         "input_share": input_s / step_s,
         "steps_per_window": calls * config.steps_per_loop,
@@ -307,13 +384,19 @@ def benchmark_config(options: Options, width_divisor: int, regularizer: str) -> 
 
 def run(options: Options) -> dict:
     """Every measurement of the benchmark as a JSON-ready dict."""
-    results = {"options": dataclasses.asdict(options), "training": {}, "serving": {}}
+    results = {"options": dataclasses.asdict(options), "training": {}, "serving": {},
+               "cpu": cpu_isa()}
     train, source = load_train_data(benchmark_config(options, 1, "mmd"))
     results["data"] = source
+    dtype = COMPUTE_DTYPES[options.mixed_precision]
+    limit, results["gemm_flops_per_second"] = find_limit(
+        limit_candidates(options.limit_sizes, options.batch_size), options.matmul_runs, dtype)
+    logging.info("The limit: %s in %s at %.1f GFLOP/s (%s)", limit, dtype,
+                 results["gemm_flops_per_second"][str(limit)] / 1e9, results["cpu"])
     for width in options.width_divisors:
         for regularizer in options.regularizers:
             config = benchmark_config(options, width, regularizer)
-            measured = benchmark_training(config, train, options)
+            measured = benchmark_training(config, train, options, limit)
             logging.info("%s/w%d: %.1f images/s, %.1f%% of the limit (load %s)", regularizer,
                          width, measured["images_per_second"],
                          100 * measured["fraction_of_limit"], machine_load())
@@ -334,15 +417,24 @@ def run(options: Options) -> dict:
 
 def format_table(results: dict) -> str:
     """A human-readable summary of `run`'s results."""
+    gemms = results["gemm_flops_per_second"]
+    best = max(gemms, key=gemms.get)
     lines = [f"data: {results['data']}; machine load: {machine_load()}",
-             f"{'run':10} {'img/s':>8} {'limit':>8} {'frac':>6} {'step s':>8} {'input':>7} "
-             f"{'GF/img':>7} {'prof GF':>7} {'matmul GF/s':>11} {'retrace':>7}"]
+             f"CPU: {results['cpu']}",
+             f"limit: the best of {len(gemms)} GEMMs, {best} at {gemms[best] / 1e9:.1f} GFLOP/s "
+             "(re-timed before each window: 'limit GF/s'); 'mm frac' is the fraction of the "
+             f"{results['options']['matmul_size']} square tf.matmul ('mm GF/s')",
+             f"{'run':10} {'img/s':>8} {'limit':>8} {'frac':>6} {'mm frac':>7} {'step s':>8} "
+             f"{'input':>7} {'GF/img':>7} {'prof GF':>7} {'limit GF/s':>10} {'mm GF/s':>8} "
+             f"{'retrace':>7}"]
     for key, r in results["training"].items():
         lines.append(f"{key:10} {r['images_per_second']:8.1f} {r['limit_images_per_second']:8.1f} "
-                     f"{r['fraction_of_limit']:6.1%} {r['step_seconds']:8.4f} "
+                     f"{r['fraction_of_limit']:6.1%} {r['fraction_of_matmul']:7.1%} "
+                     f"{r['step_seconds']:8.4f} "
                      f"{r['input_share']:7.2%} {r['step_flops_per_image'] / 1e9:7.3f} "
                      f"{r['profiled_step_flops_per_image'] / 1e9:7.3f} "
-                     f"{r['matmul_flops_per_second'] / 1e9:11.1f} {r['retraces']:7d}"
+                     f"{r['limit_flops_per_second'] / 1e9:10.1f} "
+                     f"{r['matmul_flops_per_second'] / 1e9:8.1f} {r['retraces']:7d}"
                      + ("" if r["matmul_dtype"] == "float32" else f"  ({r['matmul_dtype']})"))
         matmuls = [f"{name.split('/')[1]} ({plan})" for name, plan in r["conv_plans"].items()
                    if plan != str(convs.ALL_NATIVE)]

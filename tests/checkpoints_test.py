@@ -205,6 +205,16 @@ def test_training_resumes_over_a_deleted_state_file_instead_of_restarting(preemp
     assert tf.train.latest_checkpoint(directory).endswith("ckpt-6")
 
 
+@pytest.fixture
+def sigint_handled():
+    """SIGINT as Python's default handler for the test: a shell that starts pytest as a
+    background job (`nohup ... &`) leaves SIGINT ignored, which StopSignals keeps ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.usefixtures("sigint_handled")
 def test_sigint_saves_a_checkpoint_and_stops_with_130(tmp_path):
     with pytest.MonkeyPatch.context() as patch:
         check_finite = loop._check_finite  # pylint: disable=protected-access
@@ -223,6 +233,7 @@ def test_sigint_saves_a_checkpoint_and_stops_with_130(tmp_path):
     assert cli.run_reporting_user_errors(_raise, KeyboardInterrupt()) == 130
 
 
+@pytest.mark.usefixtures("sigint_handled")
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_before_training_stops_at_once(signum):
     with pytest.raises(errors.Preempted, match="before training") as stopped:

@@ -1,15 +1,13 @@
 """Stride-2 convs part by part as TF's kernels or matmuls, and the timing that picks them."""
 
-import itertools
-
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from wae_tf import convs
 
-PLANS = [convs.ConvPlan(*parts) for parts in itertools.product(
-    (convs.NATIVE, convs.MATMUL), repeat=3)]
+# Every form of every part, in three plans (the parts are computed independently).
+PLANS = [convs.ConvPlan(*(convs.IMPLS[(i + j) % 3] for j in range(3))) for i in range(3)]
 
 pytestmark = pytest.mark.numerics  # every test compares two computations
 
@@ -65,17 +63,32 @@ def test_stride_one_conv_transpose_equals_tf(plan, size, k, cout):
     _assert_all_close(got, _outputs_and_gradients(native, x, kernel))
 
 
-def test_no_matmul_input_gradient_for_odd_sizes_with_odd_kernels():
+def test_subpixel_layout_of_the_paper_kernels():
+    """k=4: a 2-tap stride-1 conv, phase 0 from taps 3, 1 and phase 1 (shifted one on) from
+    taps 2, 0; k=5: 3 taps, phase 0 without one (a zero block in its kernel)."""
+    assert convs.subpixel_layout(4) == (2, 1, ((0, {0: 3, 1: 1}), (1, {0: 2, 1: 0})))
+    assert convs.subpixel_layout(5) == (3, 1, ((0, {0: 3, 1: 1}), (0, {0: 4, 1: 2, 2: 0})))
+    kernel = tf.reshape(tf.range(4 * 4 * 1 * 1, dtype=tf.float32), [4, 4, 1, 1])
+    stacked = convs.subpixel_kernel(kernel)  # [2, 2, 1, 4]: phases (0,0) (0,1) (1,0) (1,1)
+    assert stacked.shape == (2, 2, 1, 4)
+    np.testing.assert_array_equal(stacked[0, 0, 0], [3 * 4 + 3, 3 * 4 + 2, 2 * 4 + 3, 2 * 4 + 2])
+
+
+@pytest.mark.parametrize("impl", [convs.MATMUL, convs.SUBPIXEL])
+def test_no_matmul_input_gradient_for_odd_sizes_with_odd_kernels(impl):
     """SAME pads 7 -> 4 with a 5-tap kernel differently from 8 -> 4: the cropped phase form
     would be wrong there, so it is refused (and never offered by tune)."""
     assert convs.matmul_transpose_fits(8, 5) and convs.matmul_transpose_fits(7, 4)
     assert not convs.matmul_transpose_fits(7, 5)
     with pytest.raises(ValueError, match="odd size 7"):
-        convs.conv2d_transpose(tf.zeros([1, 4, 4, 2]), tf.zeros([5, 5, 3, 2]), 7, convs.MATMUL)
+        convs.conv2d_transpose(tf.zeros([1, 4, 4, 2]), tf.zeros([5, 5, 3, 2]), 7, impl)
+    odd = convs.LayerShape(False, 1, 7, 2, 3, 5)
+    assert not odd.has_form("forward", convs.SUBPIXEL) and odd.has_form("forward", convs.MATMUL)
 
 
 def test_tune_picks_the_faster_form_of_each_part(monkeypatch):
-    """With timings where only the kernel gradient is faster as a matmul, the plan says so;
+    """With timings where the kernel gradient is fastest as a matmul and the forward in the
+    sub-pixel form, the plan says so;
     the plan is cached per shape, and small layers are not timed."""
     monkeypatch.setattr(convs, "_PLANS", {})
     labels = {}  # tf.function -> (part, impl)
@@ -88,17 +101,18 @@ def test_tune_picks_the_faster_form_of_each_part(monkeypatch):
                 labels[fn] = (part, impl)
         return parts
 
-    def fake_seconds(fn, *args):
+    def fake_seconds(fn, *args):  # kernel gradient: matmul fastest; forward: sub-pixel
+        fastest = {"kernel_grad": convs.MATMUL, "forward": convs.SUBPIXEL}
         part, impl = labels[fn]
-        return 0.5 if (part == "kernel_grad") == (impl == convs.MATMUL) else 1.0
+        return 0.5 if fastest.get(part, convs.NATIVE) == impl else 1.0
 
     monkeypatch.setattr(convs, "_part_candidates", labelled_candidates)
     monkeypatch.setattr(convs, "_seconds", fake_seconds)
     # 2 * 4 * 8*8 * 4*4 * 64*128 = 67 MFLOP: above MIN_TUNED_FLOPS.
     shape = convs.LayerShape(True, 4, 8, 64, 128, 4)
     plan = convs.tune(shape)
-    assert plan == convs.ConvPlan(convs.NATIVE, convs.NATIVE, convs.MATMUL)
-    assert len(labels) == 6  # 3 parts x 2 forms
+    assert plan == convs.ConvPlan(convs.SUBPIXEL, convs.NATIVE, convs.MATMUL)
+    assert len(labels) == 9  # 3 parts x 3 forms
     labels.clear()
     assert convs.tune(shape) is plan and not labels  # cached, not re-timed
     small = convs.LayerShape(True, 4, 2, 8, 8, 4)
@@ -113,7 +127,7 @@ def test_tune_times_real_layers():
     """An un-mocked tune of a mid-sized conv (2 * 16 * 4*4 * 4*4 * 64*128 = 67 MFLOP) returns a
     plan of valid forms, and the conv computed by that plan is tf.nn.conv2d."""
     plan = convs.tune(convs.LayerShape(False, 16, 8, 64, 128, 4))
-    assert set(vars(plan).values()) <= {convs.NATIVE, convs.MATMUL}
+    assert set(vars(plan).values()) <= set(convs.IMPLS)
     x = tf.random.stateless_normal([2, 8, 8, 64], seed=[1, 1])
     kernel = tf.random.stateless_normal([4, 4, 64, 128], seed=[2, 2]) * 0.03  # ~1/sqrt(fan-in)
     _assert_all_close(

@@ -9,19 +9,22 @@ Both forms use the same kernel variable, so checkpoints do not depend on the cho
 """
 
 import dataclasses
+import functools
 import time
 from typing import Dict, Tuple
 
 import tensorflow as tf
 from absl import logging
 
-NATIVE, MATMUL = "native", "matmul"
+NATIVE, MATMUL, SUBPIXEL = "native", "matmul", "subpixel"
+IMPLS = (NATIVE, MATMUL, SUBPIXEL)
 PARTS = ("forward", "input_grad", "kernel_grad")
 
 
 @dataclasses.dataclass(frozen=True)
 class ConvPlan:
-    """How each part of one layer is computed: NATIVE (TF's kernel) or MATMUL."""
+    """How each part of one layer is computed: NATIVE (TF's kernel), MATMUL (patches or phases
+    times the kernel) or SUBPIXEL (a stride-1 conv with four phases' kernels side by side)."""
     forward: str = NATIVE
     input_grad: str = NATIVE
     kernel_grad: str = NATIVE
@@ -40,7 +43,7 @@ ALL_MATMUL = ConvPlan(MATMUL, MATMUL, MATMUL)
 
 def matmul_plan(shape: "LayerShape") -> ConvPlan:
     """Every part that has a matmul form as a matmul (--conv_impl=patches)."""
-    return ConvPlan(*(MATMUL if shape.has_matmul(part) else NATIVE for part in PARTS))
+    return ConvPlan(*(MATMUL if shape.has_form(part, MATMUL) else NATIVE for part in PARTS))
 
 
 # ----------------------------------------------------------------------------- matmul forms
@@ -114,6 +117,118 @@ def shift_sum_conv2d_transpose(x, kernel):
     return tf.add_n(planes)
 
 
+# ----------------------------------------------------------------------------- sub-pixel form
+
+
+@functools.lru_cache(maxsize=None)
+def subpixel_layout(k: int):
+    """How a stride-2 SAME transposed conv with a k-tap kernel becomes a stride-1 conv with a
+    w-tap kernel and 2 x 2 output phases (per dimension): (w, before, phases), where phase r is
+    (shift, {window tap a: kernel tap t}); out[2m + r] = y[m + shift, phase r], y = the stride-1
+    conv of x padded by `before` (and enough after)."""
+    taps = _phase_taps(k)
+    dmax = [max(d for _, d in phase) for phase in taps]
+    before = max(dmax)
+    w = max(dmax[r] - min(d for _, d in taps[r]) for r in (0, 1)) + 1
+    phases = tuple((before - dmax[r], {dmax[r] - d: t for t, d in taps[r]}) for r in (0, 1))
+    return w, before, phases
+
+
+def _subpixel_pad(x, k):
+    """x [N, n, n, C] padded for the stride-1 conv whose outputs are [N, S, S, .]."""
+    w, before, phases = subpixel_layout(k)
+    after = max(shift for shift, _ in phases) + w - 1 - before
+    return tf.pad(x, [[0, 0], [before, after], [before, after], [0, 0]])
+
+
+def _subpixel_phases():
+    return [(ry, rx) for ry in (0, 1) for rx in (0, 1)]
+
+
+def subpixel_kernel(kernel):
+    """[k, k, C_out, C_in] -> the stride-1 conv's [w, w, C_in, 4 * C_out], channel blocks in
+    phase order (ry, rx); zeros where a phase has no tap (odd k)."""
+    k, cout, cin = kernel.shape[0], kernel.shape[2], kernel.shape[3]
+    w, _, phases = subpixel_layout(k)
+    zero = tf.zeros([cin, cout], kernel.dtype)
+    rows = []
+    for ay in range(w):
+        for ax in range(w):
+            rows.append(tf.concat([
+                tf.transpose(kernel[phases[ry][1][ay], phases[rx][1][ax]])
+                if ay in phases[ry][1] and ax in phases[rx][1] else zero
+                for ry, rx in _subpixel_phases()], axis=1))  # [C_in, 4 * C_out]
+    return tf.reshape(tf.stack(rows), [w, w, cin, 4 * cout])
+
+
+def _subpixel_kernel_taps(grad, k: int):
+    """The adjoint of subpixel_kernel: [w, w, C_in, 4 * C_out] -> [k, k, C_out, C_in]."""
+    w, _, phases = subpixel_layout(k)
+    cin, cout = grad.shape[2], grad.shape[3] // 4
+    blocks = tf.reshape(grad, [w, w, cin, 2, 2, cout])
+    taps = {}
+    for ry, rx in _subpixel_phases():
+        for ay, ty in phases[ry][1].items():
+            for ax, tx in phases[rx][1].items():
+                taps[ty, tx] = tf.transpose(blocks[ay, ax, :, ry, rx, :])
+    return tf.stack([tf.stack([taps[ty, tx] for tx in range(k)]) for ty in range(k)])
+
+
+def _interleave(y, k: int, n: int):
+    """The stride-1 conv's [N, S, S, 4 * C] -> the transposed conv's [N, 2n, 2n, C]."""
+    _, _, phases = subpixel_layout(k)
+    cout = y.shape[-1] // 4
+    planes = [y[:, phases[ry][0]:phases[ry][0] + n, phases[rx][0]:phases[rx][0] + n,
+                i * cout:(i + 1) * cout] for i, (ry, rx) in enumerate(_subpixel_phases())]
+    return tf.nn.depth_to_space(tf.concat(planes, -1), 2)
+
+
+def _deinterleave(dy, k: int):
+    """The adjoint of _interleave: [N, 2n, 2n, C] -> [N, S, S, 4 * C] (zeros off each phase)."""
+    _, _, phases = subpixel_layout(k)
+    n, cout = dy.shape[1] // 2, dy.shape[-1]
+    size = n + max(shift for shift, _ in phases)
+    planes = tf.nn.space_to_depth(dy, 2)
+    return tf.concat([
+        tf.pad(planes[..., i * cout:(i + 1) * cout],
+               [[0, 0], [phases[ry][0], size - n - phases[ry][0]],
+                [phases[rx][0], size - n - phases[rx][0]], [0, 0]])
+        for i, (ry, rx) in enumerate(_subpixel_phases())], axis=-1)
+
+
+def subpixel_conv2d_transpose(x, kernel):
+    """tf.nn.conv2d_transpose(x, kernel, 2, "SAME") as one stride-1 conv to 4 * C_out
+    channels (each output phase's taps side by side) and an interleave (Shi et al. 2016).
+    x [N, n, n, C_in], kernel [k, k, C_out, C_in] -> [N, 2n, 2n, C_out]. Where TF's
+    transposed conv is slow, its forward conv is fast (docs/performance.md)."""
+    y = tf.nn.conv2d(_subpixel_pad(x, kernel.shape[0]), subpixel_kernel(kernel), 1, "VALID")
+    return _interleave(y, kernel.shape[0], x.shape[1])
+
+
+def subpixel_conv2d(x, kernel):
+    """tf.nn.conv2d(x, kernel, 2, "SAME") for even sizes, as the adjoint of
+    subpixel_conv2d_transpose: x [N, 2n, 2n, C_in], kernel [k, k, C_in, C_out]."""
+    k, cout = kernel.shape[0], kernel.shape[3]
+    w, before, _ = subpixel_layout(k)
+    n = x.shape[1] // 2
+    planes = _deinterleave(x, k)
+    padded = tf.stack([tf.shape(x)[0], planes.shape[1] + w - 1, planes.shape[1] + w - 1, cout])
+    out = tf.raw_ops.Conv2DBackpropInput(input_sizes=padded, filter=subpixel_kernel(kernel),
+                                         out_backprop=planes, strides=[1, 1, 1, 1],
+                                         padding="VALID")
+    return out[:, before:before + n, before:before + n, :]
+
+
+def subpixel_kernel_grad(x, dy, k: int):
+    """Gradient of subpixel_conv2d_transpose's kernel: x [N, n, n, C_in], dy [N, 2n, 2n,
+    C_out] -> [k, k, C_out, C_in], through the stride-1 conv's filter gradient."""
+    w = subpixel_layout(k)[0]
+    grad = tf.raw_ops.Conv2DBackpropFilter(
+        input=_subpixel_pad(x, k), filter_sizes=tf.constant([w, w, x.shape[-1], 4 * dy.shape[-1]]),
+        out_backprop=_deinterleave(dy, k), strides=[1, 1, 1, 1], padding="VALID")
+    return _subpixel_kernel_taps(grad, k)
+
+
 def matmul_transpose_fits(size: int, k: int) -> bool:
     """Whether the 2n-sized phase form, cropped to `size`, is the transposed conv to `size`:
     always for even sizes; for odd ones SAME puts the same padding first only if k is even."""
@@ -125,10 +240,13 @@ def matmul_transpose_fits(size: int, k: int) -> bool:
 
 def conv2d(x, kernel, impl: str, stride: int = 2):
     """SAME conv: x [N, n, n, C_in], kernel [k, k, C_in, C_out] -> [N, o, o, C_out],
-    o = ceil(n / stride); MATMUL (stride 2): patches [N*o*o, k*k*C_in] x [k*k*C_in, C_out]."""
+    o = ceil(n / stride); MATMUL (stride 2): patches [N*o*o, k*k*C_in] x [k*k*C_in, C_out];
+    SUBPIXEL (stride 2): the adjoint of the sub-pixel transposed conv."""
     if impl == NATIVE:
         return tf.nn.conv2d(x, kernel, stride, "SAME")
     _require_stride_two(stride)
+    if impl == SUBPIXEL:
+        return subpixel_conv2d(_to_even(x, kernel.shape[0]), kernel)
     k, cout = kernel.shape[0], kernel.shape[3]
     patches = same_patches(x, k)  # [N, o, o, k*k*C_in]
     out = patches.shape[1]
@@ -138,37 +256,55 @@ def conv2d(x, kernel, impl: str, stride: int = 2):
 
 def conv2d_transpose(x, kernel, size: int, impl: str, stride: int = 2):
     """The adjoint of conv2d: x [N, o, o, C_in], kernel [k, k, C_out, C_in] -> [N, size, size,
-    C_out] (stride 2: size is 2o - 1 or 2o). MATMUL: the phase form, cropped for odd sizes;
-    with stride 1, the shifted sums."""
+    C_out] (stride 2: size is 2o - 1 or 2o). MATMUL: the phase form, cropped for odd sizes,
+    with stride 1 the shifted sums; SUBPIXEL (stride 2): the sub-pixel form, cropped."""
     if impl == NATIVE:
         shape = tf.stack([tf.shape(x)[0], size, size, kernel.shape[2]])
         return tf.nn.conv2d_transpose(x, kernel, shape, stride, "SAME")
     if stride == 1:
+        if impl != MATMUL:
+            raise ValueError(f"A stride-1 transposed conv has no {impl} form.")
         return shift_sum_conv2d_transpose(x, kernel)
     if not matmul_transpose_fits(size, kernel.shape[0]):
-        raise ValueError(f"No matmul form of a transposed conv to odd size {size} with an odd "
+        raise ValueError(f"No {impl} form of a transposed conv to odd size {size} with an odd "
                          f"kernel ({kernel.shape[0]}); use the native one.")
+    if impl == SUBPIXEL:
+        return subpixel_conv2d_transpose(x, kernel)[:, :size, :size, :]
     return phase_conv2d_transpose(x, kernel)[:, :size, :size, :]
 
 
 def conv2d_kernel_grad(x, dy, k: int, impl: str, stride: int = 2):
     """Gradient of conv2d's kernel: x [N, n, n, C_in], dy [N, o, o, C_out] -> [k, k, C_in,
-    C_out]; MATMUL (stride 2): patches(x) transposed x dy, [k*k*C_in, N*o*o] x [N*o*o, C_out]."""
+    C_out]; MATMUL (stride 2): patches(x) transposed x dy, [k*k*C_in, N*o*o] x [N*o*o, C_out];
+    SUBPIXEL (stride 2): the sub-pixel transposed conv's kernel gradient, roles swapped."""
     cin, cout = x.shape[-1], dy.shape[-1]
     if impl == NATIVE:
         return tf.raw_ops.Conv2DBackpropFilter(
             input=x, filter_sizes=tf.constant([k, k, cin, cout]), out_backprop=dy,
             strides=[1, stride, stride, 1], padding="SAME")
     _require_stride_two(stride)
+    if impl == SUBPIXEL:
+        return subpixel_kernel_grad(dy, _to_even(x, k), k)
     rows = tf.reshape(same_patches(x, k), [-1, k * k * cin])
     grad = tf.matmul(rows, tf.reshape(dy, [-1, cout]), transpose_a=True)
     return tf.reshape(grad, [k, k, cin, cout])
 
 
+def _to_even(x, k: int):
+    """x [N, n, n, C] with a zero row and column after it if n is odd: a stride-2 SAME conv
+    of it is the same (for even k, matmul_transpose_fits), and the sub-pixel form needs 2n."""
+    if x.shape[1] % 2 == 0:
+        return x
+    if not matmul_transpose_fits(x.shape[1], k):
+        raise ValueError(f"No sub-pixel form of a stride-2 conv of odd size {x.shape[1]} with an "
+                         f"odd kernel ({k}); use the native one.")
+    return tf.pad(x, [[0, 0], [0, 1], [0, 1], [0, 0]])
+
+
 def _require_stride_two(stride: int):
     if stride != 2:
-        raise ValueError(f"The matmul forms of convs and kernel gradients are stride 2; got "
-                         f"stride {stride}: use the native one.")
+        raise ValueError(f"The matmul and sub-pixel forms of convs and kernel gradients are "
+                         f"stride 2; got stride {stride}: use the native one.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,12 +333,17 @@ class LayerShape:
         positions = (self.size if self.transpose else self.out) ** 2
         return 2.0 * self.batch * positions * self.k * self.k * self.cin * self.cout
 
-    def has_matmul(self, part: str) -> bool:
-        """Whether `part` has a matmul form: every part at stride 2 (but a conv's input
-        gradient to an odd size with an odd kernel); at stride 1 a transposed conv's forward."""
+    def has_form(self, part: str, impl: str) -> bool:
+        """Whether `part` can be computed as `impl`. NATIVE: always. MATMUL: every part at
+        stride 2 (but a conv's input gradient to an odd size with an odd kernel), at stride 1 a
+        transposed conv's forward. SUBPIXEL: every part at stride 2 but of a conv of odd size
+        with an odd kernel."""
+        fits = self.transpose or matmul_transpose_fits(self.size, self.k)
+        if impl == NATIVE:
+            return True
         if self.stride == 1:
-            return self.transpose and part == "forward"
-        return self.transpose or part != "input_grad" or matmul_transpose_fits(self.size, self.k)
+            return impl == MATMUL and self.transpose and part == "forward"
+        return fits or (impl == MATMUL and part != "input_grad")
 
 
 def layer_part(shape: LayerShape, part: str, impl: str, x, kernel, dy):
@@ -270,9 +411,10 @@ def _part_candidates(shape: LayerShape, dtype):
             normal([shape.batch, shape.out, shape.out, shape.cout], 2))
     parts = {}
     for part in PARTS:
-        if not shape.has_matmul(part):
+        impls = [impl for impl in IMPLS if shape.has_form(part, impl)]
+        if len(impls) < 2:
             continue
-        for impl in (NATIVE, MATMUL):
+        for impl in impls:
             fn = lambda x, w, dy, p=part, i=impl: layer_part(  # noqa: E731
                 shape, p, i, x, w, dy)[:1, :1, :1, :1]
             parts.setdefault(part, {})[impl] = (tf.function(fn, autograph=False), args)

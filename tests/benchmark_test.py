@@ -37,6 +37,13 @@ def test_quick_run_reports_positive_figures():
     # differently on odd sizes (7 -> 4): within 10%.
     assert run["profiled_step_flops_per_image"] == pytest.approx(run["step_flops_per_image"],
                                                                  rel=0.1)
+    # The per-op profile (QUICK traces one step): every conv layer's forward and kernel
+    # gradient, and the other ops, BatchNorm's among them.
+    parts = {what for what, seconds, flops in run["op_profile"]["conv_parts"]}
+    assert {f"{layer} {part}" for layer in run["conv_plans"]
+            for part in ("forward", "kernel_grad")} <= parts
+    assert "FusedBatchNormV3" in {what for what, _ in run["op_profile"]["other"]}
+    assert all(seconds > 0 for _, seconds, _ in run["op_profile"]["conv_parts"])
     for batch in ("16", "64"):
         assert results["mmd"][batch]["seconds"] > 0
     served = results["serving"]["w32"]

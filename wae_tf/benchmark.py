@@ -42,6 +42,9 @@ def define_flags() -> None:
                         "directory (written first if missing) instead of decoding every step.")
     flags.DEFINE_integer("write_images", 0, "First write this many synthetic 64x64 JPEGs into "
                          "--input_dir (to measure streaming at scale), then measure.")
+    flags.DEFINE_integer("profile_steps", 0, "Trace this many training steps with TF's profiler "
+                         "and print where the time goes: each conv layer part against the "
+                         "limit, the other op types (wae_tf.op_profile). 0 = no profile.")
     flags.DEFINE_bool("quick", False, "A tiny network and few steps: checks that everything runs.")
 
 
@@ -58,7 +61,7 @@ def options_from_flags() -> benchmarking.Options:
                   serving_batches=tuple(int(b) for b in flags.FLAGS.serving_batches),
                   serving_runs=flags.FLAGS.serving_runs,
                   data_dir=flags.FLAGS.data_dir, input_dir=flags.FLAGS.input_dir,
-                  cache_dir=flags.FLAGS.cache_dir)
+                  cache_dir=flags.FLAGS.cache_dir, profile_steps=flags.FLAGS.profile_steps)
     if flags.FLAGS.quick:
         values.update(benchmarking.QUICK)
     return benchmarking.Options(**values)

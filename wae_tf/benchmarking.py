@@ -21,6 +21,7 @@ from absl import logging
 from wae_tf import cluster
 from wae_tf import convs
 from wae_tf import data
+from wae_tf import op_profile
 from wae_tf import regularizers
 from wae_tf import serving
 from wae_tf import training
@@ -55,10 +56,12 @@ class Options:
     strategy: str = "auto"
     input_dir: str = ""  # a folder of images to stream at 64x64 instead of Fashion-MNIST
     cache_dir: str = ""  # with input_dir: read the decoded copy (--cache_dir) instead of decoding
+    profile_steps: int = 0  # steps traced by TF's profiler for the per-op profile (0: none)
 
 
 QUICK = dict(width_divisors=(32,), batch_size=8, windows=2, window_steps=2, matmul_size=256,
-             matmul_runs=2, limit_sizes=(64, 128), mmd_batches=(16, 64), serving_batches=(1, 8), serving_runs=2)
+             matmul_runs=2, limit_sizes=(64, 128), mmd_batches=(16, 64), serving_batches=(1, 8), serving_runs=2,
+             profile_steps=1)
 
 
 # ----------------------------------------------------------------------------- the limit
@@ -282,6 +285,8 @@ def benchmark_training(config: Config, train: data.ImageData, options: Options,
     step_s = config.batch_size / statistics.median(rates)
     input_s = time_input(dataset, 20)
     retraces = train_fn.experimental_get_tracing_count() - traces_first
+    profile = profile_ops(state, config, lambda: _run_window(
+        train_fn, iterator, 1, config.steps_per_loop), options.profile_steps)
     return {
         "images_per_second": statistics.median(rates),
         "step_seconds": step_s,
@@ -304,8 +309,23 @@ def benchmark_training(config: Config, train: data.ImageData, options: Options,
         "retraces": retraces,
         "conv_plans": conv_plans(state),
         "peak_rss_mb": peak_rss_mb(),
+        "op_profile": profile,
         "state": state,
     }
+
+
+def profile_ops(state: training.TrainState, config: Config, run_step, steps: int) -> dict:
+    """The per-op profile of `steps` training steps (wae_tf.op_profile), JSON-ready: conv layer
+    parts [what, seconds, FLOPs] and other op types [what, seconds], per step; {} if steps=0."""
+    if not steps:
+        return {}
+    ops = op_profile.trace(run_step, steps)
+    ops = {op: seconds / config.steps_per_loop for op, seconds in ops.items()}
+    flops = {**layer_forward_flops(state.encoder), **layer_forward_flops(state.decoder)}
+    part_flops = {layer: f * config.batch_size for layer, f in flops.items()}
+    conv_rows, other_rows = op_profile.summarize(ops, part_flops)
+    return {"conv_parts": [dataclasses.astuple(r) for r in conv_rows],
+            "other": [dataclasses.astuple(r)[:2] for r in other_rows]}
 
 
 def conv_plans(state: training.TrainState) -> Dict[str, str]:
@@ -438,8 +458,13 @@ def format_table(results: dict) -> str:
                      + ("" if r["matmul_dtype"] == "float32" else f"  ({r['matmul_dtype']})"))
         matmuls = [f"{name.split('/')[1]} ({plan})" for name, plan in r["conv_plans"].items()
                    if plan != str(convs.ALL_NATIVE)]
-        lines.append(f"  {'':8} parts on matmuls: {', '.join(matmuls) or 'none'}; peak RSS "
+        lines.append(f"  {'':8} parts not on TF's kernels: {', '.join(matmuls) or 'none'}; peak RSS "
                      f"{r['peak_rss_mb']:.0f} MB")
+        if r["op_profile"]:
+            lines.append(op_profile.format_profile(
+                [op_profile.Row(*row) for row in r["op_profile"]["conv_parts"]],
+                [op_profile.Row(*row) for row in r["op_profile"]["other"]],
+                r["step_seconds"], r["limit_flops_per_second"]))
     lines.append("MMD (IMQ, z_dim 8) value+gradient:")
     for batch, r in results["mmd"].items():
         shares = " ".join(f"{k[9:]}={v:.1%}" for k, v in r.items() if k.startswith("share"))

@@ -369,12 +369,18 @@ def strided_conv(x, kernel, plan: ConvPlan, transpose: bool, stride: int = 2):
     cout = kernel.shape[2] if transpose else kernel.shape[3]
     shape = LayerShape(transpose, -1, x.shape[1], x.shape[-1], cout, kernel.shape[0], stride)
 
+    scope = tf.get_current_name_scope()  # the layer's: the gradients run outside it
+
+    def part(name, impl, dy):
+        with tf.name_scope(f"{scope}/{name}/" if scope else f"{name}/"):  # wae_tf.op_profile
+            return layer_part(shape, name, impl, x, kernel, dy)
+
     @tf.custom_gradient
     def run(x, kernel):
         def grad(dy):
-            return (layer_part(shape, "input_grad", plan.input_grad, x, kernel, dy),
-                    layer_part(shape, "kernel_grad", plan.kernel_grad, x, kernel, dy))
-        return layer_part(shape, "forward", plan.forward, x, kernel, None), grad
+            return (part("input_grad", plan.input_grad, dy),
+                    part("kernel_grad", plan.kernel_grad, dy))
+        return part("forward", plan.forward, None), grad
     return run(x, kernel)
 
 

@@ -1,5 +1,7 @@
 """Stride-2 convs part by part as TF's kernels or matmuls, and the timing that picks them."""
 
+import time
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -101,7 +103,7 @@ def test_tune_picks_the_faster_form_of_each_part(monkeypatch):
                 labels[fn] = (part, impl)
         return parts
 
-    def fake_seconds(fn, *args):  # kernel gradient: matmul fastest; forward: sub-pixel
+    def fake_seconds(fn, *args, **kwargs):  # kernel gradient: matmul fastest; forward: sub-pixel
         fastest = {"kernel_grad": convs.MATMUL, "forward": convs.SUBPIXEL}
         part, impl = labels[fn]
         return 0.5 if fastest.get(part, convs.NATIVE) == impl else 1.0
@@ -133,3 +135,18 @@ def test_tune_times_real_layers():
     _assert_all_close(
         _outputs_and_gradients(lambda x, w: convs.strided_conv(x, w, plan, False), x, kernel),
         _outputs_and_gradients(lambda x, w: tf.nn.conv2d(x, w, 2, "SAME"), x, kernel))
+
+
+def test_a_form_slower_than_give_up_is_not_timed_further():
+    """`_seconds` returns a warm-up slower than give_up (twice the best form so far in tune)
+    after one call; otherwise it times `runs` more calls."""
+    calls = []
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.02)
+        return tf.constant(0.0)
+
+    assert convs._seconds(slow, give_up=0.01) >= 0.02 and len(calls) == 1
+    calls.clear()
+    assert convs._seconds(slow, runs=2) >= 0.02 and len(calls) == 3

@@ -392,10 +392,16 @@ MIN_TUNED_FLOPS = 50e6
 _PLANS: Dict[Tuple, ConvPlan] = {}
 
 
-def _seconds(fn, *args, runs: int = 3, budget: float = 1.0) -> float:
+def _seconds(fn, *args, runs: int = 3, budget: float = 1.0,
+             give_up: float = float("inf")) -> float:
     """Fastest of `runs` timed calls of a tf.function (after a warm-up call), fewer (at least
-    one) if they exceed `budget` seconds: the minimum is the least disturbed by other work."""
+    one) if they exceed `budget` seconds: the minimum is the least disturbed by other work.
+    A warm-up slower than `give_up` seconds is returned untimed (a form that cannot win)."""
+    start = time.perf_counter()
     fn(*args).numpy()
+    warm_up = time.perf_counter() - start
+    if warm_up > give_up:
+        return warm_up
     best, spent = float("inf"), 0.0
     for _ in range(runs):
         start = time.perf_counter()
@@ -441,7 +447,10 @@ def tune(shape: LayerShape, dtype=tf.float32) -> ConvPlan:
         start = time.perf_counter()
         choice, seconds = {}, {}
         for part, impls in _part_candidates(shape, dtype).items():
-            seconds[part] = {impl: _seconds(fn, *args) for impl, (fn, args) in impls.items()}
+            seconds[part] = {}
+            for impl, (fn, args) in impls.items():  # native first: the others must beat it
+                give_up = 2 * min(seconds[part].values(), default=float("inf"))
+                seconds[part][impl] = _seconds(fn, *args, give_up=give_up)
             choice[part] = min(seconds[part], key=seconds[part].get)
         _PLANS[key] = ConvPlan(**choice)
         timings = "; ".join(f"{part} " + " ".join(f"{impl} {1e3 * s:.1f} ms" for impl, s in

@@ -1,4 +1,5 @@
-"""Stride-2 convs part by part as TF's kernels or matmuls, and the timing that picks them."""
+"""Stride-2 convs part by part as TF's kernels, matmuls or sub-pixel convs, and the timing
+that picks them."""
 
 import time
 

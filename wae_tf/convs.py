@@ -1,11 +1,13 @@
 """Stride-2 SAME convs and transposed convs with each part (forward, input gradient, kernel
-gradient) as TF's kernel or as matmuls, and the on-machine timing that picks one per part.
+gradient) as TF's kernel, as matmuls or in the sub-pixel form (a stride-1 conv), and the
+on-machine timing that picks one per part.
 
 Why: on CPUs, TF's (oneDNN's) kernels have shape-dependent cliffs that differ between machines:
-some layers run several times below matmul speed on one CPU and not on another
-(docs/performance.md). Timing both forms on
-the layer's own shapes, as cuDNN's autotuner does on GPUs, picks the fast one wherever it runs.
-Both forms use the same kernel variable, so checkpoints do not depend on the choice.
+some layers run several times below matmul speed on one CPU and not on another, and on AVX2
+CPUs oneDNN's transposed convs run at half the speed of its forward convs (docs/performance.md).
+Timing the forms on the layer's own shapes, as cuDNN's autotuner does on GPUs, picks the fast
+one wherever it runs. All forms use the same kernel variable, so checkpoints do not depend on
+the choice.
 """
 
 import dataclasses

@@ -15,6 +15,7 @@ import functools
 import time
 from typing import Dict, Tuple
 
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -176,26 +177,51 @@ def _subpixel_kernel_taps(grad, k: int):
     return tf.stack([tf.stack([taps[ty, tx] for tx in range(k)]) for ty in range(k)])
 
 
-def _interleave(y, k: int, n: int):
-    """The stride-1 conv's [N, S, S, 4 * C] -> the transposed conv's [N, 2n, 2n, C]."""
+@functools.lru_cache(maxsize=None)
+def _interleave_index(k: int, n: int) -> np.ndarray:
+    """[2n * 2n]: for each pixel of the transposed conv's output, its (cell, phase) row in the
+    stride-1 conv's output [S, S, 4] (phase order as subpixel_kernel's)."""
     _, _, phases = subpixel_layout(k)
-    cout = y.shape[-1] // 4
-    planes = [y[:, phases[ry][0]:phases[ry][0] + n, phases[rx][0]:phases[rx][0] + n,
-                i * cout:(i + 1) * cout] for i, (ry, rx) in enumerate(_subpixel_phases())]
-    return tf.nn.depth_to_space(tf.concat(planes, -1), 2)
+    size = n + max(shift for shift, _ in phases)
+    index = np.zeros([2 * n, 2 * n], np.int32)
+    m = np.arange(n)
+    for i, (ry, rx) in enumerate(_subpixel_phases()):
+        rows, cols = m + phases[ry][0], m + phases[rx][0]
+        index[2 * m[:, None] + ry, 2 * m[None, :] + rx] = (
+            (rows[:, None] * size + cols[None, :]) * 4 + i)
+    index.flags.writeable = False
+    return index.reshape(-1)
+
+
+def _interleave(y, k: int, n: int):
+    """The stride-1 conv's [N, S, S, 4 * C] -> the transposed conv's [N, 2n, 2n, C]: one
+    gather of C-float rows (several times faster than slices, concat and depth_to_space)."""
+    size, cout = y.shape[1], y.shape[-1] // 4
+    rows = tf.gather(tf.reshape(y, [-1, size * size * 4, cout]), _interleave_index(k, n), axis=1)
+    return tf.reshape(rows, [-1, 2 * n, 2 * n, cout])
+
+
+@functools.lru_cache(maxsize=None)
+def _deinterleave_index(k: int, n: int) -> np.ndarray:
+    """[S * S * 4]: the inverse of _interleave_index; 4n^2 (a zero row) for the cells that no
+    output pixel reads."""
+    _, _, phases = subpixel_layout(k)
+    size = n + max(shift for shift, _ in phases)
+    index = np.full([size * size * 4], 4 * n * n, np.int32)
+    index[_interleave_index(k, n)] = np.arange(4 * n * n)
+    index.flags.writeable = False
+    return index
 
 
 def _deinterleave(dy, k: int):
     """The adjoint of _interleave: [N, 2n, 2n, C] -> [N, S, S, 4 * C] (zeros off each phase)."""
-    _, _, phases = subpixel_layout(k)
     n, cout = dy.shape[1] // 2, dy.shape[-1]
+    _, _, phases = subpixel_layout(k)
     size = n + max(shift for shift, _ in phases)
-    planes = tf.nn.space_to_depth(dy, 2)
-    return tf.concat([
-        tf.pad(planes[..., i * cout:(i + 1) * cout],
-               [[0, 0], [phases[ry][0], size - n - phases[ry][0]],
-                [phases[rx][0], size - n - phases[rx][0]], [0, 0]])
-        for i, (ry, rx) in enumerate(_subpixel_phases())], axis=-1)
+    rows = tf.reshape(dy, [-1, 4 * n * n, cout])
+    rows = tf.concat([rows, tf.zeros_like(rows[:, :1])], axis=1)
+    cells = tf.gather(rows, _deinterleave_index(k, n), axis=1)
+    return tf.reshape(cells, [-1, size, size, 4 * cout])
 
 
 def subpixel_conv2d_transpose(x, kernel):

@@ -4,6 +4,7 @@ import functools
 import gzip
 import os
 import struct
+import subprocess
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -65,6 +66,21 @@ def tiny_run(tmp_path_factory):
     classifier.load_or_train(classifier_dir, "synthetic", lambda: (train, test), epochs=1)
     return dict(workdir=workdir, test=test, classifier_dir=classifier_dir, config=config,
                 export=os.path.join(workdir, "export", str(config.train_steps)))
+
+
+def run_concurrently(commands: dict, timeout: float = 300, **popen_kwargs) -> dict:
+    """Runs independent commands {name: argv} at once (each one mostly TF's start-up, which
+    leaves a core idle); returns {name: subprocess.CompletedProcess} with text output."""
+    processes = {name: subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True, **popen_kwargs)
+                 for name, argv in commands.items()}
+    results = {}
+    for name, process in processes.items():
+        with process:
+            stdout, stderr = process.communicate(timeout=timeout)
+        results[name] = subprocess.CompletedProcess(process.args, process.returncode, stdout,
+                                                    stderr)
+    return results
 
 
 @functools.lru_cache(maxsize=None)

@@ -3,13 +3,12 @@ the comparison's flagfiles and table."""
 
 import json
 import os
-import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from tests.conftest import FASHION_DIR, REPO, tiny_config
+from tests.conftest import FASHION_DIR, REPO, run_concurrently, tiny_config
 from wae_tf import classifier
 from wae_tf import comparison
 from wae_tf import errors
@@ -90,12 +89,13 @@ def test_entry_point_evaluates_an_export_on_the_real_test_split(tiny_run, tmp_pa
     args = [sys.executable, "-m", "wae_tf.evaluate", f"--saved_model={tiny_run['export']}/..",
             f"--output_dir={tmp_path}", "--num_samples=30", "--seed=1",
             f"--classifier_dir={tiny_run['classifier_dir']}"]
-    result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300,
-                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    # The entry point without --saved_model or --workdir refuses to start: run beside it.
+    results = run_concurrently({"evaluate": args, "neither": args[:3]}, cwd=REPO,
+                               env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    result, neither = results["evaluate"], results["neither"]
     assert result.returncode == 0, result.stderr[-3000:]
     saved = json.load(open(tmp_path / "metrics.json"))
     assert saved["test_recon_cost"]["num_images"] == 30 and saved["step"] == 2
-    neither = subprocess.run(args[:3], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert neither.returncode == 2
     assert "exactly one of --workdir and --saved_model" in neither.stderr
 

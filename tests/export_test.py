@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import make_images, tiny_config
+from tests.conftest import make_images, run_concurrently, tiny_config
 from wae_tf import loop
 from wae_tf import serving
 from wae_tf import training
@@ -166,19 +166,20 @@ def test_saved_model_cli_shows_and_runs_the_signatures(exported, tmp_path):
     cli = os.path.join(BIN, "saved_model_cli")
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     # --all: every signature and the object graph's functions, beside the keras/ directory and
-    # the warm-up file.
-    shown = subprocess.run([cli, "show", "--dir", path, "--all"], capture_output=True,
-                           text=True, env=env, timeout=300, check=True).stdout
+    # the warm-up file. The three commands are independent: run at once.
+    inputs = {"decode": "z=[[0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]]", "sample": "seed=[3, 4]"}
+    runs = {signature: [cli, "run", "--dir", path, "--tag_set", "serve", "--signature_def",
+                        signature, "--input_exprs", expr, "--outdir", str(tmp_path / signature)]
+            for signature, expr in inputs.items()}
+    results = run_concurrently({"show": [cli, "show", "--dir", path, "--all"], **runs}, env=env)
+    for name, result in results.items():
+        assert result.returncode == 0, (name, result.stderr[-3000:])
+    shown = results["show"].stdout
     for name in ("serving_default", "reconstruct", "encode", "decode", "sample"):
         assert f"signature_def['{name}']" in shown, name
     assert "DT_INT64" in shown and "(-1, 28, 28, 1)" in shown
-    for signature, inputs in (("decode", "z=[[0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0]]"),
-                              ("sample", "seed=[3, 4]")):
-        outdir = tmp_path / signature
-        subprocess.run([cli, "run", "--dir", path, "--tag_set", "serve", "--signature_def",
-                        signature, "--input_exprs", inputs, "--outdir", str(outdir)],
-                       capture_output=True, text=True, env=env, timeout=300, check=True)
-        images = np.load(outdir / "images.npy")
+    for signature in runs:
+        images = np.load(tmp_path / signature / "images.npy")
         assert images.shape == (2, 28, 28, 1) and images.dtype == np.float32
         assert 0 <= images.min() and images.max() <= 1
 

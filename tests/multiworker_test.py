@@ -79,12 +79,13 @@ def test_two_workers_finish_and_match_a_single_process_run(tmp_path, kind):
     config = Config(**FLAGS, **data_flags, export=False, strategy="default").validate()
     splits = (data.load_split(config.replace(in_memory="true"), "train"),
               data.load_split(config, "test"))
-    # Two replicas in one process: the same replica count, so the same BatchNorm formula
-    # (Keras's all-reduced moments) as the two workers.
-    reference = loop.train_and_evaluate(config, str(tmp_path / "single"),
-                                            strategy=mirrored_strategy(), data_override=splits)
     workers = _launch_workers(workdir, data_flags, str(tmp_path))
     try:
+        # Two replicas in one process: the same replica count, so the same BatchNorm formula
+        # (Keras's all-reduced moments) as the two workers. Run while the workers run: they
+        # spend much of their time waiting for each other.
+        reference = loop.train_and_evaluate(config, str(tmp_path / "single"),
+                                            strategy=mirrored_strategy(), data_override=splits)
         for process, log in workers:
             assert process.wait(timeout=TIMEOUT_S) == 0, _tail(log)
     finally:

@@ -24,8 +24,10 @@ def _run(*args, timeout=600):
 
 def test_train_then_export_on_real_fashion_mnist(tmp_path):
     workdir = str(tmp_path / "run")
+    # Batches of 50 (the flagfile's 20 otherwise): each run's evaluation over the 10,000 test
+    # images takes 200 batches, not 500; the layers stay under convs.tune's size for timing.
     result = _run("wae_tf.train", "--flagfile=flags/test_tiny.cfg", f"--workdir={workdir}",
-                  "--progress=on")
+                  "--progress=on", "--batch_size=50")
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("config.json", "results.json", "samples.png",
                  "reconstructions.png", "export/6/saved_model.pb", "checkpoints/checkpoint"):
@@ -40,6 +42,7 @@ def test_train_then_export_on_real_fashion_mnist(tmp_path):
     assert re.search(r"^6/6 ━+ \d+s \d+\w+/step - .*loss: ", plain, re.M), result.stderr[-3000:]
     record = json.load(open(os.path.join(workdir, "config.json")))
     assert record["image_shape"] == [28, 28, 1] and record["train_steps"] == 6
+    assert record["batch_size"] == 50  # the resumed runs below train with it too
     # The workdir alone resumes the run from its config.json: nothing more to train, and the
     # finished run's results (with its train losses) are left as they are.
     again = _run("wae_tf.train", f"--workdir={workdir}", "--export=false")

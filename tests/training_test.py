@@ -316,3 +316,19 @@ def test_the_discriminator_learns_from_the_codes_of_the_updated_encoder():
     expected = float(tf.reduce_mean(training.regularizers.gan_discriminator_loss(
         state.discriminator(pz), state.discriminator(z))))
     assert reported == pytest.approx(expected, rel=1e-5)
+
+
+def test_one_step_per_call_is_traced_once_and_refuses_more_steps():
+    """--steps_per_loop=1 (the default): the step is traced once, with no loop body, so a call
+    asking for more steps fails instead of silently running one."""
+    config = tiny_config(steps_per_loop=1)
+    strategy = tf.distribute.get_strategy()
+    state = _state(config, strategy)
+    iterator = iter(data.make_train_dataset(make_images(16), config.batch_size, config.seed))
+    train_fn = training.make_train_fn(config, state, strategy)
+    train_fn(iterator, tf.constant(1))
+    graph = train_fn.get_concrete_function(iterator, tf.constant(1)).graph
+    assert not [op for op in graph.get_operations() if op.type in ("While", "StatelessWhile")]
+    with pytest.raises(tf.errors.InvalidArgumentError, match="one step a call"):
+        train_fn(iterator, tf.constant(2))
+    assert int(state.step.numpy()) == 1

@@ -268,7 +268,9 @@ def discriminator_update(state: TrainState, pz, qz, global_batch):
 
 
 def make_train_fn(config: Config, state: TrainState, strategy) -> Callable:
-    """A tf.function running `num_steps` distributed steps; returns the last step's losses."""
+    """A tf.function running `num_steps` distributed steps; returns the last step's losses.
+    With --steps_per_loop=1 num_steps must be 1: the step is then traced once (no loop body),
+    which halves the start-up's tracing."""
     replica_step = lambda images, step: train_step(config, state, images, step)  # noqa: E731
     if config.jit_compile:  # a nested function here can reorder BatchNorm's collectives
         replica_step = tf.function(replica_step, jit_compile=True)
@@ -281,6 +283,10 @@ def make_train_fn(config: Config, state: TrainState, strategy) -> Callable:
 
     @tf.function
     def train_fn(iterator, num_steps):
+        if config.steps_per_loop == 1:  # the step traced once, not also as a loop body
+            with tf.control_dependencies([tf.debugging.assert_equal(
+                    num_steps, 1, message="--steps_per_loop=1: one step a call")]):
+                return one_step(iterator)
         metrics = one_step(iterator)
         for _ in tf.range(num_steps - 1):
             metrics = one_step(iterator)

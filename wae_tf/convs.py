@@ -137,10 +137,15 @@ def subpixel_layout(k: int):
     return w, before, phases
 
 
+def _subpixel_size(k: int, n: int) -> int:
+    """S, the side of the stride-1 conv's output for an n x n input: n plus the largest shift."""
+    return n + max(shift for shift, _ in subpixel_layout(k)[2])
+
+
 def _subpixel_pad(x, k):
     """x [N, n, n, C] padded for the stride-1 conv whose outputs are [N, S, S, .]."""
-    w, before, phases = subpixel_layout(k)
-    after = max(shift for shift, _ in phases) + w - 1 - before
+    w, before, _ = subpixel_layout(k)
+    after = _subpixel_size(k, 0) + w - 1 - before
     return tf.pad(x, [[0, 0], [before, after], [before, after], [0, 0]])
 
 
@@ -182,7 +187,7 @@ def _interleave_index(k: int, n: int) -> np.ndarray:
     """[2n * 2n]: for each pixel of the transposed conv's output, its (cell, phase) row in the
     stride-1 conv's output [S, S, 4] (phase order as subpixel_kernel's)."""
     _, _, phases = subpixel_layout(k)
-    size = n + max(shift for shift, _ in phases)
+    size = _subpixel_size(k, n)
     index = np.zeros([2 * n, 2 * n], np.int32)
     m = np.arange(n)
     for i, (ry, rx) in enumerate(_subpixel_phases()):
@@ -205,8 +210,7 @@ def _interleave(y, k: int, n: int):
 def _deinterleave_index(k: int, n: int) -> np.ndarray:
     """[S * S * 4]: the inverse of _interleave_index; 4n^2 (a zero row) for the cells that no
     output pixel reads."""
-    _, _, phases = subpixel_layout(k)
-    size = n + max(shift for shift, _ in phases)
+    size = _subpixel_size(k, n)
     index = np.full([size * size * 4], 4 * n * n, np.int32)
     index[_interleave_index(k, n)] = np.arange(4 * n * n)
     index.flags.writeable = False
@@ -216,8 +220,7 @@ def _deinterleave_index(k: int, n: int) -> np.ndarray:
 def _deinterleave(dy, k: int):
     """The adjoint of _interleave: [N, 2n, 2n, C] -> [N, S, S, 4 * C] (zeros off each phase)."""
     n, cout = dy.shape[1] // 2, dy.shape[-1]
-    _, _, phases = subpixel_layout(k)
-    size = n + max(shift for shift, _ in phases)
+    size = _subpixel_size(k, n)
     rows = tf.reshape(dy, [-1, 4 * n * n, cout])
     rows = tf.concat([rows, tf.zeros_like(rows[:, :1])], axis=1)
     cells = tf.gather(rows, _deinterleave_index(k, n), axis=1)

@@ -425,21 +425,17 @@ _PLANS: Dict[Tuple, ConvPlan] = {}
 
 def _seconds(fn, *args, runs: int = 3, budget: float = 1.0,
              give_up: float = float("inf")) -> float:
-    """Fastest of `runs` timed calls of a tf.function (after a warm-up call), fewer (at least
-    one) if they exceed `budget` seconds: the minimum is the least disturbed by other work.
-    A warm-up slower than `give_up` seconds is returned untimed (a form that cannot win)."""
-    start = time.perf_counter()
+    """Fastest of `runs` timed calls of a tf.function (after a warm-up call, which traces it),
+    fewer (at least one) if they exceed `budget` seconds or the first exceeds `give_up` (a form
+    that cannot win): the minimum is the least disturbed by other work."""
     fn(*args).numpy()
-    warm_up = time.perf_counter() - start
-    if warm_up > give_up:
-        return warm_up
     best, spent = float("inf"), 0.0
     for _ in range(runs):
         start = time.perf_counter()
         fn(*args).numpy()
         elapsed = time.perf_counter() - start
         best, spent = min(best, elapsed), spent + elapsed
-        if spent > budget:
+        if spent > budget or best > give_up:
             break
     return best
 

@@ -189,7 +189,8 @@ def analytic_step_flops(state: training.TrainState) -> Dict[str, float]:
 
 def profiled_step_flops(train_fn, iterator, global_batch: int) -> float:
     """FLOPs per image of the conv and matmul ops of the traced training function, counted by
-    tf.compat.v1.profiler. Its graph holds the first step inline (the rest run in a loop body).
+    tf.compat.v1.profiler. Its graph holds one step inline (with --steps_per_loop > 1 the rest
+    run in a loop body).
     0 with --jit_compile: the step is then one XlaLaunch op the profiler cannot see into."""
     graph = train_fn.get_concrete_function(iterator, tf.constant(1)).graph
     options = tf.compat.v1.profiler.ProfileOptionBuilder(
@@ -456,10 +457,10 @@ def format_table(results: dict) -> str:
                      f"{r['limit_flops_per_second'] / 1e9:10.1f} "
                      f"{r['matmul_flops_per_second'] / 1e9:8.1f} {r['retraces']:7d}"
                      + ("" if r["matmul_dtype"] == "float32" else f"  ({r['matmul_dtype']})"))
-        matmuls = [f"{name.split('/')[1]} ({plan})" for name, plan in r["conv_plans"].items()
-                   if plan != str(convs.ALL_NATIVE)]
-        lines.append(f"  {'':8} parts not on TF's kernels: {', '.join(matmuls) or 'none'}; peak RSS "
-                     f"{r['peak_rss_mb']:.0f} MB")
+        tuned = [f"{name.split('/')[1]} ({plan})" for name, plan in r["conv_plans"].items()
+                 if plan != str(convs.ALL_NATIVE)]
+        lines.append(f"  {'':8} parts not on TF's kernels: {', '.join(tuned) or 'none'}; "
+                     f"peak RSS {r['peak_rss_mb']:.0f} MB")
         if r["op_profile"]:
             lines.append(op_profile.format_profile(
                 [op_profile.Row(*row) for row in r["op_profile"]["conv_parts"]],

@@ -243,8 +243,8 @@ def subpixel_conv2d(x, kernel):
     w, before, _ = subpixel_layout(k)
     n = x.shape[1] // 2
     planes = _deinterleave(x, k)
-    padded = tf.stack([tf.shape(x)[0], planes.shape[1] + w - 1, planes.shape[1] + w - 1, cout])
-    out = tf.raw_ops.Conv2DBackpropInput(input_sizes=padded, filter=subpixel_kernel(kernel),
+    sizes = tf.stack([tf.shape(x)[0], planes.shape[1] + w - 1, planes.shape[1] + w - 1, cout])
+    out = tf.raw_ops.Conv2DBackpropInput(input_sizes=sizes, filter=subpixel_kernel(kernel),
                                          out_backprop=planes, strides=[1, 1, 1, 1],
                                          padding="VALID")
     return out[:, before:before + n, before:before + n, :]

@@ -90,3 +90,20 @@ def test_stdlib_only_modules_do_not_load_tensorflow(module):
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          timeout=120, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_importing_the_package_puts_tensorflow_tensors_in_its_pool_unless_told_not_to():
+    # TF reports allocator stats only for its BFC pool: they show which allocator it took.
+    code = ("import sys, wae_tf, tensorflow as tf\n"
+            "x = tf.ones([256, 256]) * 2\n"
+            "try:\n"
+            "    print(tf.config.experimental.get_memory_info('CPU:0')['peak'] > 0)\n"
+            "except ValueError:\n"
+            "    print('malloc')\n")
+    env = {name: dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3") for name in ("default", "opt_out")}
+    env["default"].pop("TF_CPU_ALLOCATOR_USE_BFC", None)
+    env["opt_out"]["TF_CPU_ALLOCATOR_USE_BFC"] = "false"
+    results = {name: subprocess.run([sys.executable, "-c", code], cwd=REPO, env=e, text=True,
+                                    capture_output=True, timeout=120, check=True).stdout.strip()
+               for name, e in env.items()}
+    assert results == {"default": "True", "opt_out": "malloc"}

@@ -1,3 +1,11 @@
 """wae_tf: Wasserstein Auto-Encoders (Tolstikhin et al., ICLR 2018) in TensorFlow 2 / Keras 3."""
 
+import os
+
+# TensorFlow's CPU tensors come from its BFC pool instead of malloc, which hands large buffers
+# back to the OS so that every step faults them in again: a fifth of the process's CPU time at
+# full width on a 2-core EPYC (docs/performance.md). TF reads this when it allocates its first
+# tensor; set TF_CPU_ALLOCATOR_USE_BFC=false to keep malloc.
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
+
 __version__ = "0.1.0"

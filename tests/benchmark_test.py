@@ -39,11 +39,13 @@ def test_quick_run_reports_positive_figures():
                                                                  rel=0.1)
     # The per-op profile (QUICK traces one step): every conv layer's forward and kernel
     # gradient, and the other ops, BatchNorm's among them.
-    parts = {what for what, seconds, flops in run["op_profile"]["conv_parts"]}
+    parts = {what for what, seconds, flops, gemm_rate in run["op_profile"]["conv_parts"]}
     assert {f"{layer} {part}" for layer in run["conv_plans"]
             for part in ("forward", "kernel_grad")} <= parts
     assert "FusedBatchNormV3" in {what for what, _ in run["op_profile"]["other"]}
-    assert all(seconds > 0 for _, seconds, _ in run["op_profile"]["conv_parts"])
+    # Each part's time, and the speed of its own GEMM timed alone.
+    assert all(seconds > 0 and gemm_rate > 0
+               for _, seconds, _, gemm_rate in run["op_profile"]["conv_parts"])
     for batch in ("16", "64"):
         assert results["mmd"][batch]["seconds"] > 0
     served = results["serving"]["w32"]

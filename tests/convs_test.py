@@ -77,6 +77,21 @@ def test_subpixel_layout_of_the_paper_kernels():
     np.testing.assert_array_equal(stacked[0, 0, 0], [3 * 4 + 3, 3 * 4 + 2, 2 * 4 + 3, 2 * 4 + 2])
 
 
+def test_each_part_has_one_gemm_with_its_flops():
+    """The first conv at width 1 and dec0 at width 4, by hand: (m, k, n) of patches x kernel
+    (the forward of a conv, the input gradient of a transposed conv), its adjoint, and
+    patches transposed x the other side (the kernel gradient)."""
+    conv = convs.LayerShape(False, 100, 28, 1, 128, 4)  # -> 14 x 14 positions
+    assert [conv.part_gemm(p) for p in convs.PARTS] == [
+        (19600, 16, 128), (19600, 128, 16), (16, 19600, 128)]
+    dec0 = convs.LayerShape(True, 100, 7, 256, 128, 4)  # 7 x 7 input positions scatter
+    assert [dec0.part_gemm(p) for p in convs.PARTS] == [
+        (4900, 256, 2048), (4900, 2048, 256), (2048, 4900, 256)]
+    for shape in (conv, dec0, convs.LayerShape(True, 100, 28, 64, 1, 4, stride=1)):
+        for part in convs.PARTS:
+            assert 2 * np.prod(shape.part_gemm(part)) == shape.forward_flops
+
+
 @pytest.mark.parametrize("impl", [convs.MATMUL, convs.SUBPIXEL])
 def test_no_matmul_input_gradient_for_odd_sizes_with_odd_kernels(impl):
     """SAME pads 7 -> 4 with a 5-tap kernel differently from 8 -> 4: the cropped phase form

@@ -47,7 +47,8 @@ def test_summarize_groups_parts_with_their_flops_and_sorts_by_time():
            ("gradient_tape/decoder/dec1_conv/Conv2DBackpropFilter", "Conv2DBackpropFilter"): 0.08,
            ("decoder/dec1_bn/FusedBatchNormV3", "FusedBatchNormV3"): 0.005,
            ("Adam/Mul", "Mul"): 0.001, ("Adam/Mul_1", "Mul"): 0.002}
-    conv, other = op_profile.summarize(ops, {"decoder/dec1_conv": 4e9})
+    conv, other = op_profile.summarize(ops, {"decoder/dec1_conv": 4e9},
+                                       {("decoder/dec1_conv", "forward"): 1.6e11})
     assert [(r.what, r.seconds) for r in conv] == [
         ("decoder/dec1_conv kernel_grad", 0.08), ("decoder/dec1_conv forward", 0.040)]
     assert conv[1].flops_per_second == pytest.approx(1e11)  # 4 GFLOP in 40 ms
@@ -55,3 +56,5 @@ def test_summarize_groups_parts_with_their_flops_and_sorts_by_time():
                                                      ("Mul", pytest.approx(0.003))]
     text = op_profile.format_profile(conv, other, step_seconds=0.1, limit_flops_per_second=2e11)
     assert "decoder/dec1_conv forward" in text and "50.0% of the limit" in text
+    # 100 GFLOP/s against its GEMM's 160; the kernel gradient's GEMM was not timed.
+    assert "62.5% of its GEMM's 160.0" in text and text.count("of its GEMM") == 1

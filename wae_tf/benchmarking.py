@@ -287,7 +287,8 @@ def benchmark_training(config: Config, train: data.ImageData, options: Options,
     input_s = time_input(dataset, 20)
     retraces = train_fn.experimental_get_tracing_count() - traces_first
     profile = profile_ops(state, config, lambda: _run_window(
-        train_fn, iterator, 1, config.steps_per_loop), options.profile_steps)
+        train_fn, iterator, 1, config.steps_per_loop), options.profile_steps,
+        options.matmul_runs)
     return {
         "images_per_second": statistics.median(rates),
         "step_seconds": step_s,
@@ -315,18 +316,51 @@ def benchmark_training(config: Config, train: data.ImageData, options: Options,
     }
 
 
-def profile_ops(state: training.TrainState, config: Config, run_step, steps: int) -> dict:
+def profile_ops(state: training.TrainState, config: Config, run_step, steps: int,
+                runs: int = 3) -> dict:
     """The per-op profile of `steps` training steps (wae_tf.op_profile), JSON-ready: conv layer
-    parts [what, seconds, FLOPs] and other op types [what, seconds], per step; {} if steps=0."""
+    parts [what, seconds, FLOPs, FLOP/s of the part's own GEMM (median of `runs`)] and other op
+    types [what, seconds], per step; {} if steps=0."""
     if not steps:
         return {}
     ops = op_profile.trace(run_step, steps)
     ops = {op: seconds / config.steps_per_loop for op, seconds in ops.items()}
     flops = {**layer_forward_flops(state.encoder), **layer_forward_flops(state.decoder)}
     part_flops = {layer: f * config.batch_size for layer, f in flops.items()}
-    conv_rows, other_rows = op_profile.summarize(ops, part_flops)
+    shapes = {**conv_layer_shapes(state.encoder, config.batch_size),
+              **conv_layer_shapes(state.decoder, config.batch_size)}
+    conv_rows, other_rows = op_profile.summarize(ops, part_flops, part_gemm_rates(shapes, runs))
     return {"conv_parts": [dataclasses.astuple(r) for r in conv_rows],
             "other": [dataclasses.astuple(r)[:2] for r in other_rows]}
+
+
+def conv_layer_shapes(model, batch: int) -> Dict[str, convs.LayerShape]:
+    """{model/layer: convs.LayerShape at `batch`} of its SAME convs and transposed convs."""
+    shapes = {}
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind not in ("Conv2D", "TunedConv2D", "Conv2DTranspose", "TunedConv2DTranspose"):
+            continue
+        transpose = kind.endswith("Transpose")
+        k, _, a, b = layer.kernel.shape  # [k, k, C_in, C_out]; transposed: [k, k, C_out, C_in]
+        stride = layer.strides if isinstance(layer.strides, int) else layer.strides[0]
+        shapes[f"{model.name}/{layer.name}"] = convs.LayerShape(
+            transpose, batch, layer.input.shape[1], b if transpose else a,
+            a if transpose else b, k, stride)
+    return shapes
+
+
+def part_gemm_rates(shapes: Dict[str, convs.LayerShape], runs: int):
+    """{(model/layer, part): FLOP/s} of each conv part's own GEMM (LayerShape.part_gemm) timed
+    alone in this process: the part's speed limit as a matmul on this machine."""
+    rates, by_gemm = {}, {}
+    for layer, shape in shapes.items():
+        for part in convs.PARTS:
+            gemm = Gemm(*shape.part_gemm(part))
+            if gemm not in by_gemm:
+                by_gemm[gemm] = gemm_flops_per_second(gemm, runs)
+            rates[layer, part] = by_gemm[gemm]
+    return rates
 
 
 def conv_plans(state: training.TrainState) -> Dict[str, str]:

@@ -364,6 +364,20 @@ class LayerShape:
         positions = (self.size if self.transpose else self.out) ** 2
         return 2.0 * self.batch * positions * self.k * self.k * self.cin * self.cout
 
+    def part_gemm(self, part: str) -> Tuple[int, int, int]:
+        """(m, k, n) of the one GEMM with `part`'s FLOPs, its operands laid out ready: the
+        patches side (k*k times the channels of the conv's input, the transposed conv's
+        output) against the output positions and the other channels. What the part would
+        cost as a plain matmul on this machine (wae_tf.op_profile)."""
+        patch = self.k * self.k * (self.cout if self.transpose else self.cin)
+        other = self.cin if self.transpose else self.cout
+        positions = self.batch * (self.size if self.transpose else self.out) ** 2
+        if part == "kernel_grad":
+            return patch, positions, other
+        if (part == "forward") != self.transpose:  # a conv's forward, a transposed input_grad
+            return positions, patch, other
+        return positions, other, patch
+
     def has_form(self, part: str, impl: str) -> bool:
         """Whether `part` can be computed as `impl`. NATIVE: always. MATMUL: every part at
         stride 2 (but a conv's input gradient to an odd size with an odd kernel), at stride 1 a

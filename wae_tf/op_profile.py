@@ -77,19 +77,24 @@ def conv_part(name: str, op_type: str):
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    """One line of the profile: seconds per step, and for conv parts FLOPs and GFLOP/s."""
+    """One line of the profile: seconds per step, and for conv parts FLOPs, GFLOP/s and the
+    FLOP/s of the part's own GEMM (the same FLOPs as one matmul, timed alone; 0: not timed)."""
     what: str
     seconds: float
     flops: float = 0.0
+    gemm_flops_per_second: float = 0.0
 
     @property
     def flops_per_second(self) -> float:
         return self.flops / self.seconds if self.seconds else 0.0
 
 
-def summarize(ops: Dict[Tuple[str, str], float], part_flops: Dict[str, float]):
+def summarize(ops: Dict[Tuple[str, str], float], part_flops: Dict[str, float],
+              part_gemm_rates: Dict[Tuple[str, str], float] = None):
     """(conv part rows, op type rows of the rest), each sorted by time. `part_flops`: the
-    FLOPs per step of each model/layer's forward, which each of its parts also does."""
+    FLOPs per step of each model/layer's forward, which each of its parts also does;
+    `part_gemm_rates`: {(model/layer, part): FLOP/s of its own GEMM}."""
+    part_gemm_rates = part_gemm_rates or {}
     parts, types = collections.defaultdict(float), collections.defaultdict(float)
     for (name, op_type), seconds in ops.items():
         owner = conv_part(name, op_type)
@@ -97,7 +102,8 @@ def summarize(ops: Dict[Tuple[str, str], float], part_flops: Dict[str, float]):
             parts[owner] += seconds
         else:
             types[op_type] += seconds
-    conv_rows = [Row(f"{layer} {part}", s, part_flops.get(layer, 0.0))
+    conv_rows = [Row(f"{layer} {part}", s, part_flops.get(layer, 0.0),
+                     part_gemm_rates.get((layer, part), 0.0))
                  for (layer, part), s in parts.items()]
     other_rows = [Row(op_type, s) for op_type, s in types.items()]
     by_time = lambda rows: sorted(rows, key=lambda r: -r.seconds)  # noqa: E731
@@ -106,16 +112,19 @@ def summarize(ops: Dict[Tuple[str, str], float], part_flops: Dict[str, float]):
 
 def format_profile(conv_rows: List[Row], other_rows: List[Row], step_seconds: float,
                    limit_flops_per_second: float, top: int = 8) -> str:
-    """The profile as text: each conv part's ms, GFLOP/s and fraction of the limit; the
-    other op types' ms; and the op time against the step's wall time (ops overlap)."""
+    """The profile as text: each conv part's ms, GFLOP/s, fraction of the limit and of its
+    own GEMM's speed; the other op types' ms; and the op time against the step's wall time
+    (ops overlap, so a part's fractions are lower bounds of its speed alone)."""
     total = sum(r.seconds for r in conv_rows + other_rows)
     conv = sum(r.seconds for r in conv_rows)
     lines = [f"    per-op profile: ops {1e3 * total:.1f} ms per step of {1e3 * step_seconds:.1f} "
              f"ms wall (ops overlap); conv parts {1e3 * conv:.1f} ms, other ops "
              f"{1e3 * (total - conv):.1f} ms"]
     for r in conv_rows:
+        own = (f"; {r.flops_per_second / r.gemm_flops_per_second:6.1%} of its GEMM's "
+               f"{r.gemm_flops_per_second / 1e9:5.1f}" if r.gemm_flops_per_second else "")
         lines.append(f"      {r.what:32} {1e3 * r.seconds:8.1f} ms {r.flops_per_second / 1e9:7.1f} "
-                     f"GF/s {r.flops_per_second / limit_flops_per_second:6.1%} of the limit")
+                     f"GF/s {r.flops_per_second / limit_flops_per_second:6.1%} of the limit{own}")
     rest = other_rows[:top]
     others = sum(r.seconds for r in other_rows[top:])
     lines.append("      other: " + ", ".join(f"{r.what} {1e3 * r.seconds:.1f}" for r in rest)

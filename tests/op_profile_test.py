@@ -58,3 +58,5 @@ def test_summarize_groups_parts_with_their_flops_and_sorts_by_time():
     assert "decoder/dec1_conv forward" in text and "50.0% of the limit" in text
     # 100 GFLOP/s against its GEMM's 160; the kernel gradient's GEMM was not timed.
     assert "62.5% of its GEMM's 160.0" in text and text.count("of its GEMM") == 1
+    # Only the timed part counts: 4 GFLOP at 160 GFLOP/s, 80% of the 200 GFLOP/s limit.
+    assert "at its own GEMM's speed: 160.0 GF/s, 80.0% of the limit" in text

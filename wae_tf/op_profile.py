@@ -120,6 +120,14 @@ def format_profile(conv_rows: List[Row], other_rows: List[Row], step_seconds: fl
     lines = [f"    per-op profile: ops {1e3 * total:.1f} ms per step of {1e3 * step_seconds:.1f} "
              f"ms wall (ops overlap); conv parts {1e3 * conv:.1f} ms, other ops "
              f"{1e3 * (total - conv):.1f} ms"]
+    timed = [r for r in conv_rows if r.gemm_flops_per_second]
+    if timed:  # what the conv work would reach as one GEMM per part, run one after another
+        as_gemms = (sum(r.flops for r in timed)
+                    / sum(r.flops / r.gemm_flops_per_second for r in timed))
+        lines.append(f"    with each conv part at its own GEMM's speed: {as_gemms / 1e9:.1f} GF/s, "
+                     f"{as_gemms / limit_flops_per_second:.1%} of the limit (the parts now: "
+                     f"{sum(r.flops for r in timed) / sum(r.seconds for r in timed) / 1e9:.1f} "
+                     "GF/s of op time)")
     for r in conv_rows:
         own = (f"; {r.flops_per_second / r.gemm_flops_per_second:6.1%} of its GEMM's "
                f"{r.gemm_flops_per_second / 1e9:5.1f}" if r.gemm_flops_per_second else "")

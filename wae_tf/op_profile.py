@@ -1,9 +1,11 @@
 """Where a training step's time goes: per-op times from TF's profiler, summed per conv layer
-part (forward, input gradient, kernel gradient: each against its FLOPs and the machine's GEMM
-limit) and per op type for everything else (BatchNorm, ReLU, Adam, the regulariser, copies).
+part (forward, input gradient, kernel gradient: each against its FLOPs, the machine's GEMM
+limit and its own GEMM, the one matmul with its FLOPs) and per op type for everything else
+(BatchNorm, ReLU, Adam, the regulariser, copies).
 
 Why: the step's fraction of the limit says how far it is from the machine, not where the time
-goes; a part well below the limit is a kernel to replace, time outside the parts is overhead.
+goes; a part well below its own GEMM is a kernel to replace, a part at its own GEMM but below
+the limit has a GEMM shape this machine runs slowly, time outside the parts is overhead.
 """
 
 import collections
@@ -12,7 +14,7 @@ import glob
 import os
 import re
 import tempfile
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import tensorflow as tf
 from tensorflow.tsl.profiler.protobuf import xplane_pb2
@@ -90,7 +92,7 @@ class Row:
 
 
 def summarize(ops: Dict[Tuple[str, str], float], part_flops: Dict[str, float],
-              part_gemm_rates: Dict[Tuple[str, str], float] = None):
+              part_gemm_rates: Optional[Dict[Tuple[str, str], float]] = None):
     """(conv part rows, op type rows of the rest), each sorted by time. `part_flops`: the
     FLOPs per step of each model/layer's forward, which each of its parts also does;
     `part_gemm_rates`: {(model/layer, part): FLOP/s of its own GEMM}."""

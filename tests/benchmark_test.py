@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from tests.conftest import tiny_config
 from wae_tf import benchmarking
+from wae_tf import convs
 from wae_tf import training
 
 
@@ -64,6 +65,14 @@ def test_forward_flops_by_hand():
     # enc1: 4x4 conv 14x14x32 -> 7x7x64, stride 2: 49 output pixels * 16*32*64 MACs * 2.
     enc1 = benchmarking.layer_forward_flops(state.encoder)["encoder/enc1_conv"]
     assert enc1 == 49 * 16 * 32 * 64 * 2
+    # The profile's layer shapes (at batch 5) carry the same FLOPs, 5 times over.
+    shapes = {**benchmarking.conv_layer_shapes(state.encoder, 5),
+              **benchmarking.conv_layer_shapes(state.decoder, 5)}
+    assert shapes["decoder/dec0_conv"] == convs.LayerShape(True, 5, 7, 256, 128, 4)
+    assert shapes["encoder/enc1_conv"] == convs.LayerShape(False, 5, 14, 32, 64, 4)
+    every = {**benchmarking.layer_forward_flops(state.encoder), **flops}
+    assert {name: shape.forward_flops for name, shape in shapes.items()} == {
+        name: 5 * f for name, f in every.items() if name.endswith("_conv")}
 
 
 def test_matmul_flops_count_two_size_cubed_per_timed_call(monkeypatch):

@@ -153,6 +153,10 @@ def cpu_isa() -> str:
     return f"{isa}; oneDNN capped at {cap}" if cap else isa
 
 
+# The conv layers' classes: Keras's, and wae_tf.fast_layers' tuned ones (transposed: *Transpose).
+_CONV_KINDS = ("Conv2D", "TunedConv2D", "Conv2DTranspose", "TunedConv2DTranspose")
+
+
 def layer_forward_flops(model) -> Dict[str, int]:
     """Forward FLOPs per example of each conv (Conv2D, TunedConv2D), transposed conv
     (Conv2DTranspose, TunedConv2DTranspose) and Dense layer (2 per MAC).
@@ -163,16 +167,15 @@ def layer_forward_flops(model) -> Dict[str, int]:
     flops = {}
     for layer in model.layers:
         kind = type(layer).__name__
-        if kind not in ("Conv2D", "TunedConv2D", "Conv2DTranspose", "TunedConv2DTranspose",
-                        "Dense"):
+        if kind not in _CONV_KINDS + ("Dense",):
             continue
         kernel = int(np.prod(layer.kernel.shape))
-        if kind in ("Conv2D", "TunedConv2D"):
-            positions = np.prod(layer.output.shape[1:3])
-        elif kind in ("Conv2DTranspose", "TunedConv2DTranspose"):
+        if kind == "Dense":
+            positions = 1
+        elif kind.endswith("Transpose"):
             positions = np.prod(layer.input.shape[1:3])
         else:
-            positions = 1
+            positions = np.prod(layer.output.shape[1:3])
         flops[f"{model.name}/{layer.name}"] = int(2 * positions * kernel)
     return flops
 
@@ -325,10 +328,9 @@ def profile_ops(state: training.TrainState, config: Config, run_step, steps: int
         return {}
     ops = op_profile.trace(run_step, steps)
     ops = {op: seconds / config.steps_per_loop for op, seconds in ops.items()}
-    flops = {**layer_forward_flops(state.encoder), **layer_forward_flops(state.decoder)}
-    part_flops = {layer: f * config.batch_size for layer, f in flops.items()}
     shapes = {**conv_layer_shapes(state.encoder, config.batch_size),
               **conv_layer_shapes(state.decoder, config.batch_size)}
+    part_flops = {layer: shape.forward_flops for layer, shape in shapes.items()}
     conv_rows, other_rows = op_profile.summarize(ops, part_flops, part_gemm_rates(shapes, runs))
     return {"conv_parts": [dataclasses.astuple(r) for r in conv_rows],
             "other": [dataclasses.astuple(r)[:2] for r in other_rows]}
@@ -339,7 +341,7 @@ def conv_layer_shapes(model, batch: int) -> Dict[str, convs.LayerShape]:
     shapes = {}
     for layer in model.layers:
         kind = type(layer).__name__
-        if kind not in ("Conv2D", "TunedConv2D", "Conv2DTranspose", "TunedConv2DTranspose"):
+        if kind not in _CONV_KINDS:
             continue
         transpose = kind.endswith("Transpose")
         k, _, a, b = layer.kernel.shape  # [k, k, C_in, C_out]; transposed: [k, k, C_out, C_in]

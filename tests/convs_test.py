@@ -66,6 +66,27 @@ def test_stride_one_conv_transpose_equals_tf(plan, size, k, cout):
     _assert_all_close(got, _outputs_and_gradients(native, x, kernel))
 
 
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("size,k", [(1, 4), (4, 4), (7, 4), (14, 4), (4, 3)])
+def test_winograd_plan_equals_tf(transpose, size, k):
+    """Every part in the Winograd form equals TF's, at sub-pixel sizes that take each tile
+    size (transposed n: S = n + 1 = 2, 5, 8, 15 -> m = 2, 3, 4, 3; the conv of 2n the same)."""
+    plan = convs.ConvPlan(convs.WINOGRAD, convs.WINOGRAD, convs.WINOGRAD)
+    n = size if transpose else 2 * size
+    x = tf.random.stateless_normal([3, n, n, 5], seed=[size, k])
+    kernel = tf.random.stateless_normal([k, k, 6, 5] if transpose else [k, k, 5, 6], seed=[k, 1])
+    if transpose:
+        native = lambda x, w: tf.nn.conv2d_transpose(  # noqa: E731
+            x, w, [3, 2 * n, 2 * n, 6], 2, "SAME")
+    else:
+        native = lambda x, w: tf.nn.conv2d(x, w, 2, "SAME")  # noqa: E731
+    got = _outputs_and_gradients(lambda x, w: convs.strided_conv(x, w, plan, transpose), x, kernel)
+    for g, e in zip(got, _outputs_and_gradients(native, x, kernel)):
+        # Winograd's rounding scales with the largest value (wae_tf.winograd): 1e-5 of it.
+        assert g.shape == e.shape
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5 * np.abs(e).max())
+
+
 def test_subpixel_layout_of_the_paper_kernels():
     """k=4: a 2-tap stride-1 conv, phase 0 from taps 3, 1 and phase 1 (shifted one on) from
     taps 2, 0; k=5: 3 taps, phase 0 without one (a zero block in its kernel)."""
@@ -130,7 +151,7 @@ def test_tune_picks_the_faster_form_of_each_part(monkeypatch):
     shape = convs.LayerShape(True, 4, 8, 64, 128, 4)
     plan = convs.tune(shape)
     assert plan == convs.ConvPlan(convs.SUBPIXEL, convs.NATIVE, convs.MATMUL)
-    assert len(labels) == 9  # 3 parts x 3 forms
+    assert len(labels) == 12  # 3 parts x 4 forms
     labels.clear()
     assert convs.tune(shape) is plan and not labels  # cached, not re-timed
     small = convs.LayerShape(True, 4, 2, 8, 8, 4)
@@ -139,6 +160,13 @@ def test_tune_picks_the_faster_form_of_each_part(monkeypatch):
     plan = convs.tune(convs.LayerShape(True, 100, 28, 64, 1, 4, stride=1))
     assert plan == convs.ALL_NATIVE and sorted(labels.values()) == [
         ("forward", convs.MATMUL), ("forward", convs.NATIVE)]
+    # Winograd only in float32; and not for 5-tap kernels (a 3x3 sub-pixel window).
+    labels.clear()
+    convs.tune(convs.LayerShape(True, 4, 8, 64, 128, 4), tf.float16)
+    assert len(labels) == 9 and convs.WINOGRAD not in {impl for _, impl in labels.values()}
+    labels.clear()
+    convs.tune(convs.LayerShape(True, 4, 8, 64, 128, 5))
+    assert len(labels) == 9 and convs.WINOGRAD not in {impl for _, impl in labels.values()}
 
 
 def test_tune_times_real_layers():

@@ -1,6 +1,6 @@
 """Stride-2 SAME convs and transposed convs with each part (forward, input gradient, kernel
-gradient) as TF's kernel, as matmuls or in the sub-pixel form (a stride-1 conv), and the
-on-machine timing that picks one per part.
+gradient) as TF's kernel, as matmuls or in the sub-pixel form (a stride-1 conv, computed by TF's
+kernel or by Winograd's algorithm), and the on-machine timing that picks one per part.
 
 Why: on CPUs, TF's (oneDNN's) kernels have shape-dependent cliffs that differ between machines:
 some layers run several times below matmul speed on one CPU and not on another, and on AVX2
@@ -19,15 +19,18 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-NATIVE, MATMUL, SUBPIXEL = "native", "matmul", "subpixel"
-IMPLS = (NATIVE, MATMUL, SUBPIXEL)
+from wae_tf import winograd
+
+NATIVE, MATMUL, SUBPIXEL, WINOGRAD = "native", "matmul", "subpixel", "winograd"
+IMPLS = (NATIVE, MATMUL, SUBPIXEL, WINOGRAD)
 PARTS = ("forward", "input_grad", "kernel_grad")
 
 
 @dataclasses.dataclass(frozen=True)
 class ConvPlan:
     """How each part of one layer is computed: NATIVE (TF's kernel), MATMUL (patches or phases
-    times the kernel) or SUBPIXEL (a stride-1 conv with four phases' kernels side by side)."""
+    times the kernel), SUBPIXEL (a stride-1 conv with four phases' kernels side by side) or
+    WINOGRAD (that stride-1 conv by Winograd's algorithm, wae_tf.winograd)."""
     forward: str = NATIVE
     input_grad: str = NATIVE
     kernel_grad: str = NATIVE
@@ -227,36 +230,48 @@ def _deinterleave(dy, k: int):
     return tf.reshape(cells, [-1, size, size, 4 * cout])
 
 
-def subpixel_conv2d_transpose(x, kernel):
+def subpixel_conv2d_transpose(x, kernel, use_winograd: bool = False):
     """tf.nn.conv2d_transpose(x, kernel, 2, "SAME") as one stride-1 conv to 4 * C_out
     channels (each output phase's taps side by side) and an interleave (Shi et al. 2016).
     x [N, n, n, C_in], kernel [k, k, C_out, C_in] -> [N, 2n, 2n, C_out]. Where TF's
-    transposed conv is slow, its forward conv is fast (docs/performance.md)."""
-    y = tf.nn.conv2d(_subpixel_pad(x, kernel.shape[0]), subpixel_kernel(kernel), 1, "VALID")
-    return _interleave(y, kernel.shape[0], x.shape[1])
+    transposed conv is slow, its forward conv is fast (docs/performance.md). The stride-1
+    conv is TF's, or Winograd's (a 2x2 window: k 3 or 4)."""
+    k, n = kernel.shape[0], x.shape[1]
+    padded, kernel4 = _subpixel_pad(x, k), subpixel_kernel(kernel)
+    y = (winograd.conv(padded, kernel4) if use_winograd
+         else tf.nn.conv2d(padded, kernel4, 1, "VALID"))
+    return _interleave(y, k, n)
 
 
-def subpixel_conv2d(x, kernel):
+def subpixel_conv2d(x, kernel, use_winograd: bool = False):
     """tf.nn.conv2d(x, kernel, 2, "SAME") for even sizes, as the adjoint of
     subpixel_conv2d_transpose: x [N, 2n, 2n, C_in], kernel [k, k, C_in, C_out]."""
     k, cout = kernel.shape[0], kernel.shape[3]
     w, before, _ = subpixel_layout(k)
     n = x.shape[1] // 2
     planes = _deinterleave(x, k)
-    sizes = tf.stack([tf.shape(x)[0], planes.shape[1] + w - 1, planes.shape[1] + w - 1, cout])
-    out = tf.raw_ops.Conv2DBackpropInput(input_sizes=sizes, filter=subpixel_kernel(kernel),
-                                         out_backprop=planes, strides=[1, 1, 1, 1],
-                                         padding="VALID")
+    if use_winograd:
+        out = winograd.conv_input_grad(planes, subpixel_kernel(kernel))
+    else:
+        sizes = tf.stack([tf.shape(x)[0], planes.shape[1] + w - 1, planes.shape[1] + w - 1,
+                          cout])
+        out = tf.raw_ops.Conv2DBackpropInput(input_sizes=sizes, filter=subpixel_kernel(kernel),
+                                             out_backprop=planes, strides=[1, 1, 1, 1],
+                                             padding="VALID")
     return out[:, before:before + n, before:before + n, :]
 
 
-def subpixel_kernel_grad(x, dy, k: int):
+def subpixel_kernel_grad(x, dy, k: int, use_winograd: bool = False):
     """Gradient of subpixel_conv2d_transpose's kernel: x [N, n, n, C_in], dy [N, 2n, 2n,
     C_out] -> [k, k, C_out, C_in], through the stride-1 conv's filter gradient."""
     w = subpixel_layout(k)[0]
-    grad = tf.raw_ops.Conv2DBackpropFilter(
-        input=_subpixel_pad(x, k), filter_sizes=tf.constant([w, w, x.shape[-1], 4 * dy.shape[-1]]),
-        out_backprop=_deinterleave(dy, k), strides=[1, 1, 1, 1], padding="VALID")
+    x, planes = _subpixel_pad(x, k), _deinterleave(dy, k)
+    if use_winograd:
+        grad = winograd.conv_kernel_grad(x, planes)
+    else:
+        grad = tf.raw_ops.Conv2DBackpropFilter(
+            input=x, filter_sizes=tf.constant([w, w, x.shape[-1], 4 * dy.shape[-1]]),
+            out_backprop=planes, strides=[1, 1, 1, 1], padding="VALID")
     return _subpixel_kernel_taps(grad, k)
 
 
@@ -272,12 +287,12 @@ def matmul_transpose_fits(size: int, k: int) -> bool:
 def conv2d(x, kernel, impl: str, stride: int = 2):
     """SAME conv: x [N, n, n, C_in], kernel [k, k, C_in, C_out] -> [N, o, o, C_out],
     o = ceil(n / stride); MATMUL (stride 2): patches [N*o*o, k*k*C_in] x [k*k*C_in, C_out];
-    SUBPIXEL (stride 2): the adjoint of the sub-pixel transposed conv."""
+    SUBPIXEL / WINOGRAD (stride 2): the adjoint of the sub-pixel transposed conv."""
     if impl == NATIVE:
         return tf.nn.conv2d(x, kernel, stride, "SAME")
     _require_stride_two(stride)
-    if impl == SUBPIXEL:
-        return subpixel_conv2d(_to_even(x, kernel.shape[0]), kernel)
+    if impl in (SUBPIXEL, WINOGRAD):
+        return subpixel_conv2d(_to_even(x, kernel.shape[0]), kernel, impl == WINOGRAD)
     k, cout = kernel.shape[0], kernel.shape[3]
     patches = same_patches(x, k)  # [N, o, o, k*k*C_in]
     out = patches.shape[1]
@@ -288,7 +303,8 @@ def conv2d(x, kernel, impl: str, stride: int = 2):
 def conv2d_transpose(x, kernel, size: int, impl: str, stride: int = 2):
     """The adjoint of conv2d: x [N, o, o, C_in], kernel [k, k, C_out, C_in] -> [N, size, size,
     C_out] (stride 2: size is 2o - 1 or 2o). MATMUL: the phase form, cropped for odd sizes,
-    with stride 1 the shifted sums; SUBPIXEL (stride 2): the sub-pixel form, cropped."""
+    with stride 1 the shifted sums; SUBPIXEL / WINOGRAD (stride 2): the sub-pixel form,
+    cropped."""
     if impl == NATIVE:
         shape = tf.stack([tf.shape(x)[0], size, size, kernel.shape[2]])
         return tf.nn.conv2d_transpose(x, kernel, shape, stride, "SAME")
@@ -299,23 +315,24 @@ def conv2d_transpose(x, kernel, size: int, impl: str, stride: int = 2):
     if not matmul_transpose_fits(size, kernel.shape[0]):
         raise ValueError(f"No {impl} form of a transposed conv to odd size {size} with an odd "
                          f"kernel ({kernel.shape[0]}); use the native one.")
-    if impl == SUBPIXEL:
-        return subpixel_conv2d_transpose(x, kernel)[:, :size, :size, :]
+    if impl in (SUBPIXEL, WINOGRAD):
+        return subpixel_conv2d_transpose(x, kernel, impl == WINOGRAD)[:, :size, :size, :]
     return phase_conv2d_transpose(x, kernel)[:, :size, :size, :]
 
 
 def conv2d_kernel_grad(x, dy, k: int, impl: str, stride: int = 2):
     """Gradient of conv2d's kernel: x [N, n, n, C_in], dy [N, o, o, C_out] -> [k, k, C_in,
     C_out]; MATMUL (stride 2): patches(x) transposed x dy, [k*k*C_in, N*o*o] x [N*o*o, C_out];
-    SUBPIXEL (stride 2): the sub-pixel transposed conv's kernel gradient, roles swapped."""
+    SUBPIXEL / WINOGRAD (stride 2): the sub-pixel transposed conv's kernel gradient, roles
+    swapped."""
     cin, cout = x.shape[-1], dy.shape[-1]
     if impl == NATIVE:
         return tf.raw_ops.Conv2DBackpropFilter(
             input=x, filter_sizes=tf.constant([k, k, cin, cout]), out_backprop=dy,
             strides=[1, stride, stride, 1], padding="SAME")
     _require_stride_two(stride)
-    if impl == SUBPIXEL:
-        return subpixel_kernel_grad(dy, _to_even(x, k), k)
+    if impl in (SUBPIXEL, WINOGRAD):
+        return subpixel_kernel_grad(dy, _to_even(x, k), k, impl == WINOGRAD)
     rows = tf.reshape(same_patches(x, k), [-1, k * k * cin])
     grad = tf.matmul(rows, tf.reshape(dy, [-1, cout]), transpose_a=True)
     return tf.reshape(grad, [k, k, cin, cout])
@@ -382,12 +399,14 @@ class LayerShape:
         """Whether `part` can be computed as `impl`. NATIVE: always. MATMUL: every part at
         stride 2 (but a conv's input gradient to an odd size with an odd kernel), at stride 1 a
         transposed conv's forward. SUBPIXEL: every part at stride 2 but of a conv of odd size
-        with an odd kernel."""
+        with an odd kernel. WINOGRAD: as SUBPIXEL, for kernels of 3 or 4 taps (a 2x2 window)."""
         fits = self.transpose or matmul_transpose_fits(self.size, self.k)
         if impl == NATIVE:
             return True
         if self.stride == 1:
             return impl == MATMUL and self.transpose and part == "forward"
+        if impl == WINOGRAD and subpixel_layout(self.k)[0] != 2:
+            return False
         return fits or (impl == MATMUL and part != "input_grad")
 
 
@@ -456,7 +475,8 @@ def _seconds(fn, *args, runs: int = 3, budget: float = 1.0,
 
 def _part_candidates(shape: LayerShape, dtype):
     """{part: {impl: (tf.function, args)}} for one layer; each function returns a corner of
-    its result (the whole result is computed; fetching it all would add a copy)."""
+    its result (the whole result is computed; fetching it all would add a copy). WINOGRAD only
+    in float32: its rounding in float16 / bfloat16 is not checked (wae_tf.winograd)."""
     normal = lambda dims, seed: tf.cast(  # noqa: E731
         tf.random.stateless_normal(dims, seed=[seed, 0]), dtype)
     args = (normal([shape.batch, shape.size, shape.size, shape.cin], 1),
@@ -464,7 +484,8 @@ def _part_candidates(shape: LayerShape, dtype):
             normal([shape.batch, shape.out, shape.out, shape.cout], 2))
     parts = {}
     for part in PARTS:
-        impls = [impl for impl in IMPLS if shape.has_form(part, impl)]
+        impls = [impl for impl in IMPLS if shape.has_form(part, impl)
+                 and (impl != WINOGRAD or tf.as_dtype(dtype) == tf.float32)]
         if len(impls) < 2:
             continue
         for impl in impls:

@@ -33,8 +33,8 @@ def test_quick_run_reports_positive_figures():
     assert run["steps_per_window"] == 2
     # 4 encoder convs, 2 transposed convs and the output layer, each with its plan.
     assert len(run["conv_plans"]) == 7 and all("forward=" in p for p in run["conv_plans"].values())
-    # Hand count (3x forward) vs the profiler on the traced step: 3x forward ignores that the
-    # first conv needs no input gradient, and the profiler's stride-2 formulas round
+    # Hand count (3x forward) vs the count of the traced step's ops: 3x forward ignores that
+    # the first conv needs no input gradient, and the ops' stride-2 shapes round
     # differently on odd sizes (7 -> 4): within 10%.
     assert run["profiled_step_flops_per_image"] == pytest.approx(run["step_flops_per_image"],
                                                                  rel=0.1)
@@ -126,3 +126,25 @@ def test_streaming_a_folder_reports_input_share_and_memory(tmp_path):
         run = results["training"]["mmd/w32"]
         assert results["data"].startswith("folder") and ("cache" in results["data"]) == bool(cache)
         assert run["input_share"] > 0 and run["peak_rss_mb"] > 100
+
+
+def test_op_flops_by_hand():
+    """2 FLOPs per multiply-add from the ops' shapes: a 3x3 conv [2, 8, 8, 3] -> 4 channels
+    (2*8*8*4 outputs x 27), its two gradients the same, a transposed-A matmul [3, 5]^T [3, 4]
+    (20 outputs x 3) and a batched matmul [9, 5, 3] x [9, 3, 4] (180 x 3); other ops 0."""
+    def step(x, kernel, a, b):
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel])
+            y = tf.nn.conv2d(x, kernel, 1, "SAME")
+        return (tape.gradient(y, [x, kernel]), tf.matmul(a[0], b[0], transpose_a=True),
+                tf.matmul(tf.transpose(a, [0, 2, 1]), b), tf.nn.relu(y))
+    graph = tf.function(step, autograph=False).get_concrete_function(
+        tf.TensorSpec([2, 8, 8, 3]), tf.TensorSpec([3, 3, 3, 4]), tf.TensorSpec([9, 3, 5]),
+        tf.TensorSpec([9, 3, 4])).graph
+    flops = {op.type: 0 for op in graph.get_operations()}
+    for op in graph.get_operations():
+        flops[op.type] += benchmarking.op_flops(op)
+    conv = 2 * 2 * 8 * 8 * 4 * 27
+    assert flops["Conv2D"] == flops["Conv2DBackpropInput"] == flops["Conv2DBackpropFilter"] == conv
+    assert flops["MatMul"] == 2 * 20 * 3 and flops["BatchMatMulV2"] == 2 * 180 * 3
+    assert flops["Relu"] == 0

@@ -30,7 +30,8 @@ from wae_tf.config import Config
 
 # Layers whose multiply-adds count as the work of the network (BatchNorm, ReLU, Adam, the
 # regulariser are not counted: they are the overhead the fraction of the limit exposes).
-_COUNTED_OPS = ("Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter", "MatMul")
+_COUNTED_OPS = ("Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter", "MatMul",
+                "BatchMatMulV2")
 SERVING_SIGNATURES = ("decode", "reconstruct", "sample")
 
 
@@ -190,17 +191,34 @@ def analytic_step_flops(state: training.TrainState) -> Dict[str, float]:
     return {"forward": float(ae), "step": float(3 * ae + 8 * disc)}
 
 
+def op_flops(op) -> int:
+    """FLOPs of one conv or matmul op (2 per multiply-add, as tf.compat.v1.profiler counts them)
+    from its static shapes; 0 for other ops and for unknown shapes. BatchMatMulV2 is the
+    Winograd forms' GEMM (wae_tf.winograd): its products, fewer than the direct conv's."""
+    if op.type not in _COUNTED_OPS:
+        return 0
+    if op.type in ("MatMul", "BatchMatMulV2"):
+        a, out = op.inputs[0].shape, op.outputs[0].shape
+        transposed = op.get_attr("transpose_a" if op.type == "MatMul" else "adj_x")
+        if not (a.is_fully_defined() and out.is_fully_defined()):
+            return 0
+        return 2 * out.num_elements() * a[-2 if transposed else -1]
+    # Conv2D (input, filter) -> out; the gradients: (sizes, filter, dy), (input, sizes, dy).
+    dy = op.outputs[0].shape if op.type == "Conv2D" else op.inputs[2].shape
+    kernel = op.outputs[0].shape if op.type == "Conv2DBackpropFilter" else op.inputs[1].shape
+    if not (dy.is_fully_defined() and kernel.is_fully_defined()):
+        return 0
+    return 2 * dy.num_elements() * kernel[:3].num_elements()
+
+
 def profiled_step_flops(train_fn, iterator, global_batch: int) -> float:
-    """FLOPs per image of the conv and matmul ops of the traced training function, counted by
-    tf.compat.v1.profiler. Its graph holds one step inline (with --steps_per_loop > 1 the rest
-    run in a loop body).
-    0 with --jit_compile: the step is then one XlaLaunch op the profiler cannot see into."""
+    """FLOPs per image of the conv and matmul ops of the traced training function, counted
+    from their shapes (op_flops; tf.compat.v1.profiler counts nothing once the graph holds a
+    BatchMatMulV2). Its graph holds one step inline (with --steps_per_loop > 1 the rest run
+    in a loop body).
+    0 with --jit_compile: the step is then one XlaLaunch op whose insides are not counted."""
     graph = train_fn.get_concrete_function(iterator, tf.constant(1)).graph
-    options = tf.compat.v1.profiler.ProfileOptionBuilder(
-        tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()).with_empty_output().build()
-    profile = tf.compat.v1.profiler.profile(graph, cmd="op", options=options)
-    counted = sum(node.total_float_ops for node in profile.children if node.name in _COUNTED_OPS)
-    return counted / global_batch
+    return sum(op_flops(op) for op in graph.get_operations()) / global_batch
 
 
 # ----------------------------------------------------------------------------- training

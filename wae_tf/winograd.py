@@ -105,7 +105,7 @@ def _interleave(values, axis: int):
 
 def _data_1d(x, axis: int, m: int, t: int):
     """B^T on the overlapping tiles of m + 1 (stride m) along `axis`: x has m t + 1 there."""
-    at, _, bt = matrices(m)
+    bt = matrices(m)[2]
     cols = _columns(x, axis, m, t)
     last = tf.concat([_along(cols[0], axis, slice(1, None)), _along(x, axis, slice(m * t, None))],
                      axis)  # each tile's value m is the next tile's value 0

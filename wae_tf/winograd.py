@@ -95,7 +95,7 @@ def _columns(x, axis: int, m: int, t: int):
     return [_along(tiles, axis + 1, j) for j in range(m)]
 
 
-def _interleave(values, axis: int):
+def _join_tiles(values, axis: int):
     """m arrays with t along `axis` -> one with m t, value j of tile i at m i + j."""
     stacked = tf.stack(values, axis + 1)
     shape = stacked.shape.as_list()
@@ -120,13 +120,13 @@ def _data_1d_adjoint(u, axis: int, m: int):
     first = (tf.pad(cols[0], pad[:axis] + [[0, 1]] + pad[axis + 1:])
              + tf.pad(cols[m], pad[:axis] + [[1, 0]] + pad[axis + 1:]))  # t + 1 along axis
     t = u[0].shape[axis]
-    head = _interleave([_along(first, axis, slice(0, t))] + cols[1:m], axis)
+    head = _join_tiles([_along(first, axis, slice(0, t))] + cols[1:m], axis)
     return tf.concat([head, _along(first, axis, slice(t, None))], axis)
 
 
 def _output_1d(values, axis: int, m: int):
     """A^T: m + 1 arrays with t along `axis` -> the tiles' m outputs, m t along it."""
-    return _interleave([_combine(row, values) for row in matrices(m)[0]], axis)
+    return _join_tiles([_combine(row, values) for row in matrices(m)[0]], axis)
 
 
 def _output_1d_adjoint(y, axis: int, m: int, t: int):
@@ -187,6 +187,12 @@ def _kernel_adjoint(v, m: int):
 # ----------------------------------------------------------------------------- the three ops
 
 
+def _tiling(s: int) -> Tuple[int, int]:
+    """(m, tiles per side) for an s x s output."""
+    m = tile_size(s)
+    return m, -(-s // m)
+
+
 def _pad_to(x, size: int):
     """x [N, n, n, C] with zeros after it to [N, size, size, C]."""
     extra = size - x.shape[1]
@@ -204,8 +210,7 @@ def conv(x, kernel):
     [N, s, s, D]."""
     _require_window_two(kernel.shape)
     s = x.shape[1] - 1
-    m = tile_size(s)
-    t = -(-s // m)
+    m, t = _tiling(s)
     products = tf.matmul(_data(_pad_to(x, m * t + 1), m, t), _kernel(kernel, m))
     return _output(products, m, t)[:, :s, :s, :]
 
@@ -214,8 +219,7 @@ def conv_input_grad(dy, kernel):
     """The input gradient of `conv`: dy [N, s, s, D], kernel [2, 2, C, D] -> [N, s+1, s+1, C]."""
     _require_window_two(kernel.shape)
     s = dy.shape[1]
-    m = tile_size(s)
-    t = -(-s // m)
+    m, t = _tiling(s)
     products = tf.matmul(_output_adjoint(_pad_to(dy, m * t), m, t), _kernel(kernel, m),
                          transpose_b=True)
     return _data_adjoint(products, m, t)[:, :s + 1, :s + 1, :]
@@ -224,8 +228,7 @@ def conv_input_grad(dy, kernel):
 def conv_kernel_grad(x, dy):
     """The kernel gradient of `conv`: x [N, s+1, s+1, C], dy [N, s, s, D] -> [2, 2, C, D]."""
     s = dy.shape[1]
-    m = tile_size(s)
-    t = -(-s // m)
+    m, t = _tiling(s)
     products = tf.matmul(_data(_pad_to(x, m * t + 1), m, t),
                          _output_adjoint(_pad_to(dy, m * t), m, t), transpose_a=True)
     return _kernel_adjoint(products, m)

@@ -3,7 +3,7 @@
 Why: the sub-pixel form (wae_tf.convs) turns a stride-2 conv or transposed conv with a 3- or 4-tap
 kernel into a stride-1 conv with a 2x2 window. Winograd's algorithm (Lavin & Gray 2016) computes
 each m x m tile of its output from (m+1)^2 products per channel pair instead of 4 m^2: the GEMMs do
-0.56 (m=2), 0.44 (m=3) or 0.39 (m=4) of the work, one batched GEMM per transformed position, for
+0.56 (m=2), 0.44 (m=3) or 0.39 (m=4) of the work, one GEMM per transformed position, for
 transforms that stream the data a few times. On wide layers that beats the direct forms on CPUs
 (docs/performance.md); `convs.tune` times it against them per layer.
 
@@ -230,7 +230,7 @@ def conv_kernel_grad(x, dy):
     s = dy.shape[1]
     m, t = _tiling(s)
     data, grads = _data(_pad_to(x, m * t + 1), m, t), _output_adjoint(_pad_to(dy, m * t), m, t)
-    # One MatMul per position: BatchMatMulV2 with a transposed operand ran at 0.55-0.75x their
+    # One MatMul per position: BatchMatMulV2 with a transposed operand ran at 0.58-0.98x their
     # speed (docs/performance.md).
     return _kernel_adjoint(tf.stack([tf.matmul(data[i], grads[i], transpose_a=True)
                                      for i in range((m + 1) ** 2)]), m)

@@ -67,14 +67,18 @@ def test_stride_one_conv_transpose_equals_tf(plan, size, k, cout):
 
 
 @pytest.mark.parametrize("transpose", [False, True])
-@pytest.mark.parametrize("size,k", [(1, 4), (4, 4), (7, 4), (14, 4), (4, 3)])
+@pytest.mark.parametrize("size,k", [(1, 4), (4, 4), (7, 4), (14, 4), (4, 3), (2, 5), (3, 5),
+                                    (8, 5), (4, 6)])
 def test_winograd_plan_equals_tf(transpose, size, k):
     """Every part in the Winograd form equals TF's, at sub-pixel sizes that take each tile
-    size (transposed n: S = n + 1 = 2, 5, 8, 15 -> m = 2, 3, 4, 3; the conv of 2n the same)."""
+    size (transposed n, k=4: S = n + 1 = 2, 5, 8, 15 -> m = 2, 3, 4, 3; k=5: a 3x3 window and
+    S = n = 2, 3, 8 -> m = 2, 3, 4; the conv of 2n the same)."""
     plan = convs.ConvPlan(convs.WINOGRAD, convs.WINOGRAD, convs.WINOGRAD)
     n = size if transpose else 2 * size
     x = tf.random.stateless_normal([3, n, n, 5], seed=[size, k])
-    kernel = tf.random.stateless_normal([k, k, 6, 5] if transpose else [k, k, 5, 6], seed=[k, 1])
+    # y of order 1: sin(y) y's curvature would magnify the forward's rounding into dy.
+    kernel = tf.random.stateless_normal([k, k, 6, 5] if transpose else [k, k, 5, 6],
+                                        seed=[k, 1]) / (k * np.sqrt(5))
     if transpose:
         native = lambda x, w: tf.nn.conv2d_transpose(  # noqa: E731
             x, w, [3, 2 * n, 2 * n, 6], 2, "SAME")
@@ -160,12 +164,15 @@ def test_tune_picks_the_faster_form_of_each_part(monkeypatch):
     plan = convs.tune(convs.LayerShape(True, 100, 28, 64, 1, 4, stride=1))
     assert plan == convs.ALL_NATIVE and sorted(labels.values()) == [
         ("forward", convs.MATMUL), ("forward", convs.NATIVE)]
-    # Winograd only in float32; and not for 5-tap kernels (a 3x3 sub-pixel window).
+    # Winograd only in float32; for 5-tap kernels too (a 3x3 sub-pixel window), not 7-tap.
     labels.clear()
     convs.tune(convs.LayerShape(True, 4, 8, 64, 128, 4), tf.float16)
     assert len(labels) == 9 and convs.WINOGRAD not in {impl for _, impl in labels.values()}
     labels.clear()
     convs.tune(convs.LayerShape(True, 4, 8, 64, 128, 5))
+    assert len(labels) == 12
+    labels.clear()
+    convs.tune(convs.LayerShape(True, 4, 8, 64, 128, 7))
     assert len(labels) == 9 and convs.WINOGRAD not in {impl for _, impl in labels.values()}
 
 

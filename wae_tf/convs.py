@@ -235,7 +235,7 @@ def subpixel_conv2d_transpose(x, kernel, use_winograd: bool = False):
     channels (each output phase's taps side by side) and an interleave (Shi et al. 2016).
     x [N, n, n, C_in], kernel [k, k, C_out, C_in] -> [N, 2n, 2n, C_out]. Where TF's
     transposed conv is slow, its forward conv is fast (docs/performance.md). The stride-1
-    conv is TF's, or Winograd's (a 2x2 window: k 3 or 4)."""
+    conv is TF's, or Winograd's (a 2x2 window for k 3 or 4, 3x3 for k 5 or 6)."""
     k, n = kernel.shape[0], x.shape[1]
     padded, kernel4 = _subpixel_pad(x, k), subpixel_kernel(kernel)
     y = (winograd.conv(padded, kernel4) if use_winograd
@@ -399,13 +399,14 @@ class LayerShape:
         """Whether `part` can be computed as `impl`. NATIVE: always. MATMUL: every part at
         stride 2 (but a conv's input gradient to an odd size with an odd kernel), at stride 1 a
         transposed conv's forward. SUBPIXEL: every part at stride 2 but of a conv of odd size
-        with an odd kernel. WINOGRAD: as SUBPIXEL, for kernels of 3 or 4 taps (a 2x2 window)."""
+        with an odd kernel. WINOGRAD: as SUBPIXEL, for kernels of 3 to 6 taps (a 2x2 or 3x3
+        window)."""
         fits = self.transpose or matmul_transpose_fits(self.size, self.k)
         if impl == NATIVE:
             return True
         if self.stride == 1:
             return impl == MATMUL and self.transpose and part == "forward"
-        if impl == WINOGRAD and subpixel_layout(self.k)[0] != 2:
+        if impl == WINOGRAD and subpixel_layout(self.k)[0] not in winograd.WINDOWS:
             return False
         return fits or (impl == MATMUL and part != "input_grad")
 

@@ -3,10 +3,15 @@
 import functools
 import gzip
 import os
+import shutil
 import struct
 import subprocess
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# --conv_plan_cache=auto lives under $XDG_CACHE_HOME: the tests (and the commands they start)
+# neither read nor fill the user's.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="wae_tf_tests_cache_")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -19,6 +24,10 @@ from wae_tf.config import Config  # noqa: E402
 tf.config.set_logical_device_configuration(
     tf.config.list_physical_devices("CPU")[0],
     [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+
+def pytest_unconfigure(config):
+    shutil.rmtree(os.environ["XDG_CACHE_HOME"], ignore_errors=True)
+
 
 def pytest_configure(config):
     config.addinivalue_line(

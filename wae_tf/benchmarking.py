@@ -454,7 +454,8 @@ def benchmark_config(options: Options, width_divisor: int, regularizer: str) -> 
                   steps_per_loop=options.steps_per_loop,
                   jit_compile=options.jit_compile, mixed_precision=options.mixed_precision,
                   conv_impl=options.conv_impl, export=False, strategy=options.strategy,
-                  **folder).validate()
+                  # Timed in this process: its figures never rest on another's timings.
+                  conv_plan_cache="", **folder).validate()
 
 
 def run(options: Options) -> dict:

@@ -32,8 +32,8 @@ MODEL_FIELDS = ("dataset", "image_size", "width_divisor", "encoder", "z_dim", "r
 # --lr_schedule=smooth schedule; that is the user's call.
 RESUMABLE_FIELDS = ("train_steps", "epochs", "data_dir", "in_memory", "cache_dir",
                     "skip_bad_images", "tfds_data_dir", "tfds_download", "shuffle_buffer",
-                    "steps_per_loop", "jit_compile", "conv_impl", "deterministic", "strategy",
-                    "cpu_devices", "cluster_timeout", "checkpoint_every", "keep_checkpoints",
+                    "steps_per_loop", "jit_compile", "conv_impl", "conv_plan_cache",
+                    "deterministic", "strategy", "cpu_devices", "cluster_timeout", "checkpoint_every", "keep_checkpoints",
                     "log_every", "progress", "image_every", "export_dir", "export",
                     "sampler_components")
 
@@ -140,6 +140,11 @@ class Config:
                             "--deterministic a fixed rule: matmuls for convs to 2x2 outputs) | "
                             "native (TF's kernels) | patches (matmuls wherever there is a form). "
                             "Same variables either way.")
+    conv_plan_cache: str = _field("auto", "The JSON file that keeps --conv_impl=auto's timings "
+                                  "across processes, reused on the same machine, TF and code "
+                                  "(timing the 64x64 networks' layers takes minutes on a CPU): "
+                                  "auto ($XDG_CACHE_HOME or ~/.cache, then "
+                                  "wae_tf/conv_plans.json) | a path | '' (time in every process).")
     mixed_precision: str = _field("none", "none | mixed_float16 (with dynamic loss scaling) | "
                                   "mixed_bfloat16: layers compute in 16 bits, variables, losses "
                                   "and exported signatures stay float32. For GPUs/TPUs and CPUs "

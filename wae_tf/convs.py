@@ -13,12 +13,13 @@ the choice.
 import dataclasses
 import functools
 import time
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from wae_tf import plan_cache
 from wae_tf import winograd
 
 NATIVE, MATMUL, SUBPIXEL, WINOGRAD = "native", "matmul", "subpixel", "winograd"
@@ -496,9 +497,36 @@ def _part_candidates(shape: LayerShape, dtype):
     return parts
 
 
-def tune(shape: LayerShape, dtype=tf.float32) -> ConvPlan:
+def _describe(shape: LayerShape) -> str:
+    return (f"{'conv_transpose' if shape.transpose else 'conv'} {shape.size}x{shape.size}x"
+            f"{shape.cin} -> {shape.cout} (k={shape.k}, stride {shape.stride}, batch {shape.batch})")
+
+
+def _time_parts(shape: LayerShape, dtype) -> Tuple[ConvPlan, Dict[str, Dict[str, float]]]:
+    """The fastest form of each part and every form's seconds, timed here and now."""
+    choice, seconds = {}, {}
+    for part, impls in _part_candidates(shape, dtype).items():
+        seconds[part] = {}
+        for impl, (fn, args) in impls.items():  # native first: the others must beat it
+            give_up = 2 * min(seconds[part].values(), default=float("inf"))
+            seconds[part][impl] = _seconds(fn, *args, give_up=give_up)
+        choice[part] = min(seconds[part], key=seconds[part].get)
+    return ConvPlan(**choice), seconds
+
+
+def _cached_plan(shape: LayerShape, dtype, entry: Optional[dict]) -> Optional[ConvPlan]:
+    """A cache entry's plan if it names a form of this layer for every part, else None."""
+    plan = (entry or {}).get("plan", {})
+    valid = set(plan) == set(PARTS) and all(
+        impl in IMPLS and shape.has_form(part, impl)
+        and (impl != WINOGRAD or tf.as_dtype(dtype) == tf.float32) for part, impl in plan.items())
+    return ConvPlan(**plan) if valid else None
+
+
+def tune(shape: LayerShape, dtype=tf.float32, cache: Optional[str] = None) -> ConvPlan:
     """The faster form of each part of one layer on this machine, timed on its own shapes;
-    parts without a matmul form stay native. Cached per process.
+    parts without a matmul form stay native. Cached per process, and in the JSON file `cache`
+    if given (wae_tf.plan_cache: reused on the same machine, software and code).
 
     Layers under MIN_TUNED_FLOPS, and calls that cannot run ops eagerly (inside a graph), get
     TF's kernels.
@@ -507,19 +535,19 @@ def tune(shape: LayerShape, dtype=tf.float32) -> ConvPlan:
         return ALL_NATIVE
     key = (shape, tf.as_dtype(dtype).name)
     if key not in _PLANS:
-        start = time.perf_counter()
-        choice, seconds = {}, {}
-        for part, impls in _part_candidates(shape, dtype).items():
-            seconds[part] = {}
-            for impl, (fn, args) in impls.items():  # native first: the others must beat it
-                give_up = 2 * min(seconds[part].values(), default=float("inf"))
-                seconds[part][impl] = _seconds(fn, *args, give_up=give_up)
-            choice[part] = min(seconds[part], key=seconds[part].get)
-        _PLANS[key] = ConvPlan(**choice)
-        timings = "; ".join(f"{part} " + " ".join(f"{impl} {1e3 * s:.1f} ms" for impl, s in
-                                                    t.items()) for part, t in seconds.items())
-        logging.info("%s %dx%dx%d -> %d (k=%d, stride %d, batch %d): %s [%s; tuned in %.1f s]",
-                     "conv_transpose" if shape.transpose else "conv", shape.size, shape.size,
-                     shape.cin, shape.cout, shape.k, shape.stride, shape.batch, _PLANS[key],
-                     timings, time.perf_counter() - start)
+        entry_key = plan_cache.entry_key(shape, key[1]) if cache else None
+        plan = _cached_plan(shape, dtype, plan_cache.lookup(cache, entry_key)) if cache else None
+        if plan is not None:
+            logging.info("%s: %s [timed before, from %s]", _describe(shape), plan, cache)
+        else:
+            start = time.perf_counter()
+            plan, seconds = _time_parts(shape, dtype)
+            timings = "; ".join(f"{part} " + " ".join(f"{impl} {1e3 * s:.1f} ms" for impl, s in
+                                                        t.items()) for part, t in seconds.items())
+            logging.info("%s: %s [%s; tuned in %.1f s]", _describe(shape), plan, timings,
+                         time.perf_counter() - start)
+            if cache:
+                plan_cache.store(cache, entry_key, dataclasses.asdict(plan), seconds,
+                                 _describe(shape))
+        _PLANS[key] = plan
     return _PLANS[key]

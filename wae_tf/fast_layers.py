@@ -17,6 +17,7 @@ from keras import layers
 
 from wae_tf import convs
 from wae_tf import networks
+from wae_tf import plan_cache
 from wae_tf.config import Config
 
 
@@ -35,7 +36,8 @@ def conv_plan(config: Config, shape: convs.LayerShape) -> convs.ConvPlan:
     if config.deterministic:
         small = not shape.transpose and shape.stride == 2 and shape.out <= 2
         return convs.matmul_plan(shape) if small else convs.ALL_NATIVE
-    return convs.tune(shape, keras.config.dtype_policy().compute_dtype)
+    return convs.tune(shape, keras.config.dtype_policy().compute_dtype,
+                      plan_cache.resolve(config.conv_plan_cache))
 
 
 class _TunedConv(layers.Layer):

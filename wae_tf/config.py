@@ -135,8 +135,9 @@ class Config:
     jit_compile: bool = _field(False, "XLA-compile the training step (slower on the CPUs measured).")
     conv_impl: str = _field("auto", "How the stride-2 convs, transposed convs and the decoder's "
                             "output layer compute their forward pass and gradients: auto (TF's "
-                            "kernels with a GPU; on CPUs each part timed once per process against "
-                            "a matmul form on the layer's shapes and the faster kept; with "
+                            "kernels with a GPU; on CPUs each part timed as TF's kernel, matmul, "
+                            "sub-pixel and Winograd forms on the layer's shapes and the fastest "
+                            "kept, in --conv_plan_cache for later runs; with "
                             "--deterministic a fixed rule: matmuls for convs to 2x2 outputs) | "
                             "native (TF's kernels) | patches (matmuls wherever there is a form). "
                             "Same variables either way.")

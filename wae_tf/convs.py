@@ -475,10 +475,17 @@ def _seconds(fn, *args, runs: int = 3, budget: float = 1.0,
     return best
 
 
+def _offered(shape: LayerShape, part: str, impl: str, dtype) -> bool:
+    """Whether tune may pick `impl` for `part`: a form of this code the layer has; WINOGRAD only
+    in float32 (its rounding in float16 / bfloat16 is not checked, wae_tf.winograd)."""
+    return (impl in IMPLS and shape.has_form(part, impl)
+            and (impl != WINOGRAD or tf.as_dtype(dtype) == tf.float32))
+
+
 def _part_candidates(shape: LayerShape, dtype):
-    """{part: {impl: (tf.function, args)}} for one layer; each function returns a corner of
-    its result (the whole result is computed; fetching it all would add a copy). WINOGRAD only
-    in float32: its rounding in float16 / bfloat16 is not checked (wae_tf.winograd)."""
+    """{part: {impl: (tf.function, args)}} for one layer, the forms tune may pick (_offered);
+    each function returns a corner of its result (the whole result is computed; fetching it all
+    would add a copy)."""
     normal = lambda dims, seed: tf.cast(  # noqa: E731
         tf.random.stateless_normal(dims, seed=[seed, 0]), dtype)
     args = (normal([shape.batch, shape.size, shape.size, shape.cin], 1),
@@ -486,8 +493,7 @@ def _part_candidates(shape: LayerShape, dtype):
             normal([shape.batch, shape.out, shape.out, shape.cout], 2))
     parts = {}
     for part in PARTS:
-        impls = [impl for impl in IMPLS if shape.has_form(part, impl)
-                 and (impl != WINOGRAD or tf.as_dtype(dtype) == tf.float32)]
+        impls = [impl for impl in IMPLS if _offered(shape, part, impl, dtype)]
         if len(impls) < 2:
             continue
         for impl in impls:
@@ -517,9 +523,8 @@ def _time_parts(shape: LayerShape, dtype) -> Tuple[ConvPlan, Dict[str, Dict[str,
 def _cached_plan(shape: LayerShape, dtype, entry: Optional[dict]) -> Optional[ConvPlan]:
     """A cache entry's plan if it names a form of this layer for every part, else None."""
     plan = (entry or {}).get("plan", {})
-    valid = set(plan) == set(PARTS) and all(
-        impl in IMPLS and shape.has_form(part, impl)
-        and (impl != WINOGRAD or tf.as_dtype(dtype) == tf.float32) for part, impl in plan.items())
+    valid = set(plan) == set(PARTS) and all(_offered(shape, part, impl, dtype)
+                                            for part, impl in plan.items())
     return ConvPlan(**plan) if valid else None
 
 

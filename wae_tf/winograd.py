@@ -145,17 +145,29 @@ def _output_1d_adjoint(y, axis: int, m: int, t: int, r: int):
     return [_combine(at[:, a], cols) for a in range(m + r - 1)]
 
 
+def _compiled(transform):
+    """`transform` as one XLA cluster (m, t, r are Python ints: one compilation per layer).
+
+    The transforms are dozens of slices, sums and reshapes that each stream the tensor through
+    memory as TF ops; XLA fuses them into a few passes, 1.2-2x faster on a 2-core AVX2 CPU
+    (docs/performance.md). The GEMMs stay TF's (oneDNN's) kernels.
+    """
+    return tf.function(transform, autograph=False, jit_compile=True)
+
+
 def _positions(arrays, a: int):
     """a^2 arrays [N, t, t, C], in (row point, column point) order -> [a^2, N t t, C]."""
     return tf.reshape(tf.stack(arrays), [a * a, -1, arrays[0].shape[-1]])
 
 
+@_compiled
 def _data(x, m: int, t: int, r: int):
     """[N, m t + r - 1, m t + r - 1, C] -> [a^2, N t t, C]: B^T d B of every tile."""
     return _positions([v for row in _data_1d(x, 1, m, t, r) for v in _data_1d(row, 2, m, t, r)],
                       m + r - 1)
 
 
+@_compiled
 def _data_adjoint(u, m: int, t: int, r: int):
     """The adjoint of _data: [a^2, N t t, C] -> [N, m t + r - 1, m t + r - 1, C]."""
     a = m + r - 1
@@ -164,6 +176,7 @@ def _data_adjoint(u, m: int, t: int, r: int):
     return _data_1d_adjoint(rows, 1, m, r)
 
 
+@_compiled
 def _output(p, m: int, t: int, r: int):
     """[a^2, N t t, D] -> [N, m t, m t, D]: A^T p A of every tile."""
     a = m + r - 1
@@ -172,6 +185,7 @@ def _output(p, m: int, t: int, r: int):
     return _output_1d(rows, 1, m, r)
 
 
+@_compiled
 def _output_adjoint(dy, m: int, t: int, r: int):
     """The adjoint of _output: [N, m t, m t, D] -> [a^2, N t t, D]."""
     return _positions([v for row in _output_1d_adjoint(dy, 1, m, t, r)

@@ -63,7 +63,32 @@ def test_tile_size_takes_the_fewest_products():
 def test_ops_equal_tf_kernels(r, s):
     """conv, its input gradient and its kernel gradient equal TF's VALID stride-1 ops, for
     sizes that take every tile size and a cut-off last tile (r=2: s=5 takes m=3, s=1 m=2;
-    r=3: s=1, 2 m=2, s=3, 5 m=3, s=8 m=4)."""
+    r=3: s=1, 2 m=2, s=3, 5 m=3, s=8 m=4). Tensors this small keep the transforms as TF ops."""
+    traces = _traces()
+    _assert_ops_equal_tf(r, s)
+    assert _traces() == traces
+
+
+_TRANSFORMS = (winograd._data, winograd._data_adjoint, winograd._output,
+               winograd._output_adjoint)
+
+
+@pytest.mark.parametrize("r,s", [(2, 5), (2, 8), (3, 8)])
+def test_xla_compiled_transforms_equal_tf_kernels(r, s, monkeypatch):
+    """Above XLA_MIN_BYTES_PER_EXAMPLE each transform is one XLA cluster; the ops still equal
+    TF's (m = 3, 4; r = 2, 3)."""
+    monkeypatch.setattr(winograd, "XLA_MIN_BYTES_PER_EXAMPLE", 0)
+    traces = _traces()
+    _assert_ops_equal_tf(r, s)
+    assert all(after > before for after, before in zip(_traces(), traces))
+
+
+def _traces():
+    """How often each transform's XLA function has been traced in this process."""
+    return [f.jitted.experimental_get_tracing_count() for f in _TRANSFORMS]
+
+
+def _assert_ops_equal_tf(r, s):
     x = tf.random.stateless_normal([3, s + r - 1, s + r - 1, 5], seed=[s, r])
     kernel = tf.random.stateless_normal([r, r, 5, 6], seed=[s, 2])
     dy = tf.random.stateless_normal([3, s, s, 6], seed=[s, 3])

@@ -145,14 +145,31 @@ def _output_1d_adjoint(y, axis: int, m: int, t: int, r: int):
     return [_combine(at[:, a], cols) for a in range(m + r - 1)]
 
 
+# A transform is XLA-compiled when its larger side holds at least this many bytes per example.
+# Compiling costs ~1-2 s per layer and part in every process; it paid on the 64x64 network at
+# width 2 (transforms of 0.6-2.4 MB per example, step +15%), not on Fashion-MNIST at width 4
+# (0.1-0.4 MB, step +2% for ~20 s more at each start), docs/performance.md.
+XLA_MIN_BYTES_PER_EXAMPLE = 512 * 1024
+
+
 def _compiled(transform):
-    """`transform` as one XLA cluster (m, t, r are Python ints: one compilation per layer).
+    """`transform(x, m, t, r)`, as one XLA cluster where the tensors are large enough to pay for
+    compiling it (XLA_MIN_BYTES_PER_EXAMPLE; m, t, r are Python ints: one compilation per shape).
 
     The transforms are dozens of slices, sums and reshapes that each stream the tensor through
-    memory as TF ops; XLA fuses them into a few passes, 1.2-2x faster on a 2-core AVX2 CPU
-    (docs/performance.md). The GEMMs stay TF's (oneDNN's) kernels.
+    memory as TF ops; XLA fuses them into a few passes, 1.2-2x faster on a 2-core AVX2 CPU. The
+    GEMMs stay TF's (oneDNN's) kernels.
     """
-    return tf.function(transform, autograph=False, jit_compile=True)
+    jitted = tf.function(transform, autograph=False, jit_compile=True)
+
+    @functools.wraps(transform)
+    def apply(x, m: int, t: int, r: int):
+        # The tiled side, [(m + r - 1)^2, N t t, C], is the larger of the two.
+        if ((m + r - 1) * t) ** 2 * x.shape[-1] * x.dtype.size >= XLA_MIN_BYTES_PER_EXAMPLE:
+            return jitted(x, m, t, r)
+        return transform(x, m, t, r)
+    apply.jitted = jitted
+    return apply
 
 
 def _positions(arrays, a: int):

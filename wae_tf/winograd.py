@@ -147,8 +147,9 @@ def _output_1d_adjoint(y, axis: int, m: int, t: int, r: int):
 
 # A transform is XLA-compiled when its larger side holds at least this many bytes per example.
 # Compiling costs ~1-2 s per layer and part in every process; it paid on the 64x64 network at
-# width 2 (transforms of 0.6-2.4 MB per example, step +15%), not on Fashion-MNIST at width 4
-# (0.1-0.4 MB, step +2% for ~20 s more at each start), docs/performance.md.
+# width 2 (its larger layers' transforms: 0.6-2.3 MB per example; step +10-15%), not on
+# Fashion-MNIST at width 4 (0.2-0.4 MB; step +2% for ~20 s more at each start),
+# docs/performance.md.
 XLA_MIN_BYTES_PER_EXAMPLE = 512 * 1024
 
 
@@ -157,7 +158,7 @@ def _compiled(transform):
     compiling it (XLA_MIN_BYTES_PER_EXAMPLE; m, t, r are Python ints: one compilation per shape).
 
     The transforms are dozens of slices, sums and reshapes that each stream the tensor through
-    memory as TF ops; XLA fuses them into a few passes, 1.2-2x faster on a 2-core AVX2 CPU. The
+    memory as TF ops; XLA fuses them into a few passes, 1.1-2x faster on a 2-core AVX2 CPU. The
     GEMMs stay TF's (oneDNN's) kernels.
     """
     jitted = tf.function(transform, autograph=False, jit_compile=True)

@@ -19,12 +19,22 @@ from wae_tf import op_profile
      ("encoder/enc1_conv", "kernel_grad")),
     ("gradient_tape/decoder_1/out_conv_1/conv2d_transpose/Conv2D", "Conv2D",
      ("decoder/out_conv", "input_grad")),
+    # oneDNN's fused bias gradient (the op types come with oneDNN's renaming undone).
+    ("gradient_tape/encoder/enc0_conv/Conv2DBackpropFilterWithBias",
+     "Conv2DBackpropFilterWithBias", ("encoder/enc0_conv", "kernel_grad")),
     # Not a conv layer.
     ("gradient_tape/decoder_1/dec1_bn_1/FusedBatchNormGradV3", "FusedBatchNormGradV3", None),
     ("Adam/AssignSubVariableOp", "AssignSubVariableOp", None),
 ])
 def test_conv_part_names_the_layer_and_part(name, op_type, expected):
     assert op_profile.conv_part(name, op_type) == expected
+
+
+@pytest.mark.parametrize("event_type,expected", [
+    ("_MklNativeConv2DBackpropFilter", "Conv2DBackpropFilter"), ("_MklMatMul", "MatMul"),
+    ("_MklNativeFusedBatchNormV3", "FusedBatchNormV3"), ("MatMul", "MatMul")])
+def test_base_op_type_undoes_onednns_renaming(event_type, expected):
+    assert op_profile.base_op_type(event_type) == expected
 
 
 def test_trace_returns_the_functions_ops_per_call():

@@ -28,6 +28,14 @@ _CONTAINERS = ("PartitionedCall", "StatefulPartitionedCall", "While", "Stateless
 _CONV_LAYER = re.compile(r"(?:^|/)(?P<model>encoder|decoder|discriminator)(?:_\d+)?/"
                          r"(?P<layer>\w+?_conv)(?:_\d+)?/")
 PARTS = ("forward", "input_grad", "kernel_grad")
+# Where TF's oneDNN custom ops are on (its default on CPUs with AVX512_VNNI, AVX512_BF16 or
+# AMX), its graph rewrite renames ops: _MklNativeConv2DBackpropFilter, _MklMatMul.
+_ONEDNN_PREFIX = re.compile(r"^_Mkl(?:Native)?")
+
+
+def base_op_type(event_type: str) -> str:
+    """The TF op type of a profiler event's type, with oneDNN's renaming undone."""
+    return _ONEDNN_PREFIX.sub("", event_type)
 
 
 def op_seconds(space: xplane_pb2.XSpace) -> Dict[Tuple[str, str], float]:
@@ -37,8 +45,9 @@ def op_seconds(space: xplane_pb2.XSpace) -> Dict[Tuple[str, str], float]:
         for line in plane.lines:
             for event in line.events:
                 match = _OP_EVENT.fullmatch(plane.event_metadata[event.metadata_id].name)
-                if match and match["type"] not in _CONTAINERS:
-                    seconds[match["name"], match["type"]] += event.duration_ps * 1e-12
+                kind = base_op_type(match["type"]) if match else None
+                if kind and kind not in _CONTAINERS:
+                    seconds[match["name"], kind] += event.duration_ps * 1e-12
     return dict(seconds)
 
 
@@ -74,7 +83,9 @@ def conv_part(name: str, op_type: str):
             return layer, part
     if not name.startswith("gradient_tape/"):
         return layer, "forward"
-    return layer, "kernel_grad" if op_type == "Conv2DBackpropFilter" else "input_grad"
+    # oneDNN fuses the bias's gradient in: Conv2DBackpropFilterWithBias.
+    kernel_grad = op_type.startswith("Conv2DBackpropFilter")
+    return layer, "kernel_grad" if kernel_grad else "input_grad"
 
 
 @dataclasses.dataclass(frozen=True)

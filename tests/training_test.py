@@ -3,6 +3,7 @@
 import json
 import os
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -13,6 +14,7 @@ from wae_tf import data
 from wae_tf import errors
 from wae_tf import fast_layers
 from wae_tf import loop
+from wae_tf import networks
 from wae_tf import training
 from wae_tf.errors import ConfigError
 
@@ -108,6 +110,25 @@ WELL_CONDITIONED = dict(batchnorm_epsilon=1e-3)
 STEP_ATOL = 2.0 ** -8  # of steps * learning_rate
 
 
+# The two runs also round each ReLU input differently, and an input within that rounding of 0
+# (of ~50k per data point, a few are) lands on either side: its gradient passes in one run only.
+# On an AVX-512 Xeon with oneDNN's ops one dec0_bn unit at -1.4e-6 came out +2.6e-7 with two
+# replicas and moved dec0's beta gradient by 22% (2026-11-28); no seed keeps every input 1e-5
+# clear of 0. These tests compare the distribution maths, which no activation changes: they run
+# the networks with softplus, smooth at 0, in place of ReLU.
+@pytest.fixture
+def smooth_activations(monkeypatch):
+    """The networks built during the test have softplus where they would have ReLU."""
+    monkeypatch.setattr(networks.layers, "ReLU",
+                        lambda name: keras.layers.Activation("softplus", name=name))
+    dense = networks._dense
+
+    def smooth_dense(units, config, activation=None, **kwargs):
+        return dense(units, config, activation="softplus" if activation == "relu" else activation,
+                     **kwargs)
+    monkeypatch.setattr(networks, "_dense", smooth_dense)
+
+
 def _assert_close(got, expected, atol, what):
     worst = float(np.abs(got - expected).max())
     assert worst <= atol, f"{what}: off by {worst:.2e} (allowed {atol:.2e})"
@@ -120,7 +141,7 @@ def _assert_close(got, expected, atol, what):
     dict(regularizer="gan", disc_prior_logdensity=True, encoder="gaussian", input_noise=0.05),
     dict(regularizer="mmd", conv_impl="patches")],  # the matmul layers' custom gradients
     ids=lambda o: "-".join(map(str, o.values())))
-def test_one_and_two_replicas_compute_the_same_gradients(overrides):
+def test_one_and_two_replicas_compute_the_same_gradients(overrides, smooth_activations):
     config = tiny_config(**overrides, **WELL_CONDITIONED)
     layer_set = fast_layers.tuned_convs(config)  # Keras's BatchNorm: one formula for both
     images = data.to_float(make_images(8).images)
@@ -139,7 +160,7 @@ def test_one_and_two_replicas_compute_the_same_gradients(overrides):
 
 
 @pytest.mark.numerics
-def test_one_and_two_replicas_take_the_same_steps_with_a_discriminator():
+def test_one_and_two_replicas_take_the_same_steps_with_a_discriminator(smooth_activations):
     config = tiny_config(regularizer="gan", batch_size=8, **WELL_CONDITIONED)
     layer_set = fast_layers.tuned_convs(config)
     images = make_images(16)

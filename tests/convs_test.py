@@ -1,6 +1,7 @@
 """Stride-2 convs part by part as TF's kernels, matmuls or sub-pixel convs, and the timing
 that picks them."""
 
+import logging
 import time
 
 import numpy as np
@@ -208,3 +209,18 @@ def test_a_form_slower_than_give_up_is_not_timed_further():
     assert convs._seconds(slow, give_up=0.01) >= 0.02 and len(calls) == 2
     calls.clear()
     assert convs._seconds(slow, runs=2) >= 0.02 and len(calls) == 3
+
+
+def test_tune_does_not_warn_of_retracing(monkeypatch):
+    """Each candidate form is its own tf.function, traced once: TF's frequent-retracing warning
+    (which counts functions by their Python code) must not fire and alarm the user during tune."""
+    messages = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())
+    monkeypatch.setattr(convs, "_PLANS", {})
+    tf.get_logger().addHandler(handler)
+    try:
+        convs.tune(convs.LayerShape(False, 16, 8, 64, 128, 4))
+    finally:
+        tf.get_logger().removeHandler(handler)
+    assert not [m for m in messages if "retracing" in m]

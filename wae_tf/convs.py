@@ -482,10 +482,18 @@ def _offered(shape: LayerShape, part: str, impl: str, dtype) -> bool:
             and (impl != WINOGRAD or tf.as_dtype(dtype) == tf.float32))
 
 
+def _part_corner(shape: LayerShape, part: str, impl: str, x, kernel, dy):
+    """A corner of layer_part's result: the whole result is computed, fetching it all would
+    add a copy to the time."""
+    return layer_part(shape, part, impl, x, kernel, dy)[:1, :1, :1, :1]
+
+
 def _part_candidates(shape: LayerShape, dtype):
-    """{part: {impl: (tf.function, args)}} for one layer, the forms tune may pick (_offered);
-    each function returns a corner of its result (the whole result is computed; fetching it all
-    would add a copy)."""
+    """{part: {impl: (tf.function, args)}} for one layer, the forms tune may pick (_offered).
+
+    Each is a tf.function of a partial, not of a lambda: TF counts traces by the Python code
+    they come from, and a dozen lambdas of one line would set off its retracing warning.
+    """
     normal = lambda dims, seed: tf.cast(  # noqa: E731
         tf.random.stateless_normal(dims, seed=[seed, 0]), dtype)
     args = (normal([shape.batch, shape.size, shape.size, shape.cin], 1),
@@ -497,8 +505,7 @@ def _part_candidates(shape: LayerShape, dtype):
         if len(impls) < 2:
             continue
         for impl in impls:
-            fn = lambda x, w, dy, p=part, i=impl: layer_part(  # noqa: E731
-                shape, p, i, x, w, dy)[:1, :1, :1, :1]
+            fn = functools.partial(_part_corner, shape, part, impl)
             parts.setdefault(part, {})[impl] = (tf.function(fn, autograph=False), args)
     return parts
 

@@ -21,6 +21,7 @@ from absl import logging
 from wae_tf import cluster
 from wae_tf import convs
 from wae_tf import data
+from wae_tf import hardware
 from wae_tf import op_profile
 from wae_tf import regularizers
 from wae_tf import serving
@@ -137,21 +138,6 @@ def find_limit(candidates: Sequence[Gemm], runs: int, dtype: str = "float32"):
     rates = {gemm: gemm_flops_per_second(gemm, runs, dtype) for gemm in candidates}
     best = max(rates, key=rates.get)
     return best, {str(gemm): rate for gemm, rate in rates.items()}
-
-
-def cpu_isa() -> str:
-    """The CPU's vector instruction set as oneDNN sees it (ONEDNN_MAX_CPU_ISA caps it)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            flags_line = next((line for line in cpuinfo if line.startswith("flags")), "")
-    except OSError:
-        return "unknown (no /proc/cpuinfo)"
-    cpu_flags = set(flags_line.split())
-    avx512 = sorted(f for f in cpu_flags if f.startswith("avx512"))
-    isa = ("AVX-512 (" + " ".join(avx512) + ")" if avx512 else
-           "AVX2/FMA (no AVX-512)" if {"avx2", "fma"} <= cpu_flags else "below AVX2")
-    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
-    return f"{isa}; oneDNN capped at {cap}" if cap else isa
 
 
 # The conv layers' classes: Keras's, and wae_tf.fast_layers' tuned ones (transposed: *Transpose).
@@ -461,10 +447,11 @@ def benchmark_config(options: Options, width_divisor: int, regularizer: str) -> 
 def run(options: Options) -> dict:
     """Every measurement of the benchmark as a JSON-ready dict."""
     results = {"options": dataclasses.asdict(options), "training": {}, "serving": {},
-               "cpu": cpu_isa()}
+               "cpu": hardware.cpu_isa()}
     train, source = load_train_data(benchmark_config(options, 1, "mmd"))
     results["data"] = source
     dtype = COMPUTE_DTYPES[options.mixed_precision]
+    hardware.warn_if_slow_mixed_precision(options.mixed_precision)
     limit, results["gemm_flops_per_second"] = find_limit(
         limit_candidates(options.limit_sizes, options.batch_size), options.matmul_runs, dtype)
     logging.info("The limit: %s in %s at %.1f GFLOP/s (%s)", limit, dtype,

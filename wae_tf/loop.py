@@ -15,6 +15,7 @@ from wae_tf import checkpoints
 from wae_tf import cluster
 from wae_tf import data
 from wae_tf import fileio
+from wae_tf import hardware
 from wae_tf import latent_sampler
 from wae_tf import metrics as metrics_lib
 from wae_tf import networks
@@ -126,6 +127,7 @@ def train_and_evaluate(config: Config, workdir: str, strategy=None, data_overrid
     config.validate()
     with cluster.StopSignals() as stop:
         strategy = strategy or cluster.create_strategy(config)
+        hardware.warn_if_slow_mixed_precision(config.mixed_precision)
         train, test = _load_data(config, data_override)
         _check_batch(config, strategy, train)
         fileio.check_writable_dir(workdir, "--workdir")

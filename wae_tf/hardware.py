@@ -1,0 +1,60 @@
+"""What this machine's CPU computes natively: its vector instruction set as oneDNN sees it, and
+whether it has the 16-bit float units that make --mixed_precision pay off on a CPU."""
+
+import os
+from typing import Optional
+
+import tensorflow as tf
+from absl import logging
+
+# The CPU flags (as in /proc/cpuinfo) of units that compute each 16-bit type natively. Without
+# them TF emulates the type: the bfloat16 step was 2.9-3.4x slower than float32 on an AVX-512
+# Xeon without AVX512_BF16 and 10x slower on an AVX2 EPYC (docs/performance.md).
+NATIVE_UNITS = {"bfloat16": ("avx512_bf16", "amx_bf16"), "float16": ("avx512_fp16", "amx_fp16")}
+_COMPUTE_DTYPES = {"mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
+
+
+def cpu_flags() -> Optional[frozenset]:
+    """The CPU's feature flags from /proc/cpuinfo, or None where there is none (not Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            line = next((line for line in cpuinfo if line.startswith("flags")), "")
+    except OSError:
+        return None
+    return frozenset(line.partition(":")[2].split())
+
+
+def cpu_isa(flags: Optional[frozenset] = None) -> str:
+    """The CPU's vector instruction set as oneDNN sees it (ONEDNN_MAX_CPU_ISA caps it)."""
+    flags = cpu_flags() if flags is None else flags
+    if flags is None:
+        return "unknown (no /proc/cpuinfo)"
+    avx512 = sorted(f for f in flags if f.startswith("avx512"))
+    isa = ("AVX-512 (" + " ".join(avx512) + ")" if avx512 else
+           "AVX2/FMA (no AVX-512)" if {"avx2", "fma"} <= flags else "below AVX2")
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    return f"{isa}; oneDNN capped at {cap}" if cap else isa
+
+
+def slow_mixed_precision(policy: str, flags: Optional[frozenset], has_gpu: bool) -> Optional[str]:
+    """Why `policy` (--mixed_precision) will train slower than float32 here, or None.
+
+    Only for CPU runs whose CPU lacks the policy's 16-bit units; a GPU, or a CPU whose flags
+    are unknown, gets no warning (it may have them).
+    """
+    dtype = _COMPUTE_DTYPES.get(policy)
+    if dtype is None or has_gpu or flags is None or set(NATIVE_UNITS[dtype]) & flags:
+        return None
+    units = " or ".join(unit.upper() for unit in NATIVE_UNITS[dtype])
+    return (f"--mixed_precision={policy} on a CPU without {units} ({cpu_isa(flags)}): TF "
+            f"emulates {dtype} here, so training is several times slower than in float32 "
+            f"(bfloat16: about 3x on an AVX-512 Xeon, 10x on an AVX2 EPYC; "
+            f"docs/performance.md). Use --mixed_precision=none on this machine.")
+
+
+def warn_if_slow_mixed_precision(policy: str) -> None:
+    """Log slow_mixed_precision's warning for this process's devices, if it has one."""
+    message = slow_mixed_precision(policy, cpu_flags(),
+                                   bool(tf.config.list_logical_devices("GPU")))
+    if message:
+        logging.warning("%s", message)

@@ -69,10 +69,6 @@ QUICK = dict(width_divisors=(32,), batch_size=8, windows=2, window_steps=2, matm
 # ----------------------------------------------------------------------------- the limit
 
 
-# The dtype layers compute in under each --mixed_precision: the limit is that dtype's GEMM.
-COMPUTE_DTYPES = {"none": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
-
-
 @dataclasses.dataclass(frozen=True)
 class Gemm:
     """One GEMM [m, k] x [k, n] through one of the matmul ops TF offers (`path`)."""
@@ -280,7 +276,7 @@ def benchmark_training(config: Config, train: data.ImageData, options: Options,
     if not options.window_steps:  # about 2 s per window
         calls = max(1, int(2.0 / seconds))
     rates, fractions, limits, matmuls = [], [], [], []
-    dtype = COMPUTE_DTYPES[config.mixed_precision]
+    dtype = hardware.COMPUTE_DTYPES[config.mixed_precision]
     for _ in range(options.windows):
         matmuls.append(matmul_flops_per_second(options.matmul_size, options.matmul_runs, dtype))
         limits.append(max(gemm_flops_per_second(limit, options.matmul_runs, dtype), matmuls[-1]))
@@ -450,7 +446,7 @@ def run(options: Options) -> dict:
                "cpu": hardware.cpu_isa()}
     train, source = load_train_data(benchmark_config(options, 1, "mmd"))
     results["data"] = source
-    dtype = COMPUTE_DTYPES[options.mixed_precision]
+    dtype = hardware.COMPUTE_DTYPES[options.mixed_precision]
     hardware.warn_if_slow_mixed_precision(options.mixed_precision)
     limit, results["gemm_flops_per_second"] = find_limit(
         limit_candidates(options.limit_sizes, options.batch_size), options.matmul_runs, dtype)

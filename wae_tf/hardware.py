@@ -11,7 +11,8 @@ from absl import logging
 # them TF emulates the type: the bfloat16 step was 2.9-3.4x slower than float32 on an AVX-512
 # Xeon without AVX512_BF16 and 10x slower on an AVX2 EPYC (docs/performance.md).
 NATIVE_UNITS = {"bfloat16": ("avx512_bf16", "amx_bf16"), "float16": ("avx512_fp16", "amx_fp16")}
-_COMPUTE_DTYPES = {"mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
+# The dtype layers compute in under each --mixed_precision (the benchmark's limit is its GEMM).
+COMPUTE_DTYPES = {"none": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
 
 
 def cpu_flags() -> Optional[frozenset]:
@@ -42,8 +43,8 @@ def slow_mixed_precision(policy: str, flags: Optional[frozenset], has_gpu: bool)
     Only for CPU runs whose CPU lacks the policy's 16-bit units; a GPU, or a CPU whose flags
     are unknown, gets no warning (it may have them).
     """
-    dtype = _COMPUTE_DTYPES.get(policy)
-    if dtype is None or has_gpu or flags is None or set(NATIVE_UNITS[dtype]) & flags:
+    dtype = COMPUTE_DTYPES.get(policy)
+    if dtype not in NATIVE_UNITS or has_gpu or flags is None or set(NATIVE_UNITS[dtype]) & flags:
         return None
     units = " or ".join(unit.upper() for unit in NATIVE_UNITS[dtype])
     return (f"--mixed_precision={policy} on a CPU without {units} ({cpu_isa(flags)}): TF "

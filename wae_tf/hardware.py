@@ -1,8 +1,9 @@
 """What this machine's CPU computes natively: its vector instruction set as oneDNN sees it, and
 whether it has the 16-bit float units that make --mixed_precision pay off on a CPU."""
 
+import functools
 import os
-from typing import Optional
+from typing import Dict, Optional
 
 import tensorflow as tf
 from absl import logging
@@ -15,14 +16,28 @@ NATIVE_UNITS = {"bfloat16": ("avx512_bf16", "amx_bf16"), "float16": ("avx512_fp1
 COMPUTE_DTYPES = {"none": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
 
 
-def cpu_flags() -> Optional[frozenset]:
-    """The CPU's feature flags from /proc/cpuinfo, or None where there is none (not Linux)."""
+@functools.lru_cache(maxsize=None)
+def _first_cpu() -> Optional[Dict[str, str]]:
+    """The fields of /proc/cpuinfo's first processor, or None where there is none (not Linux)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            line = next((line for line in cpuinfo if line.startswith("flags")), "")
+            block = cpuinfo.read().split("\n\n")[0]
     except OSError:
         return None
-    return frozenset(line.partition(":")[2].split())
+    return {key.strip(): value.strip() for key, value in
+            (line.split(":", 1) for line in block.splitlines() if ":" in line)}
+
+
+def cpu_flags() -> Optional[frozenset]:
+    """The CPU's feature flags from /proc/cpuinfo, or None where there is none."""
+    fields = _first_cpu()
+    return None if fields is None else frozenset(fields.get("flags", "").split())
+
+
+def cpu_model() -> Optional[str]:
+    """The CPU's model name from /proc/cpuinfo ("" if it has none), or None where there is none."""
+    fields = _first_cpu()
+    return None if fields is None else fields.get("model name", "")
 
 
 def cpu_isa(flags: Optional[frozenset] = None) -> str:

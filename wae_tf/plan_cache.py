@@ -21,6 +21,7 @@ import tensorflow as tf
 from absl import logging
 
 from wae_tf import fileio
+from wae_tf import hardware
 from wae_tf.errors import ConfigError
 
 FORMAT = 1
@@ -43,19 +44,13 @@ def resolve(flag: str) -> Optional[str]:
     return os.path.expanduser(flag) if flag else None
 
 
-@functools.lru_cache(maxsize=None)
 def _cpu() -> str:
     """The CPU's model name and instruction-set flags (Linux), else what platform knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            fields = {k.strip(): v for k, v in (line.split(":", 1) for line in
-                                                f.read().split("\n\n")[0].splitlines()
-                                                if ":" in line)}
-        model = fields.get("model name", "").strip()
-        flags = " ".join(sorted(fields.get("flags", "").split()))
-        return f"{model} [{hashlib.sha256(flags.encode()).hexdigest()[:12]}]"
-    except OSError:
+    flags = hardware.cpu_flags()
+    if flags is None:
         return f"{platform.machine()} {platform.processor()}"
+    digest = hashlib.sha256(" ".join(sorted(flags)).encode()).hexdigest()[:12]
+    return f"{hardware.cpu_model()} [{digest}]"
 
 
 @functools.lru_cache(maxsize=None)

@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import tiny_config
-from wae_tf import benchmarking
-from wae_tf import convs
-from wae_tf import training
+from wae_tf.tools import benchmarking
+from wae_tf.perf import convs
+from wae_tf.model import step as step_lib
 
 
 def test_quick_run_reports_positive_figures():
@@ -59,7 +59,7 @@ def test_quick_run_reports_positive_figures():
 
 def test_forward_flops_by_hand():
     config = tiny_config(width_divisor=4)
-    state = training.create_state(config, (28, 28, 1), 4, 1)
+    state = step_lib.create_state(config, (28, 28, 1), 4, 1)
     flops = benchmarking.layer_forward_flops(state.decoder)
     # dec0: transposed 4x4 conv 7x7x256 -> 14x14x128: 49 input pixels * 16*256*128 MACs * 2.
     assert flops["decoder/dec0_conv"] == 49 * 16 * 256 * 128 * 2

@@ -15,14 +15,14 @@ import tensorflow as tf
 from tensorflow.python.checkpoint import checkpoint_management
 
 from tests.conftest import make_images, tiny_config
-from wae_tf import checkpoints
+from wae_tf.runtime import checkpoints
 from wae_tf import cli
-from wae_tf import cluster
+from wae_tf.runtime import cluster
 from wae_tf import errors
 from wae_tf import fileio
 from wae_tf import loop
-from wae_tf import serving
-from wae_tf import training
+from wae_tf.serving import saved_model
+from wae_tf.model import step as step_lib
 from wae_tf.errors import ConfigError
 
 CONFIG = tiny_config(train_steps=4, checkpoint_every=2)
@@ -59,7 +59,7 @@ def _copy(workdir, tmp_path):
 
 def _restore(directory):
     """Restore into a fresh state; returns (restored path, step)."""
-    state = training.create_state(CONFIG, (28, 28, 1), steps_per_epoch=4, num_epochs=1)
+    state = step_lib.create_state(CONFIG, (28, 28, 1), steps_per_epoch=4, num_epochs=1)
     manager = tf.train.CheckpointManager(state.checkpoint(), directory, max_to_keep=3)
     return checkpoints.restore_latest(manager), int(state.step.numpy())
 
@@ -105,7 +105,7 @@ def test_a_save_interrupted_before_its_state_file_keeps_the_last_good_one(
         preempted_run, tmp_path, monkeypatch):
     """CheckpointManager writes the `checkpoint` state file last: a kill before it is harmless."""
     directory = _copy(preempted_run[0], tmp_path)
-    state = training.create_state(CONFIG, (28, 28, 1), steps_per_epoch=4, num_epochs=1)
+    state = step_lib.create_state(CONFIG, (28, 28, 1), steps_per_epoch=4, num_epochs=1)
     manager = tf.train.CheckpointManager(state.checkpoint(), directory, max_to_keep=3)
     checkpoints.restore_latest(manager)
 
@@ -183,7 +183,7 @@ def _garble(path):
 def test_a_lost_state_file_is_rebuilt_from_the_index_files(preempted_run, tmp_path, damage):
     directory = _copy(preempted_run[0], tmp_path)
     damage(os.path.join(directory, "checkpoint"))
-    state = training.create_state(CONFIG, (28, 28, 1), steps_per_epoch=4, num_epochs=1)
+    state = step_lib.create_state(CONFIG, (28, 28, 1), steps_per_epoch=4, num_epochs=1)
     # What every worker does: restore from the chief's directory, whatever its state file.
     assert checkpoints.restore_newest_readable(state.checkpoint(), directory).endswith("ckpt-5")
     assert int(state.step.numpy()) == 5
@@ -296,7 +296,7 @@ def test_export_falls_back_past_a_corrupt_newest_checkpoint(preempted_run, tmp_p
     directory = _copy(preempted_run[0], tmp_path)
     _truncate(glob.glob(os.path.join(directory, "ckpt-5.data-*"))[0])
     with caplog.at_level(logging.ERROR):
-        run = serving.restore_trained_models(os.path.dirname(directory))  # export and evaluate
+        run = saved_model.restore_trained_models(os.path.dirname(directory))  # export and evaluate
     assert run.step == 4 and run.checkpoint_path.endswith("ckpt-4")
     assert "ckpt-5 is unreadable" in caplog.text
 

@@ -65,7 +65,8 @@ def tiny_data():
 def tiny_run(tmp_path_factory):
     """A 2-step tiny WAE (with its export and fitted latent sampler) and a 1-epoch classifier on
     synthetic images: what the evaluation and TensorBoard tests evaluate."""
-    from wae_tf import classifier, loop  # pylint: disable=import-outside-toplevel
+    from wae_tf import loop
+    from wae_tf.evaluation import classifier  # pylint: disable=import-outside-toplevel
     root = tmp_path_factory.mktemp("tiny_run")
     workdir = str(root / "run")
     train, test = make_images(48), make_images(24, seed=1)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from wae_tf import convs
+from wae_tf.perf import convs
 
 # Every form of every part, in three plans (the parts are computed independently).
 PLANS = [convs.ConvPlan(*(convs.IMPLS[(i + j) % 3] for j in range(3))) for i in range(3)]
@@ -94,7 +94,7 @@ def test_winograd_plan_equals_tf(transpose, size, k):
         native = lambda x, w: tf.nn.conv2d(x, w, 2, "SAME")  # noqa: E731
     got = _outputs_and_gradients(lambda x, w: convs.strided_conv(x, w, plan, transpose), x, kernel)
     for g, e in zip(got, _outputs_and_gradients(native, x, kernel)):
-        # Winograd's rounding scales with the largest value (wae_tf.winograd): 1e-5 of it.
+        # Winograd's rounding scales with the largest value (wae_tf.perf.winograd): 1e-5 of it.
         assert g.shape == e.shape
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5 * np.abs(e).max())
 

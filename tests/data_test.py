@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from tests.conftest import idx_bytes, make_idx_dir, write_idx
 from wae_tf import data
+from wae_tf.data import sources
 from wae_tf.config import DEFAULT_FASHION_MNIST_DIR, Config
 from wae_tf.errors import ConfigError
 
@@ -205,7 +206,7 @@ def test_unprepared_tfds_data_set_raises(tmp_path):
 
 def test_fashion_mnist_fallback_failure_names_both(tmp_path, monkeypatch):
     missing = os.path.join(tmp_path, "no_debian_package")
-    monkeypatch.setattr(data, "DEFAULT_FASHION_MNIST_DIR", missing)
+    monkeypatch.setattr(sources, "DEFAULT_FASHION_MNIST_DIR", missing)
     with pytest.raises(ConfigError) as info:
         data.load_split(Config(tfds_data_dir=str(tmp_path), tfds_download=False), "test")
     message = str(info.value)

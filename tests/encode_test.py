@@ -11,8 +11,8 @@ import tensorflow as tf
 from tests.conftest import REPO, tiny_config
 from tests.folders_test import _image, _write
 from wae_tf import data
-from wae_tf import encoding
-from wae_tf import folders
+from wae_tf.serving import encoding
+from wae_tf.data import folders
 from wae_tf import loop
 from wae_tf.errors import ConfigError
 

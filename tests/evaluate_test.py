@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import FASHION_DIR, REPO, run_concurrently, tiny_config
-from wae_tf import classifier
-from wae_tf import comparison
+from wae_tf.evaluation import classifier
+from wae_tf.tools import comparison
 from wae_tf import errors
-from wae_tf import evaluation
-from wae_tf import figures
+from wae_tf.evaluation import evaluator
+from wae_tf.evaluation import figures
 
 METRIC_FIELDS = ("test_recon_cost", "test_mse_per_pixel", "fid", "precision", "recall",
                  "classifier_test_accuracy", "mmd_codes_prior", "sharpness_samples",
@@ -23,7 +23,7 @@ FIGURES = ("reconstructions.png", "samples.png", "interpolations.png", "latent_s
 
 
 def _evaluate_workdir(tiny_run, **kwargs):
-    return evaluation.evaluate_workdir(tiny_run["workdir"], num_samples=20, seed=3,
+    return evaluator.evaluate_workdir(tiny_run["workdir"], num_samples=20, seed=3,
                                      classifier_dir=tiny_run["classifier_dir"],
                                      test_data=tiny_run["test"], **kwargs)
 
@@ -55,17 +55,17 @@ def test_the_mmd_of_a_gaussian_encoder_uses_sampled_codes():
     """Q_Z of a Gaussian encoder is the aggregate posterior: codes mean + sigma * eps, not the
     means (a VAE's means alone sit far inside the prior)."""
     config = tiny_config(encoder="gaussian", regularizer="kl", z_dim=4)
-    model = evaluation.Autoencoder(
+    model = evaluator.Autoencoder(
         encode=lambda x: np.zeros([x.shape[0], 4], np.float32),
         decode=lambda z: np.full([z.shape[0], 28, 28, 1], 0.5, np.float32), config=config,
         image_shape=(28, 28, 1), step=1, source="test",
         encode_log_var=lambda x: np.zeros([x.shape[0], 4], np.float32))  # sigma 1: Q_Z = P_Z
     images = np.zeros([600, 28, 28, 1], np.float32)
-    outputs = evaluation.run_model(model, images, num_samples=10, seed=0)
+    outputs = evaluator.run_model(model, images, num_samples=10, seed=0)
     assert np.all(outputs["codes"] == 0)
     assert outputs["q_codes"].std() == pytest.approx(1.0, rel=0.05)
-    sampled = evaluation._latent_and_sharpness_metrics(config, outputs, images[:10], seed=0)
-    means = evaluation._latent_and_sharpness_metrics(
+    sampled = evaluator._latent_and_sharpness_metrics(config, outputs, images[:10], seed=0)
+    means = evaluator._latent_and_sharpness_metrics(
         config, dict(outputs, q_codes=outputs["codes"]), images[:10], seed=0)
     assert sampled["mmd_codes_prior"]["codes"].startswith("sampled")
     assert abs(sampled["mmd_codes_prior"]["value"]) < 0.1 * means["mmd_codes_prior"]["value"]
@@ -74,7 +74,7 @@ def test_the_mmd_of_a_gaussian_encoder_uses_sampled_codes():
 @pytest.mark.numerics
 def test_saved_model_gives_the_checkpoints_numbers(tiny_run, tmp_path):
     from_checkpoint = _evaluate_workdir(tiny_run, output_dir=str(tmp_path / "a"))
-    from_export = evaluation.evaluate_saved_model(
+    from_export = evaluator.evaluate_saved_model(
         tiny_run["export"], output_dir=str(tmp_path / "b"), num_samples=20, seed=3,
         classifier_dir=tiny_run["classifier_dir"], test_data=tiny_run["test"])
     for name in ("test_recon_cost", "fid", "mmd_codes_prior", "sharpness_samples"):
@@ -104,7 +104,7 @@ def test_same_seed_same_numbers_other_seed_other_samples(tiny_run, tmp_path):
     first = _evaluate_workdir(tiny_run, output_dir=str(tmp_path / "a"))
     again = _evaluate_workdir(tiny_run, output_dir=str(tmp_path / "b"))
     assert first["fid"]["value"] == again["fid"]["value"]
-    other = evaluation.evaluate_workdir(tiny_run["workdir"], output_dir=str(tmp_path / "c"),
+    other = evaluator.evaluate_workdir(tiny_run["workdir"], output_dir=str(tmp_path / "c"),
                                       num_samples=20, seed=4, test_data=tiny_run["test"],
                                       classifier_dir=tiny_run["classifier_dir"])
     assert other["sharpness_samples"]["value"] != first["sharpness_samples"]["value"]

@@ -13,8 +13,8 @@ import tensorflow as tf
 
 from tests.conftest import make_images, run_concurrently, tiny_config
 from wae_tf import loop
-from wae_tf import serving
-from wae_tf import training
+from wae_tf.serving import saved_model
+from wae_tf.model import step as step_lib
 
 BIN = os.path.dirname(sys.executable)
 
@@ -109,9 +109,9 @@ print(json.dumps({"files": files, "wae_tf_imported": "wae_tf" in sys.modules}))
 def exported(tmp_path_factory):
     # The matmul forms of the stride-2 layers, whose custom gradient the export must not trip on.
     config = tiny_config(encoder="gaussian", conv_impl="patches")
-    state = training.create_state(config, (28, 28, 1), steps_per_epoch=1, num_epochs=1)
+    state = step_lib.create_state(config, (28, 28, 1), steps_per_epoch=1, num_epochs=1)
     base = str(tmp_path_factory.mktemp("export"))
-    path = serving.export_saved_model(state.encoder, state.decoder, config, (28, 28, 1), base, 7)
+    path = saved_model.export_saved_model(state.encoder, state.decoder, config, (28, 28, 1), base, 7)
     return base, path, state
 
 
@@ -125,7 +125,7 @@ def gan_run(tmp_path_factory):
                          export=True)
     loop.train_and_evaluate(config, workdir, data_override=(make_images(32),
                                                            make_images(16, seed=1)))
-    again = serving.export_from_workdir(workdir, str(root / "again"))
+    again = saved_model.export_from_workdir(workdir, str(root / "again"))
     return dict(workdir=workdir, trained=os.path.join(workdir, "export", "2"), again=again)
 
 
@@ -138,7 +138,7 @@ def test_export_writes_a_versioned_directory_atomically(exported):
     assert sorted(os.listdir(os.path.join(path, "assets.extra"))) == [
         "tf_serving_warmup_requests", "wae_config.json"]
     assert sorted(os.listdir(os.path.join(path, "keras"))) == ["decoder.keras", "encoder.keras"]
-    with open(os.path.join(path, serving.CONFIG_ASSET)) as f:
+    with open(os.path.join(path, saved_model.CONFIG_ASSET)) as f:
         assert json.load(f)["encoder"] == "gaussian"
 
 
@@ -221,8 +221,8 @@ def test_a_gaussian_export_encodes_the_log_variance_too(exported):
 def test_a_symmetric_pixel_range_export_keeps_the_unit_range_contract(tmp_path):
     """Trained on [-1, 1] with a tanh output, served on [0, 1] in and out: the export maps."""
     config = tiny_config(pixel_range="symmetric")
-    state = training.create_state(config, (28, 28, 1), steps_per_epoch=1, num_epochs=1)
-    path = serving.export_saved_model(state.encoder, state.decoder, config, (28, 28, 1),
+    state = step_lib.create_state(config, (28, 28, 1), steps_per_epoch=1, num_epochs=1)
+    path = saved_model.export_saved_model(state.encoder, state.decoder, config, (28, 28, 1),
                                       str(tmp_path), 1)
     signatures = tf.saved_model.load(path).signatures
     images = tf.random.stateless_uniform([4, 28, 28, 1], seed=[5, 6])
@@ -235,9 +235,9 @@ def test_a_symmetric_pixel_range_export_keeps_the_unit_range_contract(tmp_path):
         signatures["encode"](images=images * 2 - 1)  # [-1, 1] input is refused: the contract
 
 
-CHECKS = {"images": lambda x: serving._check_images(x, [28, 28, 1]),  # pylint: disable=protected-access
-          "z": lambda z: serving._check_z(z, 4),  # pylint: disable=protected-access
-          "seed": serving._check_seed}  # pylint: disable=protected-access
+CHECKS = {"images": lambda x: saved_model._check_images(x, [28, 28, 1]),  # pylint: disable=protected-access
+          "z": lambda z: saved_model._check_z(z, 4),  # pylint: disable=protected-access
+          "seed": saved_model._check_seed}  # pylint: disable=protected-access
 
 
 @pytest.mark.parametrize("check,value,message", [
@@ -273,8 +273,8 @@ def test_a_failed_export_leaves_no_temporary_directory(exported, tmp_path, monke
             f.write(b"half")
         raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
     monkeypatch.setattr(tf.saved_model, "save", disk_full)
-    with pytest.raises(serving.ConfigError, match=r"Could not export to .*No space left"):
-        serving.export_saved_model(state.encoder, state.decoder, tiny_config(encoder="gaussian"),
+    with pytest.raises(saved_model.ConfigError, match=r"Could not export to .*No space left"):
+        saved_model.export_saved_model(state.encoder, state.decoder, tiny_config(encoder="gaussian"),
                                    (28, 28, 1), str(tmp_path), 3)
     assert os.listdir(tmp_path) == []
 
@@ -305,7 +305,7 @@ def test_keras_files_load_without_wae_tf_and_match_the_saved_model(exported, gan
         np.testing.assert_allclose(out[f"{i}/decoder"], out[f"{i}/decode"], rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(out[f"{i}/tfsm_decode"], out[f"{i}/decode"], atol=1e-6)
     # The trained discriminator (NormalLogDensity), restored from the checkpoint in this process.
-    logits = serving.restore_trained_models(gan_run["workdir"]).discriminator(z).numpy()
+    logits = saved_model.restore_trained_models(gan_run["workdir"]).discriminator(z).numpy()
     assert logits.shape == (5, 1)
     for i in (1, 2):
         np.testing.assert_allclose(out[f"{i}/discriminator"], logits, rtol=1e-5, atol=1e-5)

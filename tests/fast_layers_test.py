@@ -5,9 +5,9 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import tiny_config
-from wae_tf import convs
-from wae_tf import fast_layers
-from wae_tf import networks
+from wae_tf.perf import convs
+from wae_tf.perf import fast_layers
+from wae_tf.model import networks
 
 pytestmark = pytest.mark.numerics  # every test compares two computations
 

@@ -3,7 +3,7 @@ and lost, and the table (the runs themselves: python -m wae_tf.fault_injection, 
 
 import signal
 
-from wae_tf import faults
+from wae_tf.tools import faults
 
 
 def _record(fault, killed_after, on_disk, resumed_from, exit_code, startup=False):

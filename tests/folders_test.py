@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from tests.conftest import tiny_config
 from wae_tf import data
-from wae_tf import folders
+from wae_tf.data import folders
 from wae_tf import loop
 from wae_tf.errors import ConfigError
 

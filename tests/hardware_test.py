@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from wae_tf import hardware
+from wae_tf.perf import hardware
 
 AVX2 = frozenset({"sse4_2", "avx", "avx2", "fma"})
 XEON = AVX2 | {"avx512f", "avx512bw", "avx512vl", "avx512_vnni"}  # no AVX512_BF16

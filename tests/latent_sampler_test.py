@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import make_images, tiny_config
-from wae_tf import evaluation
-from wae_tf import latent_sampler
+from wae_tf.evaluation import evaluator
+from wae_tf.model import latent_sampler
 from wae_tf import loop
 
 
@@ -56,8 +56,8 @@ def test_training_fits_it_and_the_export_and_evaluation_use_it(tmp_path):
     loop.train_and_evaluate(config, workdir, data_override=(train, test))
     mixture = latent_sampler.maybe_load(os.path.join(workdir, latent_sampler.FILE))
     assert mixture.means.shape == (3, config.z_dim) and mixture.weights.sum() == pytest.approx(1)
-    from_workdir = evaluation.load_from_workdir(workdir)
-    from_export = evaluation.load_from_saved_model(os.path.join(workdir, "export"))
+    from_workdir = evaluator.load_from_workdir(workdir)
+    from_export = evaluator.load_from_saved_model(os.path.join(workdir, "export"))
     seeds = tf.constant([5, 6, 5], tf.int64)
     images = from_export.sample_fitted(seeds).numpy()
     assert images.shape == (3, 28, 28, 1) and 0 <= images.min() and images.max() <= 1

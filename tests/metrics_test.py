@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from wae_tf import metrics
+from wae_tf.evaluation import metrics
 
 
 def test_frechet_distance_of_1d_gaussians_is_the_closed_form():

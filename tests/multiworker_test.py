@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import REPO, make_idx_dir, mirrored_strategy
 from tests.folders_test import _image, _write
-from wae_tf import cluster
+from wae_tf.runtime import cluster
 from wae_tf import data
 from wae_tf import loop
 from wae_tf.config import Config

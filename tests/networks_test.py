@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import tiny_config
-from wae_tf import networks
+from wae_tf.model import networks
 
 
 @pytest.mark.parametrize("size,channels", [(28, 1), (32, 3), (64, 3), (128, 3), (256, 1)])

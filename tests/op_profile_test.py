@@ -3,7 +3,7 @@
 import pytest
 import tensorflow as tf
 
-from wae_tf import op_profile
+from wae_tf.perf import op_profile
 
 
 @pytest.mark.parametrize("name,op_type,expected", [

@@ -14,7 +14,7 @@ from packaging.utils import canonicalize_name
 
 from tests.conftest import REPO
 from wae_tf import cli
-from wae_tf import comparison
+from wae_tf.tools import comparison
 from wae_tf import scripts
 from wae_tf.errors import ConfigError
 

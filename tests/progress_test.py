@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from wae_tf import progress
+from wae_tf.runtime import progress
 
 
 class _Terminal(io.StringIO):

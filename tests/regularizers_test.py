@@ -1,4 +1,4 @@
-"""Tests of wae_tf.regularizers against hand-computed values and loop-based references."""
+"""Tests of wae_tf.model.regularizers against hand-computed values and loop-based references."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from wae_tf import regularizers
+from wae_tf.model import regularizers
 
 IMQ_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 

@@ -1,5 +1,5 @@
 """The serving clients, offline: the README's REST (curl) and gRPC examples and wae-reconstruct
-(wae_tf.rest_client) against stand-ins of TensorFlow Serving's REST and gRPC APIs that answer
+(wae_tf.serving.rest_client) against stand-ins of TensorFlow Serving's REST and gRPC APIs that answer
 with an exported SavedModel's signatures and refuse what TF Serving would not accept."""
 
 import concurrent.futures
@@ -18,10 +18,10 @@ from google.protobuf import json_format
 from tensorflow.core.protobuf import saved_model_pb2
 
 from tests.conftest import REPO, tiny_config
-from wae_tf import folders
-from wae_tf import rest_client
-from wae_tf import serving
-from wae_tf import training
+from wae_tf.data import folders
+from wae_tf.serving import rest_client
+from wae_tf.serving import saved_model
+from wae_tf.model import step as step_lib
 from wae_tf import visualize
 from wae_tf.errors import ConfigError
 
@@ -34,9 +34,9 @@ with open(os.path.join(REPO, "README.md")) as _f:
 def exported(tmp_path_factory):
     """A tiny export of the README's model shape: 28x28x1 images, z_dim 8."""
     config = tiny_config(z_dim=8)
-    state = training.create_state(config, (28, 28, 1), steps_per_epoch=1, num_epochs=1)
+    state = step_lib.create_state(config, (28, 28, 1), steps_per_epoch=1, num_epochs=1)
     base = str(tmp_path_factory.mktemp("export"))
-    path = serving.export_saved_model(state.encoder, state.decoder, config, (28, 28, 1), base, 7)
+    path = saved_model.export_saved_model(state.encoder, state.decoder, config, (28, 28, 1), base, 7)
     return path, tf.saved_model.load(path)
 
 

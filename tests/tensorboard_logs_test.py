@@ -14,9 +14,9 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from tests.conftest import make_images
 from wae_tf import config as config_lib
-from wae_tf import evaluation
+from wae_tf.evaluation import evaluator
 from wae_tf import fileio
-from wae_tf import tensorboard_logs
+from wae_tf.runtime import tensorboard_logs
 from wae_tf import visualize
 
 
@@ -30,7 +30,7 @@ def _accumulator(directory: str) -> event_accumulator.EventAccumulator:
 @pytest.fixture(scope="module")
 def evaluated(tiny_run):
     """The tiny run evaluated into <workdir>/eval (20 of its 24 test images, seed 3)."""
-    results = evaluation.evaluate_workdir(tiny_run["workdir"], num_samples=20, seed=3,
+    results = evaluator.evaluate_workdir(tiny_run["workdir"], num_samples=20, seed=3,
                                           classifier_dir=tiny_run["classifier_dir"],
                                           test_data=tiny_run["test"])
     return dict(tiny_run, results=results)
@@ -105,12 +105,12 @@ def test_evaluate_writes_the_codes_labels_and_sprite_to_the_projector(evaluated)
     sprite = visualize.read_png(os.path.join(directory, embedding.sprite.image_path))
     assert sprite.shape == (5 * 28, 5 * 28, 1)
     lines = open(os.path.join(directory, embedding.metadata_path)).read().splitlines()
-    index = evaluation.subset_index(24, 20, seed=3)
+    index = evaluator.subset_index(24, 20, seed=3)
     labels = evaluated["test"].labels[index]  # synthetic labels: test index mod 10
     assert lines == ["test_index\tlabel"] + [f"{i}\t{label}" for i, label in zip(index, labels)]
     np.testing.assert_array_equal(np.round(sprite[:28, 28:56] * 255),  # the second image
                                   evaluated["test"].images[index[1]])
-    model = evaluation.load_from_workdir(evaluated["workdir"])
+    model = evaluator.load_from_workdir(evaluated["workdir"])
     images = evaluated["test"].images[index].astype(np.float32) / 255.0
     saved = tf.train.load_checkpoint(tf.train.latest_checkpoint(directory))
     np.testing.assert_allclose(saved.get_tensor(tensorboard_logs.CODES_TENSOR),

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO, idx_bytes, make_idx_dir, tiny_config
-from wae_tf import checkpoints
+from wae_tf.runtime import checkpoints
 
 FLAGS = ["--width_divisor=32", "--z_dim=4", "--batch_size=8", "--train_steps=1", "--export=false"]
 

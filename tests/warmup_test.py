@@ -9,10 +9,10 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 from tests.conftest import tiny_config
-from wae_tf import latent_sampler
-from wae_tf import serving
-from wae_tf import training
-from wae_tf import warmup
+from wae_tf.model import latent_sampler
+from wae_tf.serving import saved_model
+from wae_tf.model import step as step_lib
+from wae_tf.serving import warmup
 
 
 @pytest.mark.parametrize("shape,expected", [
@@ -37,9 +37,9 @@ def test_replayed_requests_give_every_signature_its_outputs(tmp_path):
     against the loaded SavedModel: one request per (signature, batch), none fails (a failing
     warm-up request would fail the model's load in TF Serving)."""
     config = tiny_config(z_dim=4)
-    state = training.create_state(config, (28, 28, 1), steps_per_epoch=1, num_epochs=1)
+    state = step_lib.create_state(config, (28, 28, 1), steps_per_epoch=1, num_epochs=1)
     mixture = latent_sampler.fit_gmm(np.random.default_rng(0).normal(size=(50, 4)), 2, seed=0)
-    path = serving.export_saved_model(state.encoder, state.decoder, config, (28, 28, 1),
+    path = saved_model.export_saved_model(state.encoder, state.decoder, config, (28, 28, 1),
                                       str(tmp_path), 1, mixture)
     records = tf.data.TFRecordDataset(os.path.join(path, warmup.FILE))
     logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in records]

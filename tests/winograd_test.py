@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from wae_tf import winograd
+from wae_tf.perf import winograd
 
 pytestmark = pytest.mark.numerics  # every test compares two computations
 

@@ -1,5 +1,5 @@
 """Entry point: python -m wae_tf.benchmark [--width_divisors=1,4] [--regularizers=mmd,gan]
-[--quick] times training and serving against this machine's matmul speed (wae_tf.benchmarking)."""
+[--quick] times training and serving against this machine's matmul speed (wae_tf.tools.benchmarking)."""
 
 import json
 import sys
@@ -8,7 +8,7 @@ import tensorflow as tf
 from absl import app
 from absl import flags
 
-from wae_tf import benchmarking
+from wae_tf.tools import benchmarking
 from wae_tf.config import CHOICES
 
 
@@ -44,7 +44,7 @@ def define_flags() -> None:
                          "--input_dir (to measure streaming at scale), then measure.")
     flags.DEFINE_integer("profile_steps", 0, "Trace this many training steps with TF's profiler "
                          "and print where the time goes: each conv layer part against the "
-                         "limit, the other op types (wae_tf.op_profile). 0 = no profile.")
+                         "limit, the other op types (wae_tf.perf.op_profile). 0 = no profile.")
     flags.DEFINE_bool("quick", False, "A tiny network and few steps: checks that everything runs.")
 
 

@@ -1,4 +1,4 @@
-"""Entry point: the paper's comparison of VAEs, WAE-MMD, WAE-GAN and WAE-SWD (wae_tf.comparison).
+"""Entry point: the paper's comparison of VAEs, WAE-MMD, WAE-GAN and WAE-SWD (wae_tf.tools.comparison).
 
     python -m wae_tf.compare --workdir_root=runs/compare --train_seeds=0,1,2
 """
@@ -18,14 +18,14 @@ flags.DEFINE_string("classifier_dir", "", "Cache of the feature classifier; defa
 flags.DEFINE_list("train_seeds", ["0", "1", "2"], "Training seeds: each model is trained once "
                   "per seed and reported as mean ± std.")
 flags.DEFINE_list("runs", [], "Names of a subset of the runs (vae, vae_lambda01, wae_mmd, "
-                  "wae_gan, wae_swd: wae_tf.comparison.RUNS); default all.")
+                  "wae_gan, wae_swd: wae_tf.tools.comparison.RUNS); default all.")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    from wae_tf import comparison  # pylint: disable=import-outside-toplevel; after flag parsing
+    from wae_tf.tools import comparison  # pylint: disable=import-outside-toplevel; after flag parsing
     sys.exit(cli.run_reporting_user_errors(lambda: print(comparison.run_comparison(
         FLAGS.workdir_root, FLAGS.num_samples, FLAGS.seed, FLAGS.classifier_dir,
         FLAGS.runs or None, [int(k) for k in FLAGS.train_seeds]))))

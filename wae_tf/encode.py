@@ -1,5 +1,5 @@
 """Entry point: python -m wae_tf.encode --saved_model=DIR --images=DIR --out=codes.npz writes the
-code of every image in a folder (wae_tf.encoding), with the file names, in batches."""
+code of every image in a folder (wae_tf.serving.encoding), with the file names, in batches."""
 
 import json
 import sys
@@ -24,7 +24,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    from wae_tf import encoding  # pylint: disable=import-outside-toplevel; after flag parsing
+    from wae_tf.serving import encoding  # pylint: disable=import-outside-toplevel; after flag parsing
     sys.exit(cli.run_reporting_user_errors(lambda: print(json.dumps(encoding.encode_folder(
         FLAGS.saved_model, FLAGS.images, FLAGS.out, FLAGS.batch_size, FLAGS.skip_bad_images)))))
 

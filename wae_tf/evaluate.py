@@ -1,4 +1,4 @@
-"""Entry point: evaluate a trained WAE on the test split (wae_tf.evaluation).
+"""Entry point: evaluate a trained WAE on the test split (wae_tf.evaluation.evaluator).
 
     python -m wae_tf.evaluate --workdir=DIR              # latest checkpoint of a training run
     python -m wae_tf.evaluate --saved_model=DIR/export/N # an exported SavedModel
@@ -28,14 +28,14 @@ FLAGS = flags.FLAGS
 
 
 def _evaluate() -> dict:
-    from wae_tf import evaluation  # pylint: disable=import-outside-toplevel; after flag parsing
+    from wae_tf.evaluation import evaluator  # pylint: disable=import-outside-toplevel; after flag parsing
     if bool(FLAGS.workdir) == bool(FLAGS.saved_model):
         raise ConfigError("pass exactly one of --workdir and --saved_model.")
     kwargs = dict(output_dir=FLAGS.output_dir, num_samples=FLAGS.num_samples, seed=FLAGS.seed,
                   classifier_dir=FLAGS.classifier_dir, classifier_epochs=FLAGS.classifier_epochs)
     if FLAGS.workdir:
-        return evaluation.evaluate_workdir(FLAGS.workdir, **kwargs)
-    return evaluation.evaluate_saved_model(FLAGS.saved_model, **kwargs)
+        return evaluator.evaluate_workdir(FLAGS.workdir, **kwargs)
+    return evaluator.evaluate_saved_model(FLAGS.saved_model, **kwargs)
 
 
 def main(argv):

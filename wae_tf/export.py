@@ -16,9 +16,9 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    from wae_tf import serving  # pylint: disable=import-outside-toplevel; after flag parsing
+    from wae_tf.serving import saved_model  # pylint: disable=import-outside-toplevel; after flag parsing
     sys.exit(cli.run_reporting_user_errors(
-        lambda: print(serving.export_from_workdir(FLAGS.workdir, FLAGS.export_dir))))
+        lambda: print(saved_model.export_from_workdir(FLAGS.workdir, FLAGS.export_dir))))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Entry point: python -m wae_tf.fault_injection --kills=5 --workdir=/tmp/faults interrupts a
-training run in every way wae_tf.faults lists (SIGKILL, SIGTERM and SIGINT in training and
+training run in every way wae_tf.tools.faults lists (SIGKILL, SIGTERM and SIGINT in training and
 start-up, a lost checkpoint state file, a full disk), resumes it, compares it with a clean run
 and prints a table of the faults. Exit code 0 when every check passes."""
 
@@ -9,7 +9,7 @@ from absl import app
 from absl import flags
 
 from wae_tf import cli
-from wae_tf import faults
+from wae_tf.tools import faults
 
 flags.DEFINE_integer("kills", 5, "How many times to SIGKILL the run.")
 flags.DEFINE_bool("sigterm", True, "Also interrupt once with SIGTERM (must save, exit 143).")

@@ -11,19 +11,20 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from wae_tf import checkpoints
-from wae_tf import cluster
+from wae_tf.runtime import checkpoints
+from wae_tf.runtime import cluster
 from wae_tf import data
 from wae_tf import fileio
-from wae_tf import hardware
-from wae_tf import latent_sampler
-from wae_tf import metrics as metrics_lib
-from wae_tf import networks
-from wae_tf import progress
-from wae_tf import regularizers
-from wae_tf import serving
-from wae_tf import tensorboard_logs
-from wae_tf import training
+from wae_tf.perf import fast_layers
+from wae_tf.perf import hardware
+from wae_tf.model import latent_sampler
+from wae_tf.evaluation import metrics as metrics_lib
+from wae_tf.model import networks
+from wae_tf.runtime import progress
+from wae_tf.model import regularizers
+from wae_tf.serving import saved_model
+from wae_tf.runtime import tensorboard_logs
+from wae_tf.model import step as step_lib
 from wae_tf import visualize
 from wae_tf.config import Config
 from wae_tf.errors import ConfigError, NonFiniteLossError, Preempted
@@ -65,7 +66,7 @@ class TestSet:
                 visualize.save_png(os.path.join(png_dir, f"{name}.png"), grid)
 
 
-def make_test_set(state: training.TrainState, test: data.ImageData) -> TestSet:
+def make_test_set(state: step_lib.TrainState, test: data.ImageData) -> TestSet:
     """TestSet of the state's networks (tf.functions, not distributed)."""
     @tf.function(autograph=False)  # no Python control flow to convert
     def reconstruct(images):
@@ -136,8 +137,9 @@ def train_and_evaluate(config: Config, workdir: str, strategy=None, data_overrid
         checkpoints.check_run_record(workdir, config, train.image_shape,
                                      write=cluster.is_chief(strategy))
         with strategy.scope():
-            state = training.create_state(config, train.image_shape, steps_per_epoch,
-                                          config.epochs or -(-total_steps // steps_per_epoch))
+            state = step_lib.create_state(config, train.image_shape, steps_per_epoch,
+                                          config.epochs or -(-total_steps // steps_per_epoch),
+                                          fast_layers.training_layers(config))
         manager = checkpoints.create_manager(state.checkpoint(), workdir, config, strategy)
         checkpoints.restore_latest(manager, os.path.join(workdir, "checkpoints"))  # the chief's
         start = int(state.step.numpy())
@@ -197,13 +199,13 @@ def _finished_results(workdir: str, start: int, total_steps: int) -> dict:
     return results if results.get("step") == start else {}
 
 
-def _pretrain(config: Config, state: training.TrainState, strategy, train) -> None:
+def _pretrain(config: Config, state: step_lib.TrainState, strategy, train) -> None:
     """The paper code's encoder pre-training, on batches of --encoder_pretrain_batch images (at
     most the split, a multiple of the replicas) in an order of their own (--seed + 1)."""
     replicas = strategy.num_replicas_in_sync
     batch = min(config.encoder_pretrain_batch, train.num_examples) // replicas * replicas
     iterator = iter(data.distribute(strategy, train, batch, config.seed + 1))
-    losses = training.pretrain_encoder(config, state, strategy, iterator)
+    losses = step_lib.pretrain_encoder(config, state, strategy, iterator)
     logging.info("Encoder pre-training: %d steps of %d images, moment loss %.4f -> %.4f.",
                  len(losses), batch, losses[0], losses[-1])
 
@@ -241,7 +243,7 @@ def _finish(config, state, strategy, workdir, image_shape, results, train) -> No
             mixture = fit_latent_sampler(config, state.encoder, train, workdir, results["step"])
     export_base = config.export_dir or os.path.join(workdir, "export")
     if config.export:
-        serving.export_saved_model(state.encoder, state.decoder, config, image_shape,
+        saved_model.export_saved_model(state.encoder, state.decoder, config, image_shape,
                                    cluster.write_dir(export_base, strategy), results["step"],
                                    mixture, state.discriminator)
     cluster.cleanup_worker_dirs([os.path.join(workdir, "checkpoints"), export_base], strategy)
@@ -269,7 +271,7 @@ def _run_loop(config, state, strategy, iterator, manager, total_steps, test_set,
     After SIGTERM or SIGINT on any worker (`stop.received`, all-gathered between steps) it saves
     a checkpoint and raises Preempted.
     """
-    train_fn = training.make_train_fn(config, state, strategy)
+    train_fn = step_lib.make_train_fn(config, state, strategy)
     step, metrics = int(state.step.numpy()), {}
     first, window_start, window_step = step, time.time(), step
     signums = [0]

@@ -1,6 +1,6 @@
 """Entry point: python -m wae_tf.reconstruct --image=FILE --out=FILE.png [--server=URL] asks a
 model that TensorFlow Serving serves (REST, port 8501) for the reconstruction of an image file
-(wae_tf.rest_client) and writes it as a PNG."""
+(wae_tf.serving.rest_client) and writes it as a PNG."""
 
 import json
 import sys
@@ -24,7 +24,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    from wae_tf import rest_client  # pylint: disable=import-outside-toplevel; after flag parsing
+    from wae_tf.serving import rest_client  # pylint: disable=import-outside-toplevel; after flag parsing
     sys.exit(cli.run_reporting_user_errors(lambda: print(json.dumps(rest_client.reconstruct_file(
         FLAGS.image, FLAGS.out, FLAGS.server, FLAGS.model, FLAGS.model_version, FLAGS.crop,
         FLAGS.timeout)))))

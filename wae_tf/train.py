@@ -23,7 +23,8 @@ FLAGS = flags.FLAGS
 def _train(workdir):
     # pylint: disable=import-outside-toplevel; TensorFlow loads after the flags are parsed
     import tensorflow as tf
-    from wae_tf import checkpoints, cluster, loop
+    from wae_tf import loop
+    from wae_tf.runtime import checkpoints, cluster
     if not workdir:
         raise ConfigError("--workdir is empty: name the run's directory.")
     record = os.path.join(workdir, checkpoints.RECORD_FILE)

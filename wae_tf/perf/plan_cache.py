@@ -21,7 +21,7 @@ import tensorflow as tf
 from absl import logging
 
 from wae_tf import fileio
-from wae_tf import hardware
+from wae_tf.perf import hardware
 from wae_tf.errors import ConfigError
 
 FORMAT = 1

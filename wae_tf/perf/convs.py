@@ -19,8 +19,8 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from wae_tf import plan_cache
-from wae_tf import winograd
+from wae_tf.perf import plan_cache
+from wae_tf.perf import winograd
 
 NATIVE, MATMUL, SUBPIXEL, WINOGRAD = "native", "matmul", "subpixel", "winograd"
 IMPLS = (NATIVE, MATMUL, SUBPIXEL, WINOGRAD)
@@ -31,7 +31,7 @@ PARTS = ("forward", "input_grad", "kernel_grad")
 class ConvPlan:
     """How each part of one layer is computed: NATIVE (TF's kernel), MATMUL (patches or phases
     times the kernel), SUBPIXEL (a stride-1 conv with four phases' kernels side by side) or
-    WINOGRAD (that stride-1 conv by Winograd's algorithm, wae_tf.winograd)."""
+    WINOGRAD (that stride-1 conv by Winograd's algorithm, wae_tf.perf.winograd)."""
     forward: str = NATIVE
     input_grad: str = NATIVE
     kernel_grad: str = NATIVE
@@ -386,7 +386,7 @@ class LayerShape:
         """(m, k, n) of the one GEMM with `part`'s FLOPs, its operands laid out ready: the
         patches side (k*k times the channels of the conv's input, the transposed conv's
         output) against the output positions and the other channels. What the part would
-        cost as a plain matmul on this machine (wae_tf.op_profile)."""
+        cost as a plain matmul on this machine (wae_tf.perf.op_profile)."""
         patch = self.k * self.k * (self.cout if self.transpose else self.cin)
         other = self.cin if self.transpose else self.cout
         positions = self.batch * (self.size if self.transpose else self.out) ** 2
@@ -438,7 +438,7 @@ def strided_conv(x, kernel, plan: ConvPlan, transpose: bool, stride: int = 2):
     scope = tf.get_current_name_scope()  # the layer's: the gradients run outside it
 
     def part(name, impl, dy):
-        with tf.name_scope(f"{scope}/{name}/" if scope else f"{name}/"):  # wae_tf.op_profile
+        with tf.name_scope(f"{scope}/{name}/" if scope else f"{name}/"):  # wae_tf.perf.op_profile
             return layer_part(shape, name, impl, x, kernel, dy)
 
     @tf.custom_gradient
@@ -477,7 +477,7 @@ def _seconds(fn, *args, runs: int = 3, budget: float = 1.0,
 
 def _offered(shape: LayerShape, part: str, impl: str, dtype) -> bool:
     """Whether tune may pick `impl` for `part`: a form of this code the layer has; WINOGRAD only
-    in float32 (its rounding in float16 / bfloat16 is not checked, wae_tf.winograd)."""
+    in float32 (its rounding in float16 / bfloat16 is not checked, wae_tf.perf.winograd)."""
     return (impl in IMPLS and shape.has_form(part, impl)
             and (impl != WINOGRAD or tf.as_dtype(dtype) == tf.float32))
 
@@ -538,7 +538,7 @@ def _cached_plan(shape: LayerShape, dtype, entry: Optional[dict]) -> Optional[Co
 def tune(shape: LayerShape, dtype=tf.float32, cache: Optional[str] = None) -> ConvPlan:
     """The faster form of each part of one layer on this machine, timed on its own shapes;
     parts without a matmul form stay native. Cached per process, and in the JSON file `cache`
-    if given (wae_tf.plan_cache: reused on the same machine, software and code).
+    if given (wae_tf.perf.plan_cache: reused on the same machine, software and code).
 
     Layers under MIN_TUNED_FLOPS, and calls that cannot run ops eagerly (inside a graph), get
     TF's kernels.

@@ -10,7 +10,7 @@ from typing import Dict, Tuple
 import numpy as np
 import tensorflow as tf
 
-from wae_tf import regularizers
+from wae_tf.model import regularizers
 
 # The 3x3 Laplacian of the WAE paper's code (wae.py, `compute_blurriness`).
 LAPLACIAN = np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], np.float64)

@@ -3,7 +3,7 @@
 Sources:
   * Fashion-MNIST / MNIST IDX files (`train-images-idx3-ubyte[.gz]`, ...), by default the Debian
     package `dataset-fashion-mnist` in DEFAULT_FASHION_MNIST_DIR;
-  * a folder of your images (`--dataset=folder`), or CelebA's official files (wae_tf.folders);
+  * a folder of your images (`--dataset=folder`), or CelebA's official files (wae_tf.data.folders);
   * any tensorflow-datasets image data set, downloaded and prepared by TFDS where there is network
     (`--tfds_download`, default) or already prepared in `--tfds_data_dir` (celeb_a is centre
     cropped to `celeba_crop` and resized to 64x64 as in the paper).
@@ -30,7 +30,7 @@ import tensorflow as tf
 from absl import logging
 
 from wae_tf import fileio
-from wae_tf import folders
+from wae_tf.data import folders
 from wae_tf.config import DEFAULT_FASHION_MNIST_DIR, Config
 from wae_tf.errors import ConfigError
 

@@ -7,9 +7,8 @@ from typing import Callable, Dict, Optional
 import keras
 import tensorflow as tf
 
-from wae_tf import fast_layers
-from wae_tf import networks
-from wae_tf import regularizers
+from wae_tf.model import networks
+from wae_tf.model import regularizers
 from wae_tf.config import Config
 
 # Tags folded into the per-step seed so that each random draw has its own stream.
@@ -76,11 +75,11 @@ def create_models(config: Config, image_shape, layer_set: Optional[networks.Laye
                   ) -> networks.Models:
     """Encoder, decoder and (for --regularizer=gan) discriminator, seeded by --seed.
 
-    `layer_set` defaults to the fastest layers on this machine (fast_layers.training_layers).
+    `layer_set` defaults to plain Keras layers; the loop and the benchmark pass the faster ones of
+    this machine (wae_tf.perf.fast_layers.training_layers), with the same variables.
     """
     keras.utils.set_random_seed(config.seed)
-    return networks.make_models(config, image_shape,
-                                layer_set or fast_layers.training_layers(config))
+    return networks.make_models(config, image_shape, layer_set or networks.KERAS_LAYERS)
 
 
 def create_optimizers(config: Config, steps_per_epoch: int, num_epochs: int):

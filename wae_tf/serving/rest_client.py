@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from wae_tf import folders
+from wae_tf.data import folders
 from wae_tf import visualize
 from wae_tf.errors import ConfigError
 

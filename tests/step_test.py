@@ -9,13 +9,14 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import make_images, mirrored_strategy, tiny_config
-from wae_tf import checkpoints
+from wae_tf.runtime import checkpoints
 from wae_tf import data
+from wae_tf.data import sources
 from wae_tf import errors
-from wae_tf import fast_layers
+from wae_tf.perf import fast_layers
 from wae_tf import loop
-from wae_tf import networks
-from wae_tf import training
+from wae_tf.model import networks
+from wae_tf.model import step as step_lib
 from wae_tf.errors import ConfigError
 
 SWEEP = [
@@ -31,7 +32,7 @@ SWEEP = [
 
 def _state(config, strategy, image_shape=(28, 28, 1), layer_set=None):
     with strategy.scope():
-        return training.create_state(config, image_shape, steps_per_epoch=4, num_epochs=1,
+        return step_lib.create_state(config, image_shape, steps_per_epoch=4, num_epochs=1,
                                      layer_set=layer_set)
 
 
@@ -45,7 +46,7 @@ def _run_steps(config, strategy, images, num_steps, layer_set=None):
     state = _state(config, strategy, images.image_shape, layer_set)
     dataset = data.make_train_dataset(images, config.batch_size, config.seed)
     iterator = iter(strategy.experimental_distribute_dataset(dataset))
-    train_fn = training.make_train_fn(config, state, strategy)
+    train_fn = step_lib.make_train_fn(config, state, strategy)
     losses = [{k: float(v) for k, v in train_fn(iterator, tf.constant(1)).items()}
               for _ in range(num_steps)]
     return state, losses
@@ -81,7 +82,7 @@ def _summed_gradients(config, strategy, images, layer_set):
     @tf.function
     def run(batch):
         def replica(x):
-            grads, metrics, _, _ = training.ae_gradients(config, state, x, tf.constant(3, tf.int64))
+            grads, metrics, _, _ = step_lib.ae_gradients(config, state, x, tf.constant(3, tf.int64))
             return grads, metrics
         grads, metrics = strategy.run(replica, args=(batch,))
         reduce = lambda v: strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None)  # noqa
@@ -176,19 +177,19 @@ def test_one_and_two_replicas_take_the_same_steps_with_a_discriminator(smooth_ac
 
 def test_replicas_draw_different_prior_samples():
     strategy = mirrored_strategy()
-    seed = training.step_seed(0, 5, 2)
+    seed = step_lib.step_seed(0, 5, 2)
 
     @tf.function
     def draw():
         def replica():
-            from wae_tf import regularizers  # pylint: disable=import-outside-toplevel
-            return training.replica_slice(regularizers.sample_prior("normal", 8, 3, 1.0, seed), 4)
+            from wae_tf.model import regularizers  # pylint: disable=import-outside-toplevel
+            return step_lib.replica_slice(regularizers.sample_prior("normal", 8, 3, 1.0, seed), 4)
         return strategy.experimental_local_results(strategy.run(replica))
 
     first, second = [t.numpy() for t in draw()]
     assert first.shape == second.shape == (4, 3)
     assert not np.allclose(first, second)
-    from wae_tf import regularizers  # pylint: disable=import-outside-toplevel
+    from wae_tf.model import regularizers  # pylint: disable=import-outside-toplevel
     whole = regularizers.sample_prior("normal", 8, 3, 1.0, seed).numpy()
     np.testing.assert_array_equal(np.concatenate([first, second]), whole)
 
@@ -220,7 +221,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     config = tiny_config(train_steps=2, checkpoint_every=1)
     workdir = str(tmp_path)
     loop.train_and_evaluate(config, workdir, data_override=(train, test))
-    monkeypatch.setattr(training.regularizers, "mmd_penalty", lambda *a, **k: tf.constant(np.nan))
+    monkeypatch.setattr(step_lib.regularizers, "mmd_penalty", lambda *a, **k: tf.constant(np.nan))
     with pytest.raises(errors.NonFiniteLossError, match=r"step 3.*ckpt-2"):
         loop.train_and_evaluate(config.replace(train_steps=5), workdir,
                                     data_override=(train, test))
@@ -228,14 +229,14 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
 
 def test_learning_rate_schedules_follow_the_paper_code():
-    manual = lambda e: float(training.learning_rate_multiplier("manual", e, 120))  # noqa: E731
+    manual = lambda e: float(step_lib.learning_rate_multiplier("manual", e, 120))  # noqa: E731
     assert [manual(e) for e in (0, 29, 30, 49, 50, 99, 100)] == pytest.approx(
         [1, 1, 0.5, 0.5, 0.1, 0.1, 0.01])
-    smooth = lambda e: float(training.learning_rate_multiplier("smooth", e, 10))  # noqa: E731
+    smooth = lambda e: float(step_lib.learning_rate_multiplier("smooth", e, 10))  # noqa: E731
     # The paper code's manual_smooth divides by 100^(1/E) before every epoch, the first too:
     # 100^(-(e+1)/E), so epoch 0 already runs at 100^(-1/10) and the last (9) at 1/100.
     assert [smooth(e) for e in (0, 4, 9)] == pytest.approx([100 ** -0.1, 0.1, 0.01])
-    schedule = training.EpochSchedule(1e-3, "manual", steps_per_epoch=10, num_epochs=60)
+    schedule = step_lib.EpochSchedule(1e-3, "manual", steps_per_epoch=10, num_epochs=60)
     assert float(schedule(299)) == pytest.approx(1e-3) and float(schedule(300)) == pytest.approx(5e-4)
 
 
@@ -278,7 +279,7 @@ def test_input_noise_is_truncated_at_two_std_in_pixel_range_units():
     for pixel_range, std in (("unit", 0.01), ("symmetric", 0.005)):
         config = tiny_config(input_noise=0.01, pixel_range=pixel_range)
         strategy = tf.distribute.get_strategy()
-        noise = strategy.run(lambda: training.noisy_inputs(
+        noise = strategy.run(lambda: step_lib.noisy_inputs(
             config, images, tf.constant(3, tf.int64), 4)).numpy() - 0.5
         assert np.abs(noise).max() <= 2 * std * (1 + 1e-6)
         assert noise.std() == pytest.approx(0.88 * std, rel=0.05)  # N(0,1) cut at +-2: 0.880
@@ -289,7 +290,7 @@ def test_log_variance_is_clipped():
 
     def encoder(images, training):
         return tf.zeros([2, 4]), tf.constant([[-80.0, 0.0, 10.0, 200.0]] * 2)
-    z, _, log_var = training.encode(config, encoder, None, tf.ones([2, 4]), training=True)
+    z, _, log_var = step_lib.encode(config, encoder, None, tf.ones([2, 4]), training=True)
     np.testing.assert_allclose(log_var.numpy()[0], [-50.0, 0.0, 10.0, 50.0])
     assert np.all(np.isfinite(z.numpy()))
 
@@ -305,12 +306,12 @@ def test_encoder_pretraining_moves_the_codes_moments_to_the_priors():
     def moment_loss():
         z = state.encoder(x, training=True)
         pz = tf.random.stateless_normal([64, config.z_dim], [1, 2])
-        return float(training.regularizers.moment_matching_loss(z, pz))
+        return float(step_lib.regularizers.moment_matching_loss(z, pz))
     before = moment_loss()
     decoder_before = [w.copy() for w in state.decoder.get_weights()]
     iterator = iter(data.distribute(strategy, images, 32, config.seed + 1))
-    losses = training.pretrain_encoder(config, state, strategy, iterator)
-    assert 1 <= len(losses) <= 30 and (losses[-1] < training.PRETRAIN_TARGET or len(losses) == 30)
+    losses = step_lib.pretrain_encoder(config, state, strategy, iterator)
+    assert 1 <= len(losses) <= 30 and (losses[-1] < step_lib.PRETRAIN_TARGET or len(losses) == 30)
     assert moment_loss() < 0.5 * before, (before, moment_loss())
     for a, b in zip(decoder_before, state.decoder.get_weights()):
         np.testing.assert_array_equal(a, b)  # only the encoder learns
@@ -325,17 +326,17 @@ def test_the_discriminator_learns_from_the_codes_of_the_updated_encoder():
     images = make_images(8)
     state = _state(config, strategy)
     disc_before = [w.copy() for w in state.discriminator.get_weights()]
-    train_fn = training.make_train_fn(config, state, strategy)
+    train_fn = step_lib.make_train_fn(config, state, strategy)
     iterator = iter(strategy.experimental_distribute_dataset(
         data.make_train_dataset(images, 8, config.seed)))
     reported = float(train_fn(iterator, tf.constant(1))["disc_loss"])
     state.discriminator.set_weights(disc_before)
     x = data.to_float(images.images)
-    order = next(iter(data._index_batches(8, 8, config.seed, 0))).numpy()
+    order = next(iter(sources._index_batches(8, 8, config.seed, 0))).numpy()
     z = state.encoder(tf.gather(x, order), training=True)
-    pz = training.regularizers.sample_prior(config.prior, 8, config.z_dim, config.prior_scale,
-                                            training.step_seed(config.seed, 0, training._PRIOR))
-    expected = float(tf.reduce_mean(training.regularizers.gan_discriminator_loss(
+    pz = step_lib.regularizers.sample_prior(config.prior, 8, config.z_dim, config.prior_scale,
+                                            step_lib.step_seed(config.seed, 0, step_lib._PRIOR))
+    expected = float(tf.reduce_mean(step_lib.regularizers.gan_discriminator_loss(
         state.discriminator(pz), state.discriminator(z))))
     assert reported == pytest.approx(expected, rel=1e-5)
 
@@ -347,7 +348,7 @@ def test_one_step_per_call_is_traced_once_and_refuses_more_steps():
     strategy = tf.distribute.get_strategy()
     state = _state(config, strategy)
     iterator = iter(data.make_train_dataset(make_images(16), config.batch_size, config.seed))
-    train_fn = training.make_train_fn(config, state, strategy)
+    train_fn = step_lib.make_train_fn(config, state, strategy)
     train_fn(iterator, tf.constant(1))
     graph = train_fn.get_concrete_function(iterator, tf.constant(1)).graph
     assert not [op for op in graph.get_operations() if op.type in ("While", "StatelessWhile")]

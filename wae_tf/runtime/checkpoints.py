@@ -9,7 +9,7 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.python.checkpoint import checkpoint_management
 
-from wae_tf import cluster
+from wae_tf.runtime import cluster
 from wae_tf import config as config_lib
 from wae_tf import fileio
 from wae_tf.config import Config

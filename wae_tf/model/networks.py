@@ -3,7 +3,7 @@
 The architectures follow the appendix of Tolstikhin et al. (2018) and the paper's code
 (`models.py`): DCGAN-style stride-2 convolutions with BatchNorm and ReLU. The layers they are
 made of come from a `LayerSet`, plain Keras by default; training passes faster forms with the
-same variables (wae_tf.fast_layers), so a checkpoint restores into either.
+same variables (wae_tf.perf.fast_layers), so a checkpoint restores into either.
 """
 
 import contextlib

@@ -18,15 +18,16 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from wae_tf import cluster
-from wae_tf import convs
+from wae_tf.runtime import cluster
+from wae_tf.perf import convs
+from wae_tf.perf import fast_layers
 from wae_tf import data
-from wae_tf import hardware
-from wae_tf import op_profile
-from wae_tf import regularizers
-from wae_tf import serving
-from wae_tf import training
-from wae_tf import warmup
+from wae_tf.perf import hardware
+from wae_tf.perf import op_profile
+from wae_tf.model import regularizers
+from wae_tf.serving import saved_model
+from wae_tf.model import step as step_lib
+from wae_tf.serving import warmup
 from wae_tf.config import Config
 
 # Layers whose multiply-adds count as the work of the network (BatchNorm, ReLU, Adam, the
@@ -136,7 +137,7 @@ def find_limit(candidates: Sequence[Gemm], runs: int, dtype: str = "float32"):
     return best, {str(gemm): rate for gemm, rate in rates.items()}
 
 
-# The conv layers' classes: Keras's, and wae_tf.fast_layers' tuned ones (transposed: *Transpose).
+# The conv layers' classes: Keras's, and wae_tf.perf.fast_layers' tuned ones (transposed: *Transpose).
 _CONV_KINDS = ("Conv2D", "TunedConv2D", "Conv2DTranspose", "TunedConv2DTranspose")
 
 
@@ -163,7 +164,7 @@ def layer_forward_flops(model) -> Dict[str, int]:
     return flops
 
 
-def analytic_step_flops(state: training.TrainState) -> Dict[str, float]:
+def analytic_step_flops(state: step_lib.TrainState) -> Dict[str, float]:
     """FLOPs per image of one training step: 3x the forward FLOPs of encoder and decoder
     (forward, gradient of the input, gradient of the weights), plus ~8x the discriminator's
     (its update: 2 forward passes with both gradients; the encoder's loss: 1 with the input's)."""
@@ -176,7 +177,7 @@ def analytic_step_flops(state: training.TrainState) -> Dict[str, float]:
 def op_flops(op) -> int:
     """FLOPs of one conv or matmul op (2 per multiply-add, as tf.compat.v1.profiler counts them)
     from its static shapes; 0 for other ops and for unknown shapes. BatchMatMulV2 is the
-    Winograd forms' GEMM (wae_tf.winograd): its products, fewer than the direct conv's."""
+    Winograd forms' GEMM (wae_tf.perf.winograd): its products, fewer than the direct conv's."""
     if op.type not in _COUNTED_OPS:
         return 0
     if op.type in ("MatMul", "BatchMatMulV2"):
@@ -264,10 +265,11 @@ def benchmark_training(config: Config, train: data.ImageData, options: Options,
     GEMM `limit`, re-timed before each window) and of the square --matmul_size tf.matmul."""
     strategy = cluster.create_strategy(config)
     with strategy.scope():
-        state = training.create_state(config, train.image_shape, 600, 1)
+        state = step_lib.create_state(config, train.image_shape, 600, 1,
+                                      fast_layers.training_layers(config))
     dataset = data.distribute(strategy, train, config.batch_size, config.seed)
     iterator = iter(dataset)
-    train_fn = training.make_train_fn(config, state, strategy)
+    train_fn = step_lib.make_train_fn(config, state, strategy)
     flops = analytic_step_flops(state)
     _run_window(train_fn, iterator, 1, config.steps_per_loop)  # trace + first step
     traces_first = train_fn.experimental_get_tracing_count()
@@ -319,9 +321,9 @@ def benchmark_training(config: Config, train: data.ImageData, options: Options,
     }
 
 
-def profile_ops(state: training.TrainState, config: Config, run_step, steps: int,
+def profile_ops(state: step_lib.TrainState, config: Config, run_step, steps: int,
                 runs: int = 3) -> dict:
-    """The per-op profile of `steps` training steps (wae_tf.op_profile), JSON-ready: conv layer
+    """The per-op profile of `steps` training steps (wae_tf.perf.op_profile), JSON-ready: conv layer
     parts [what, seconds, FLOPs, FLOP/s of the part's own GEMM (median of `runs`)] and other op
     types [what, seconds], per step; {} if steps=0."""
     if not steps:
@@ -365,7 +367,7 @@ def part_gemm_rates(shapes: Dict[str, convs.LayerShape], runs: int):
     return rates
 
 
-def conv_plans(state: training.TrainState) -> Dict[str, str]:
+def conv_plans(state: step_lib.TrainState) -> Dict[str, str]:
     """How each conv layer computes its forward and gradients (--conv_impl; convs.tune)."""
     return {f"{model.name}/{layer.name}": str(getattr(layer, "plan", convs.ALL_NATIVE))
             for model in (state.encoder, state.decoder) for layer in model.layers
@@ -399,11 +401,11 @@ def time_mmd(batch: int, z_dim: int, runs: int = 5) -> float:
 # ----------------------------------------------------------------------------- serving
 
 
-def benchmark_serving(state: training.TrainState, config: Config, image_shape,
+def benchmark_serving(state: step_lib.TrainState, config: Config, image_shape,
                       options: Options) -> Dict[str, dict]:
     """Latency (median s per call) and images/s of the exported signatures, loaded back."""
     with tempfile.TemporaryDirectory() as base:
-        path = serving.export_saved_model(state.encoder, state.decoder, config, image_shape,
+        path = saved_model.export_saved_model(state.encoder, state.decoder, config, image_shape,
                                          base, 1)
         loaded = tf.saved_model.load(path)
         results = {}

@@ -9,13 +9,13 @@ import os
 import tensorflow as tf
 from absl import logging
 
-from wae_tf import checkpoints
+from wae_tf.runtime import checkpoints
 from wae_tf import config as config_lib
 from wae_tf import fileio
-from wae_tf import latent_sampler
-from wae_tf import networks
-from wae_tf import regularizers
-from wae_tf import warmup
+from wae_tf.model import latent_sampler
+from wae_tf.model import networks
+from wae_tf.model import regularizers
+from wae_tf.serving import warmup
 from wae_tf.config import Config
 from wae_tf.errors import ConfigError
 

@@ -3,12 +3,12 @@
 
 Metrics (each stored with the counts and seeds it was computed from): the test reconstruction
 cost (the training cost, per image) and MSE per pixel; FID, precision and recall (k = 3) of
-decoded prior samples against test images in the feature space of wae_tf.classifier, with its
+decoded prior samples against test images in the feature space of wae_tf.evaluation.evaluator.classifier, with its
 test accuracy; MMD between the test codes (sampled z = mean + sigma*eps for a Gaussian encoder:
 the aggregate posterior Q_Z) and prior samples; the Laplacian-variance sharpness of samples,
-reconstructions and test images. With a fitted latent sampler (wae_tf.latent_sampler) FID,
+reconstructions and test images. With a fitted latent sampler (wae_tf.model.latent_sampler) FID,
 precision and recall of its samples too (`*_fitted_sampler`). The codes of the test images go to
-TensorBoard's embedding projector (wae_tf.tensorboard_logs).
+TensorBoard's embedding projector (wae_tf.runtime.tensorboard_logs).
 """
 
 import dataclasses
@@ -22,18 +22,18 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from wae_tf import classifier as classifier_lib
+from wae_tf.evaluation import classifier as classifier_lib
 from wae_tf import config as config_lib
 from wae_tf import data
-from wae_tf import figures
-from wae_tf import latent_sampler
+from wae_tf.evaluation import figures
+from wae_tf.model import latent_sampler
 from wae_tf import fileio
-from wae_tf import metrics
-from wae_tf import networks
-from wae_tf import regularizers
-from wae_tf import serving
-from wae_tf import tensorboard_logs
-from wae_tf import training
+from wae_tf.evaluation import metrics
+from wae_tf.model import networks
+from wae_tf.model import regularizers
+from wae_tf.serving import saved_model
+from wae_tf.runtime import tensorboard_logs
+from wae_tf.model import step as step_lib
 from wae_tf import visualize
 from wae_tf.config import Config
 from wae_tf.errors import ConfigError
@@ -63,7 +63,7 @@ class Autoencoder:
 
 def load_from_workdir(workdir: str) -> Autoencoder:
     """Rebuild the networks of a training run and restore its latest checkpoint."""
-    run = serving.restore_trained_models(workdir)
+    run = saved_model.restore_trained_models(workdir)
     encoder, decoder = run.encoder, run.decoder
     encode = tf.function(lambda x: networks.encoder_mean(encoder, x))
     decode = tf.function(lambda z: decoder(z, training=False))
@@ -82,8 +82,8 @@ def load_from_workdir(workdir: str) -> Autoencoder:
 
 def load_from_saved_model(path: str) -> Autoencoder:
     """Load an export's `encode` and `decode` signatures and its wae_config.json."""
-    path = serving.latest_version(path)
-    config_path = os.path.join(path, serving.CONFIG_ASSET)
+    path = saved_model.latest_version(path)
+    config_path = os.path.join(path, saved_model.CONFIG_ASSET)
     config = config_lib.from_dict(fileio.read_json(config_path))
     loaded = tf.saved_model.load(path)
     encode_sig, decode_sig = loaded.signatures["encode"], loaded.signatures["decode"]
@@ -135,7 +135,7 @@ def run_model(model: Autoencoder, test_images: np.ndarray, num_samples: int, see
     z = prior_samples(model.config, num_samples, seed, _SAMPLES_TAG)  # [num_samples, z_dim]
     sampled = codes
     if model.encode_log_var is not None:
-        limit = training.LOG_VAR_LIMIT  # as training clips it
+        limit = step_lib.LOG_VAR_LIMIT  # as training clips it
         log_var = np.clip(_batched(model.encode_log_var, test_images), -limit, limit)
         eps = np.random.default_rng([seed, _EPS_TAG]).standard_normal(codes.shape)
         sampled = (codes + np.exp(0.5 * log_var) * eps).astype(np.float32)

@@ -1,7 +1,7 @@
 """Winograd's minimal filtering F(m x m, r x r), r = 2 or 3, for the stride-1 convs of the
 sub-pixel forms.
 
-Why: the sub-pixel form (wae_tf.convs) turns a stride-2 conv or transposed conv with a k-tap kernel
+Why: the sub-pixel form (wae_tf.perf.convs) turns a stride-2 conv or transposed conv with a k-tap kernel
 into a stride-1 conv with an r x r window: r = 2 for k = 3, 4 (the Fashion-MNIST networks), 3 for
 k = 5, 6 (CelebA's). Winograd's algorithm (Lavin & Gray 2016) computes each m x m tile of its
 output from (m + r - 1)^2 products per channel pair instead of r^2 m^2: for r = 2 the GEMMs do 0.56

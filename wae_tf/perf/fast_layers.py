@@ -4,7 +4,7 @@ Training builds the networks from `training_layers(config)`; export and evaluati
 from plain Keras layers (networks.KERAS_LAYERS), so a checkpoint restores into either and the
 SavedModel holds no machine-specific graph code.
 - `TunedConv2D` / `TunedConv2DTranspose`: each part (forward, input and kernel gradients) as
-  TF's kernel or a matmul form, chosen per layer by --conv_impl (wae_tf.convs).
+  TF's kernel or a matmul form, chosen per layer by --conv_impl (wae_tf.perf.convs).
 - `FusedBatchNorm`: the training pass as one FusedBatchNormV3 op instead of ~10 elementwise ops.
 """
 
@@ -15,9 +15,9 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from wae_tf import convs
-from wae_tf import networks
-from wae_tf import plan_cache
+from wae_tf.perf import convs
+from wae_tf.model import networks
+from wae_tf.perf import plan_cache
 from wae_tf.config import Config
 
 

@@ -3,7 +3,7 @@
     python -m wae_tf.compare --workdir_root=runs/compare --train_seeds=0,1,2
 
 Each run trains in <workdir_root>/<name>-seed<k> from flags/compare_<name>.cfg with --seed=k
-(resuming from its checkpoints; a finished run is skipped), is evaluated by wae_tf.evaluation
+(resuming from its checkpoints; a finished run is skipped), is evaluated by wae_tf.evaluation.evaluator
 (skipped if its eval/metrics.json already has the requested sample count and seed), and the
 seeds of a model make one row (mean ± std) of <workdir_root>/compare.md; WAE-MMD's fitted latent
 sampler gets a row too. Wall times are those this script measured (summed over resumes).
@@ -20,7 +20,7 @@ from absl import logging
 
 from wae_tf import cli
 from wae_tf import config as config_lib
-from wae_tf import evaluation
+from wae_tf.evaluation import evaluator
 from wae_tf import fileio
 from wae_tf import loop
 from wae_tf import visualize
@@ -79,7 +79,7 @@ def evaluate_run(workdir: str, num_samples: int, seed: int, classifier_dir: str,
             num_samples, seed, trained):
         logging.info("%s: evaluated, skipping.", workdir)
         return metrics
-    return evaluation.evaluate_workdir(workdir, num_samples=num_samples, seed=seed,
+    return evaluator.evaluate_workdir(workdir, num_samples=num_samples, seed=seed,
                                        classifier_dir=classifier_dir, **overrides)
 
 

@@ -1,0 +1,1 @@
+"""Evaluation: metrics, the feature classifier, figures, and the evaluator of a run."""

@@ -1,0 +1,1 @@
+"""Developer tools: the benchmark, fault injection, the paper's comparison."""

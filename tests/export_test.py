@@ -15,6 +15,7 @@ from tests.conftest import make_images, run_concurrently, tiny_config
 from wae_tf import loop
 from wae_tf.serving import saved_model
 from wae_tf.model import step as step_lib
+from wae_tf.perf import fast_layers
 
 BIN = os.path.dirname(sys.executable)
 
@@ -109,9 +110,11 @@ print(json.dumps({"files": files, "wae_tf_imported": "wae_tf" in sys.modules}))
 def exported(tmp_path_factory):
     # The matmul forms of the stride-2 layers, whose custom gradient the export must not trip on.
     config = tiny_config(encoder="gaussian", conv_impl="patches")
-    state = step_lib.create_state(config, (28, 28, 1), steps_per_epoch=1, num_epochs=1)
+    state = step_lib.create_state(config, (28, 28, 1), steps_per_epoch=1, num_epochs=1,
+                                  layer_set=fast_layers.training_layers(config))
     base = str(tmp_path_factory.mktemp("export"))
-    path = saved_model.export_saved_model(state.encoder, state.decoder, config, (28, 28, 1), base, 7)
+    path = saved_model.export_saved_model(state.encoder, state.decoder, config, (28, 28, 1),
+                                          base, 7)
     return base, path, state
 
 

@@ -170,7 +170,7 @@ def test_only_the_chief_writes_where_users_read(tmp_path):
     assert os.listdir(base) == []
 
 
-# ----------------------------------------------------------------- issue 13: never lose a run
+# ----------- never lose a run: state files, signals, reruns, refused resumes, workdirs, a full disk
 
 
 def _garble(path):

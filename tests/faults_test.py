@@ -17,7 +17,7 @@ def faults_by_name():
     return {f.name: f for f in faults.faults(kills=1)}
 
 
-def test_every_fault_of_the_issue_is_planned():
+def test_every_fault_is_planned_in_order():
     names = list(faults_by_name())
     assert names == ["SIGKILL", "SIGTERM", "SIGINT", "SIGTERM during start-up",
                      "SIGINT during start-up", "state file deleted (after SIGKILL)",

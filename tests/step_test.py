@@ -95,8 +95,8 @@ def _summed_gradients(config, strategy, images, layer_set):
 # What one process computes for a global batch must not depend on how many replicas share it.
 # Both runs use the same layers: the fused BatchNorm only runs where the statistics are local,
 # so one replica would normalise with another formula than two, and a ReLU input within rounding
-# of 0 then switches off in one run only (issue 9: one unit of dec0_bn, 8e-7 against -1.5e-6,
-# moved 30 of 64 entries of enc0's kernel gradient by up to 17%). With one formula the runs add
+# of 0 then switches off in one run only (one dec0_bn unit on either side of 0 was enough to
+# move enc0's kernel gradient far beyond rounding). With one formula the runs add
 # the same float32 terms in another order (a batch of 8 against two of 4 and an all-reduce),
 # each sum exact to 2^-24 of its terms; BatchNorm's backward divides by sqrt(var + eps), about
 # 0.04 here. Measured worst: 1.3e-5 of a tensor's largest entry (2026-11-27, AVX2 CPU).
@@ -114,10 +114,11 @@ STEP_ATOL = 2.0 ** -8  # of steps * learning_rate
 # The two runs also round each ReLU input differently, and an input within that rounding of 0
 # lands on either side: its gradient passes in one run only. Of these cases' tens of thousands
 # of ReLU inputs the closest to 0 measured 2.5e-7 to 2.9e-6 (the runs differ by up to 1.2e-5).
-# On an AVX-512 Xeon with oneDNN's ops one dec0_bn unit at -1.4e-6 came out +2.6e-7 with two
-# replicas and moved dec0's beta gradient by 22% (2026-11-28); no seed of 0-11 keeps every
-# input 1e-5 clear of 0. These tests compare the distribution maths, which no activation
-# changes: they run the networks with softplus, smooth at 0, in place of ReLU.
+# On an AVX-512 Xeon with oneDNN's ops one dec0_bn unit just below 0 came out just above it
+# with two replicas and moved dec0's beta gradient far beyond GRADIENT_ATOL
+# (docs/performance.md); no seed of 0-11 keeps every input 1e-5 clear of 0. These tests
+# compare the distribution maths, which no activation changes: they run the networks with
+# softplus, smooth at 0, in place of ReLU.
 @pytest.fixture
 def smooth_activations(monkeypatch):
     """The networks built during the test have softplus where they would have ReLU."""

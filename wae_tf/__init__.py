@@ -3,8 +3,8 @@
 import os
 
 # TensorFlow's CPU tensors come from its BFC pool instead of malloc, which hands large buffers
-# back to the OS so that every step faults them in again: the pool made the training step 7-24%
-# faster on a 2-core AVX2 EPYC (docs/performance.md). TF reads this when it allocates its first
+# back to the OS so that every step faults them in again: the pool made the training step
+# faster on the CPUs measured (docs/performance.md). TF reads this when it allocates its first
 # tensor; set TF_CPU_ALLOCATOR_USE_BFC=false to keep malloc. Where TF's oneDNN custom ops are on
 # (its default on CPUs with AVX512_VNNI, AVX512_BF16 or AMX) it takes oneDNN's pool either way.
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")

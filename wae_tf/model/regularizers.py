@@ -284,8 +284,9 @@ def _mmd_terms(qz, pz, param, kernel):
     constant (imq) or sigma^2 (rbf).
 
     Each block is summed per row in float32, then over rows in float64: under XLA a plain
-    float32 sum of the n^2 terms lost 1e-5 of a value that is a small difference of large sums
-    (now 1e-8 from a float64 reference at n = 1600, against 8e-8 for TF's own float32 sum).
+    float32 sum of the n^2 terms lost too much of a value that is a small difference of large
+    sums; this one lands closer to a float64 reference than TF's own float32 sum does
+    (docs/performance.md).
     """
     if kernel == "imq":
         k = lambda d2: imq_kernel(d2, param)  # noqa: E731

@@ -4,7 +4,7 @@ kernel or by Winograd's algorithm), and the on-machine timing that picks one per
 
 Why: on CPUs, TF's (oneDNN's) kernels have shape-dependent cliffs that differ between machines:
 some layers run several times below matmul speed on one CPU and not on another, and on AVX2
-CPUs oneDNN's transposed convs run at half the speed of its forward convs (docs/performance.md).
+CPUs oneDNN's transposed convs run well below the speed of its forward convs (docs/performance.md).
 Timing the forms on the layer's own shapes, as cuDNN's autotuner does on GPUs, picks the fast
 one wherever it runs. All forms use the same kernel variable, so checkpoints do not depend on
 the choice.

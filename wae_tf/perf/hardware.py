@@ -9,8 +9,8 @@ import tensorflow as tf
 from absl import logging
 
 # The CPU flags (as in /proc/cpuinfo) of units that compute each 16-bit type natively. Without
-# them TF emulates the type: the bfloat16 step was 2.9-3.4x slower than float32 on an AVX-512
-# Xeon without AVX512_BF16 and 10x slower on an AVX2 EPYC (docs/performance.md).
+# them TF emulates the type: on the CPUs measured that lack them, AVX-512 and AVX2 alike, the
+# bfloat16 step was several times slower than float32 (docs/performance.md).
 NATIVE_UNITS = {"bfloat16": ("avx512_bf16", "amx_bf16"), "float16": ("avx512_fp16", "amx_fp16")}
 # The dtype layers compute in under each --mixed_precision (the benchmark's limit is its GEMM).
 COMPUTE_DTYPES = {"none": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
@@ -64,8 +64,7 @@ def slow_mixed_precision(policy: str, flags: Optional[frozenset], has_gpu: bool)
     units = " or ".join(unit.upper() for unit in NATIVE_UNITS[dtype])
     return (f"--mixed_precision={policy} on a CPU without {units} ({cpu_isa(flags)}): TF "
             f"emulates {dtype} here, so training is several times slower than in float32 "
-            f"(bfloat16: about 3x on an AVX-512 Xeon, 10x on an AVX2 EPYC; "
-            f"docs/performance.md). Use --mixed_precision=none on this machine.")
+            f"(docs/performance.md). Use --mixed_precision=none on this machine.")
 
 
 def warn_if_slow_mixed_precision(policy: str) -> None:

@@ -1,7 +1,7 @@
 """The conv plans `convs.tune` timed, kept in a JSON file across processes (--conv_plan_cache).
 
-Why: timing every form of every part takes minutes for the wide 64x64 networks on a CPU (five
-on a 2-core AVX2 EPYC at full width), and a run pays it again at each start and each resume.
+Why: timing every form of every part takes minutes for the wide 64x64 networks on a CPU
+(docs/performance.md), and a run would pay it again at each start and each resume.
 An entry is reused only on the same machine, software and code: its key holds the CPU, the
 thread counts, TF's version, the oneDNN and allocator settings, a hash of the conv forms' source
 and the layer's shape, so a changed machine or form is timed afresh. A damaged or unwritable

@@ -10,9 +10,10 @@ transformed position, for transforms that stream the data a few times. On wide l
 the direct forms on CPUs (docs/performance.md); `convs.tune` times it against them per layer.
 
 Each function here equals a TF op (tf.nn.conv2d VALID stride 1, its input and its filter
-gradient) up to rounding. The transforms' entries are small fractions: in float32 the largest error
-measured on a 1024-channel layer was 6e-6 of the largest output at m=4, r=2 and 7e-6 at m=4, r=3
-(TF's kernels: 3e-7 to 4e-7), so `convs.tune` offers these forms in float32 only.
+gradient) up to rounding. The transforms' entries are small fractions, so they round more than
+TF's kernels: in float32 the largest error measured on a wide layer, relative to the largest
+output, was well above theirs (docs/performance.md), so `convs.tune` offers these forms in float32
+only.
 """
 
 import functools
@@ -146,10 +147,9 @@ def _output_1d_adjoint(y, axis: int, m: int, t: int, r: int):
 
 
 # A transform is XLA-compiled when its larger side holds at least this many bytes per example.
-# Compiling costs ~1-2 s per layer and part in every process; it paid on the 64x64 network at
-# width 2 (its larger layers' transforms: 0.6-2.3 MB per example; step +10-15%), not on
-# Fashion-MNIST at width 4 (0.2-0.4 MB; step +2% for ~20 s more at each start),
-# docs/performance.md.
+# Compiling costs seconds per layer and part in every process: it paid for itself on the 64x64
+# network's large transforms, not on Fashion-MNIST's small ones, whose small gain in step time
+# did not make up for the longer start (docs/performance.md). The threshold lies between the two.
 XLA_MIN_BYTES_PER_EXAMPLE = 512 * 1024
 
 
@@ -158,8 +158,8 @@ def _compiled(transform):
     compiling it (XLA_MIN_BYTES_PER_EXAMPLE; m, t, r are Python ints: one compilation per shape).
 
     The transforms are dozens of slices, sums and reshapes that each stream the tensor through
-    memory as TF ops; XLA fuses them into a few passes, 1.1-2x faster on a 2-core AVX2 CPU. The
-    GEMMs stay TF's (oneDNN's) kernels.
+    memory as TF ops; XLA fuses them into a few passes, faster on the CPUs measured
+    (docs/performance.md). The GEMMs stay TF's (oneDNN's) kernels.
     """
     jitted = tf.function(transform, autograph=False, jit_compile=True)
 
@@ -279,7 +279,7 @@ def conv_kernel_grad(x, dy):
     m, t = _tiling(s, r)
     data = _data(_pad_to(x, m * t + r - 1), m, t, r)
     grads = _output_adjoint(_pad_to(dy, m * t), m, t, r)
-    # One MatMul per position: BatchMatMulV2 with a transposed operand ran at 0.58-0.98x their
-    # speed (docs/performance.md).
+    # One MatMul per position: BatchMatMulV2 with a transposed operand ran slower than these
+    # (docs/performance.md).
     return _kernel_adjoint(tf.stack([tf.matmul(data[i], grads[i], transpose_a=True)
                                      for i in range((m + r - 1) ** 2)]), m, r)

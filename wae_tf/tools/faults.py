@@ -1,5 +1,6 @@
-"""Fault injection: interrupt a training run in every way issue 13 lists, resume it each time,
-and compare the end with a clean run.
+"""Fault injection: interrupt a training run in each of the ways below (kills, signals, a lost or
+empty checkpoint state file, a full disk), resume it each time, and compare the end with a clean
+run.
 
 `run` (python -m wae_tf.fault_injection) runs `python -m wae_tf.train --deterministic` (a tiny
 network on Fashion-MNIST by default) once uninterrupted and once interrupted by, in turn:
@@ -149,7 +150,7 @@ def _interrupt(options: Options, workdir: str, log_path: str, rng, fault: Fault,
     random delay after step `target`. What was seen."""
     process = _start(options, workdir, log_path)
     try:
-        if fault.startup:  # start-up (imports, data, restore) takes ~20 s on 2 cores
+        if fault.startup:  # start-up (imports, data, restore) usually outlasts this; see in_startup
             time.sleep(float(rng.uniform(2.0, 15.0)))
             in_startup = process.poll() is None and _last_logged_step(log_path) < 0
         else:

@@ -12,6 +12,7 @@ from wae_tf.perf import convs
 from wae_tf.model import step as step_lib
 
 
+@pytest.mark.slow
 def test_quick_run_reports_positive_figures():
     options = benchmarking.Options(**{**benchmarking.QUICK, "regularizers": ("mmd",),
                                    "strategy": "default", "serving_runs": 1})
@@ -113,6 +114,7 @@ def test_the_limit_is_the_fastest_gemm(monkeypatch):
                      "batch_matmul 8x8x8": 2 * 8 ** 3}
 
 
+@pytest.mark.slow
 def test_streaming_a_folder_reports_input_share_and_memory(tmp_path):
     """--input_dir streams synthetic JPEGs at 64x64 (decoded each step, or from --cache_dir)."""
     benchmarking.write_synthetic_images(str(tmp_path / "images"), 24)

@@ -83,6 +83,7 @@ def _delete(path):
     (_truncate, "ckpt-5.data-*"), (_flip_bytes, "ckpt-5.data-*"), (_truncate, "ckpt-5.index"),
     (_delete, "ckpt-5.index")], ids=["truncated-data", "flipped-data", "truncated-index",
                                      "missing-index"])
+@pytest.mark.slow
 def test_corrupt_newest_checkpoint_is_reported_and_the_previous_one_used(
         preempted_run, tmp_path, caplog, damage, pattern):
     directory = _copy(preempted_run[0], tmp_path)
@@ -193,6 +194,7 @@ def test_a_lost_state_file_is_rebuilt_from_the_index_files(preempted_run, tmp_pa
     assert len(manager.checkpoints) == 3  # ckpt-2, 4, 5: the manager still rotates them
 
 
+@pytest.mark.slow
 def test_training_resumes_over_a_deleted_state_file_instead_of_restarting(preempted_run,
                                                                           tmp_path, caplog):
     directory = _copy(preempted_run[0], tmp_path)
@@ -214,6 +216,7 @@ def sigint_handled():
     signal.signal(signal.SIGINT, previous)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("sigint_handled")
 def test_sigint_saves_a_checkpoint_and_stops_with_130(tmp_path):
     with pytest.MonkeyPatch.context() as patch:
@@ -249,6 +252,7 @@ def finished_run(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_the_last_checkpoint_is_saved_once(finished_run):
     reader = tf.train.load_checkpoint(os.path.join(finished_run, "checkpoints"))
     assert reader.get_tensor("save_counter/.ATTRIBUTES/VARIABLE_VALUE") == 2  # steps 2 and 4
@@ -331,6 +335,7 @@ def test_a_read_only_workdir_is_refused(tmp_path):
                                     data_override=(make_images(32), make_images(8)))
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_with_the_last_checkpoint_intact_and_no_partial_files(tmp_path):
     # One checkpoint of the tiny network is ~0.4 MB: the second does not fit in 0.7 MB.
     with _tmpfs(tmp_path / "full", "size=700k") as workdir:

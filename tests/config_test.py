@@ -110,6 +110,7 @@ def test_invalid_values_are_refused_with_the_flag_named(changes, message):
         Config(**values).validate()
 
 
+@pytest.mark.slow
 def test_train_reports_user_errors_in_one_line_without_traceback(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "wae_tf.train", "--regularizer=kl", "--train_steps=1",

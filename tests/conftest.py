@@ -33,6 +33,9 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "numerics: compares numbers across code paths, replica counts or runs; CI "
         "runs these again with oneDNN held to AVX2 kernels (ONEDNN_MAX_CPU_ISA=AVX2).")
+    config.addinivalue_line(
+        "markers", "slow: trains, exports or starts processes for seconds; `-m \"not slow\"` "
+        "leaves them out of the edit-test loop (CI runs everything).")
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

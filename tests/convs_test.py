@@ -184,6 +184,7 @@ def test_tune_picks_the_faster_form_of_each_part(monkeypatch):
     assert len(labels) == 9 and convs.WINOGRAD not in {impl for _, impl in labels.values()}
 
 
+@pytest.mark.slow
 def test_tune_times_real_layers():
     """An un-mocked tune of a mid-sized conv (2 * 16 * 4*4 * 4*4 * 64*128 = 67 MFLOP) returns a
     plan of valid forms, and the conv computed by that plan is tf.nn.conv2d."""
@@ -211,6 +212,7 @@ def test_a_form_slower_than_give_up_is_not_timed_further():
     assert convs._seconds(slow, runs=2) >= 0.02 and len(calls) == 3
 
 
+@pytest.mark.slow
 def test_tune_does_not_warn_of_retracing(monkeypatch):
     """Each candidate form is its own tf.function, traced once: TF's frequent-retracing warning
     (which counts functions by their Python code) must not fire and alarm the user during tune."""

@@ -28,6 +28,7 @@ def _evaluate_workdir(tiny_run, **kwargs):
                                      test_data=tiny_run["test"], **kwargs)
 
 
+@pytest.mark.slow
 def test_metrics_json_has_every_field_with_its_counts(tiny_run):
     results = _evaluate_workdir(tiny_run)
     eval_dir = os.path.join(tiny_run["workdir"], "eval")
@@ -71,6 +72,7 @@ def test_the_mmd_of_a_gaussian_encoder_uses_sampled_codes():
     assert abs(sampled["mmd_codes_prior"]["value"]) < 0.1 * means["mmd_codes_prior"]["value"]
 
 
+@pytest.mark.slow
 @pytest.mark.numerics
 def test_saved_model_gives_the_checkpoints_numbers(tiny_run, tmp_path):
     from_checkpoint = _evaluate_workdir(tiny_run, output_dir=str(tmp_path / "a"))
@@ -84,6 +86,7 @@ def test_saved_model_gives_the_checkpoints_numbers(tiny_run, tmp_path):
 
 @pytest.mark.skipif(not os.path.exists(os.path.join(FASHION_DIR, "t10k-images-idx3-ubyte.gz")),
                     reason=f"Fashion-MNIST IDX files not in {FASHION_DIR}")
+@pytest.mark.slow
 def test_entry_point_evaluates_an_export_on_the_real_test_split(tiny_run, tmp_path):
     # The export's version directory is found from its base; the test split is the real one.
     args = [sys.executable, "-m", "wae_tf.evaluate", f"--saved_model={tiny_run['export']}/..",
@@ -100,6 +103,7 @@ def test_entry_point_evaluates_an_export_on_the_real_test_split(tiny_run, tmp_pa
     assert "exactly one of --workdir and --saved_model" in neither.stderr
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers_other_seed_other_samples(tiny_run, tmp_path):
     first = _evaluate_workdir(tiny_run, output_dir=str(tmp_path / "a"))
     again = _evaluate_workdir(tiny_run, output_dir=str(tmp_path / "b"))

@@ -132,6 +132,7 @@ def gan_run(tmp_path_factory):
     return dict(workdir=workdir, trained=os.path.join(workdir, "export", "2"), again=again)
 
 
+@pytest.mark.slow
 def test_export_writes_a_versioned_directory_atomically(exported):
     base, path, _ = exported
     assert path == os.path.join(base, "7")
@@ -145,6 +146,7 @@ def test_export_writes_a_versioned_directory_atomically(exported):
         assert json.load(f)["encoder"] == "gaussian"
 
 
+@pytest.mark.slow
 def test_signatures_run_in_a_process_without_wae_tf(exported, tmp_path):
     _, path, _ = exported
     env = dict(os.environ, PYTHONPATH="", TF_CPP_MIN_LOG_LEVEL="2")
@@ -163,6 +165,7 @@ def test_signatures_run_in_a_process_without_wae_tf(exported, tmp_path):
     assert not result["wae_tf_imported"]
 
 
+@pytest.mark.slow
 def test_saved_model_cli_shows_and_runs_the_signatures(exported, tmp_path):
     """saved_model_cli loads with the TF1 session loader, as TF Serving does."""
     _, path, _ = exported
@@ -282,6 +285,7 @@ def test_a_failed_export_leaves_no_temporary_directory(exported, tmp_path, monke
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_keras_files_load_without_wae_tf_and_match_the_saved_model(exported, gan_run, tmp_path):
     """encoder/decoder.keras compute the served encode/decode; discriminator.keras (WAE-GAN)
     the trained discriminator's logits, prior log-density included, from the training run's

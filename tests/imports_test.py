@@ -99,6 +99,7 @@ def _cycle(graph: dict):
     return None
 
 
+@pytest.mark.slow
 def test_the_import_graph_has_no_cycle():
     graph = {module: {m for m in _imports(module) if m in MODULES} for module in MODULES}
     assert _cycle(graph) is None, " -> ".join(_cycle(graph))
@@ -140,6 +141,7 @@ def test_the_cycle_finder_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": set(), "c": {"a"}}) is None
 
 
+@pytest.mark.slow
 def test_every_module_imports_in_a_fresh_interpreter():
     code = ("import importlib, sys\n"
             "for name in sys.argv[1:]:\n"
@@ -164,6 +166,7 @@ def test_stdlib_only_modules_do_not_load_tensorflow(module):
     assert out.strip() == "False"
 
 
+@pytest.mark.slow
 def test_importing_the_package_puts_tensorflow_tensors_in_its_pool_unless_told_not_to():
     # TF reports allocator stats only for its BFC pool: they show which allocator it took.
     # With oneDNN's custom ops on (TF's default on CPUs with AVX512_VNNI, AVX512_BF16 or AMX)

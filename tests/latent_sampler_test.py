@@ -49,6 +49,7 @@ def test_samples_are_fixed_per_seed_and_follow_the_mixture():
                                atol=0.1)
 
 
+@pytest.mark.slow
 def test_training_fits_it_and_the_export_and_evaluation_use_it(tmp_path):
     train, test = make_images(48), make_images(16, seed=1)
     config = tiny_config(export=True, sampler_components=3)

@@ -71,6 +71,7 @@ def _make_data(kind, data_dir):
     return {"dataset": "folder", "data_dir": data_dir, "image_size": 28, "in_memory": "false"}
 
 
+@pytest.mark.slow
 @pytest.mark.numerics
 @pytest.mark.parametrize("kind", ["memory", "streamed"])
 def test_two_workers_finish_and_match_a_single_process_run(tmp_path, kind):
@@ -150,6 +151,7 @@ def test_the_wait_for_peers_is_bounded_and_names_the_missing_tasks():
         cluster.wait_for_peers(_cluster(ports[:2]), timeout=1.0, poll=0.1)  # all there: returns
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_stops_a_worker_waiting_for_its_peer(tmp_path, signum, code):
     """The peer never starts: SIGTERM/SIGINT stop the wait at once, in one line."""

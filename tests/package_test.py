@@ -49,6 +49,7 @@ def test_every_entry_point_has_a_console_script_that_runs_it_as_main(monkeypatch
                                dict(run_name="__main__", alter_sys=True)), script
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_installed_console_script_lists_its_flags(script, tmp_path):
     path = os.path.join(BIN, script)

@@ -248,6 +248,7 @@ def test_median_heuristic_odd_pairs_and_no_gradient():
 
 # --- mmd_penalty ------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_mmd_two_point_sets_by_hand():
     qz = [[0.0], [1.0]]
     pz = [[0.0], [2.0]]
@@ -264,6 +265,7 @@ def test_mmd_two_point_sets_by_hand():
 
 @pytest.mark.parametrize("kernel, prior_scale, sigma2", [
     ("imq", 1.0, 0.0), ("imq", 2.0, 0.0), ("rbf", 1.0, 1.5), ("rbf", 1.0, 0.0)])
+@pytest.mark.slow
 def test_mmd_matches_loop_reference(kernel, prior_scale, sigma2):
     rng = np.random.default_rng(0)
     qz = rng.normal(size=(5, 3)).astype(np.float32)
@@ -275,6 +277,7 @@ def test_mmd_matches_loop_reference(kernel, prior_scale, sigma2):
     np.testing.assert_allclose(mmd.numpy(), expected, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel", ["imq", "rbf"])
 def test_mmd_near_zero_for_same_distribution_and_grows_with_shift(kernel):
     n, z_dim = 400, 4
@@ -288,6 +291,7 @@ def test_mmd_near_zero_for_same_distribution_and_grows_with_shift(kernel):
     assert values[1] > 5 * abs(values[0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel, sigma2", [("imq", 0.0), ("rbf", 0.0), ("rbf", 1.0)])
 def test_mmd_gradient_finite_with_duplicate_codes(kernel, sigma2):
     qz = tf.Variable([[1.0, 2.0], [1.0, 2.0], [0.0, 0.0], [1.0, 2.0]])
@@ -300,6 +304,7 @@ def test_mmd_gradient_finite_with_duplicate_codes(kernel, sigma2):
     assert np.abs(grad).max() > 0.0
 
 
+@pytest.mark.slow
 def test_mmd_large_batch_in_tf_function():
     fn = tf.function(lambda q, p: regularizers.mmd_penalty(q, p, kernel="imq"))
     qz = regularizers.sample_prior("normal", 1600, 8, 1.0, _seed(12))
@@ -308,6 +313,7 @@ def test_mmd_large_batch_in_tf_function():
     assert np.isfinite(value) and abs(value) < 0.01
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel, sigma2", [("imq", 0.0), ("rbf", 1.5)])
 def test_mmd_gradients_equal_float64_autodiff(kernel, sigma2):
     """The XLA-computed gradients (qz in the forward, pz on demand) equal autodiff of the same

@@ -52,6 +52,7 @@ def _run_steps(config, strategy, images, num_steps, layer_set=None):
     return state, losses
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", SWEEP, ids=lambda o: "-".join(map(str, o.values())))
 def test_every_regularizer_trains_with_finite_losses(overrides):
     config = tiny_config(**overrides)
@@ -67,6 +68,7 @@ def test_every_regularizer_trains_with_finite_losses(overrides):
                                          rel=1e-5, abs=1e-5)
 
 
+@pytest.mark.slow
 def test_loss_falls_when_overfitting_one_batch():
     config = tiny_config(batch_size=8, width_divisor=16, learning_rate=2e-3)
     _, losses = _run_steps(config, tf.distribute.get_strategy(), make_images(8), 40)
@@ -144,6 +146,7 @@ def _assert_close(got, expected, atol, what):
     dict(regularizer="gan", disc_prior_logdensity=True, encoder="gaussian", input_noise=0.05),
     dict(regularizer="mmd", conv_impl="patches")],  # the matmul layers' custom gradients
     ids=lambda o: "-".join(map(str, o.values())))
+@pytest.mark.slow
 def test_one_and_two_replicas_compute_the_same_gradients(overrides, smooth_activations):
     config = tiny_config(**overrides, **WELL_CONDITIONED)
     layer_set = fast_layers.tuned_convs(config)  # Keras's BatchNorm: one formula for both
@@ -162,6 +165,7 @@ def test_one_and_two_replicas_compute_the_same_gradients(overrides, smooth_activ
         _assert_close(b, a, GRADIENT_ATOL * np.abs(a).max(), f"gradient {i} {a.shape}")
 
 
+@pytest.mark.slow
 @pytest.mark.numerics
 def test_one_and_two_replicas_take_the_same_steps_with_a_discriminator(smooth_activations):
     config = tiny_config(regularizer="gan", batch_size=8, **WELL_CONDITIONED)
@@ -195,6 +199,7 @@ def test_replicas_draw_different_prior_samples():
     np.testing.assert_array_equal(np.concatenate([first, second]), whole)
 
 
+@pytest.mark.slow
 @pytest.mark.numerics
 def test_resume_continues_step_optimizer_and_equals_uninterrupted_run(tmp_path):
     train, test = make_images(32), make_images(8, seed=1)
@@ -217,6 +222,7 @@ def test_resume_continues_step_optimizer_and_equals_uninterrupted_run(tmp_path):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     train, test = make_images(32), make_images(8, seed=1)
     config = tiny_config(train_steps=2, checkpoint_every=1)
@@ -263,6 +269,7 @@ def test_batch_not_divisible_by_replicas_is_refused(tmp_path):
 
 @pytest.mark.parametrize("policy,conv_impl", [
     ("mixed_float16", "native"), ("mixed_bfloat16", "native"), ("mixed_float16", "patches")])
+@pytest.mark.slow
 def test_mixed_precision_trains_with_float32_variables_and_outputs(policy, conv_impl):
     config = tiny_config(mixed_precision=policy, regularizer="gan", conv_impl=conv_impl)
     state, losses = _run_steps(config, tf.distribute.get_strategy(), make_images(16), 2)
@@ -296,6 +303,7 @@ def test_log_variance_is_clipped():
     assert np.all(np.isfinite(z.numpy()))
 
 
+@pytest.mark.slow
 def test_encoder_pretraining_moves_the_codes_moments_to_the_priors():
     config = tiny_config(width_divisor=16, encoder_pretrain_steps=30, encoder_pretrain_batch=32,
                          learning_rate=2e-3)
@@ -319,6 +327,7 @@ def test_encoder_pretraining_moves_the_codes_moments_to_the_priors():
     assert int(state.step.numpy()) == 0
 
 
+@pytest.mark.slow
 def test_the_discriminator_learns_from_the_codes_of_the_updated_encoder():
     """As in the paper's code: the auto-encoder steps first, then the discriminator's loss is
     that of the pre-step discriminator on codes of the post-step encoder."""
@@ -342,6 +351,7 @@ def test_the_discriminator_learns_from_the_codes_of_the_updated_encoder():
     assert reported == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.slow
 def test_one_step_per_call_is_traced_once_and_refuses_more_steps():
     """--steps_per_loop=1 (the default): the step is traced once, with no loop body, so a call
     asking for more steps fails instead of silently running one."""

@@ -60,6 +60,7 @@ def test_the_run_directory_is_an_hparams_session_with_its_config(tiny_run):
         (group, tag) for group, tag, _ in tensorboard_logs.METRICS]
 
 
+@pytest.mark.slow
 def test_every_metric_of_the_experiment_is_a_scalar_of_the_run(evaluated):
     """Each (group, tag) of METRICS is a scalar in <workdir>/<group>, whose last value is the
     one results.json or metrics.json reports: the HParams tab finds every metric."""

@@ -85,6 +85,7 @@ def _listing(workdir):
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CASES)
 def test_a_refused_start_writes_nothing_into_the_workdir(results, name):
     listing = results[name][2]

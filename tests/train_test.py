@@ -22,6 +22,7 @@ def _run(*args, timeout=600):
                           text=True, timeout=timeout, check=False)
 
 
+@pytest.mark.slow
 def test_train_then_export_on_real_fashion_mnist(tmp_path):
     workdir = str(tmp_path / "run")
     # Batches of 50 (the flagfile's 20 otherwise): each run's evaluation over the 10,000 test

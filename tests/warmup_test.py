@@ -32,6 +32,7 @@ OUTPUTS = {"encode": {"z": (4,)}, "decode": {"images": (28, 28, 1)},
            "sample": {"images": (28, 28, 1)}, "sample_fitted": {"images": (28, 28, 1)}}
 
 
+@pytest.mark.slow
 def test_replayed_requests_give_every_signature_its_outputs(tmp_path):
     """Parsed back as TF Serving reads them (uncompressed TFRecord of PredictionLogs) and run
     against the loaded SavedModel: one request per (signature, batch), none fails (a failing

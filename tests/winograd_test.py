@@ -73,6 +73,7 @@ _TRANSFORMS = (winograd._data, winograd._data_adjoint, winograd._output,
                winograd._output_adjoint)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("r,s", [(2, 5), (2, 8), (3, 8)])
 def test_xla_compiled_transforms_equal_tf_kernels(r, s, monkeypatch):
     """Above XLA_MIN_BYTES_PER_EXAMPLE each transform is one XLA cluster; the ops still equal

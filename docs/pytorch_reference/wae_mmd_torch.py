@@ -2,9 +2,9 @@
 comparisons.
 
 The same encoder, decoder, loss and optimizer as `python -m wae_tf.train --dataset=fashion_mnist
---regularizer=mmd` (wae_tf/networks.py, regularizers.py, training.py); runs in a scratch venv with
+--regularizer=mmd` (wae_tf/model/networks.py, regularizers.py, step.py); runs in a scratch venv with
 torch (never a dependency of wae_tf). Prints images/s (median over timed windows after a warm-up,
-data feeding and one loss fetch per step included, as wae_tf/benchmarking.py), FLOPs per image of
+data feeding and one loss fetch per step included, as wae_tf/tools/benchmarking.py), FLOPs per image of
 a step (3x the forward FLOPs of convs, transposed convs and dense layers, as
 `analytic_step_flops`) and GFLOP/s. `--out=FILE.npz` saves decoded prior samples, test
 reconstructions and codes for docs/pytorch_reference/score_npz.py. `--check_against=REF.npz` (made

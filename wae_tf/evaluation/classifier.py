@@ -76,7 +76,7 @@ def _num_classes(train: data.ImageData) -> int:
         raise ConfigError(f"{train.name} has no class labels (all {classes or 'missing'}): no "
                           "feature classifier can be trained for FID. For celeb_a, or a folder "
                           "without class sub-folders, place a feature extractor in "
-                          "--classifier_dir (see wae_tf/classifier.py).")
+                          "--classifier_dir (see wae_tf/evaluation/classifier.py).")
     return classes
 
 
@@ -138,7 +138,7 @@ def load_or_train(directory: str, dataset: str,
             raise ConfigError(
                 "No feature classifier for celeb_a: it has no class labels to train one on (the "
                 "40 binary attributes are not loaded). Place a feature extractor in "
-                "--classifier_dir in the layout of wae_tf/classifier.py to evaluate FID.")
+                "--classifier_dir in the layout of wae_tf/evaluation/classifier.py to evaluate FID.")
         train, test = load_data()
         model, accuracy = train_classifier(train, test, epochs, seed)
         info = dict(dataset=dataset, test_accuracy=accuracy, num_test_images=test.num_examples,

@@ -17,7 +17,7 @@ from absl import logging
 from wae_tf import config as config_lib
 from wae_tf import data
 from wae_tf import fileio
-from wae_tf.serving import saved_model
+from wae_tf.serving import saved_model as saved_model_lib
 from wae_tf.errors import ConfigError
 
 PROGRESS_SECONDS = 10.0
@@ -27,8 +27,8 @@ def encode_folder(saved_model: str, images_dir: str, out_path: str, batch_size: 
                   skip_bad_images: bool = False) -> dict:
     """Write `out_path` (.npz): codes float32 [N, z_dim], files [N] (paths relative to
     images_dir) and skipped (files that could not be decoded); returns counts."""
-    path = saved_model.latest_version(saved_model)
-    record = fileio.read_json(os.path.join(path, saved_model.CONFIG_ASSET))
+    path = saved_model_lib.latest_version(saved_model)
+    record = fileio.read_json(os.path.join(path, saved_model_lib.CONFIG_ASSET))
     config = config_lib.from_dict(record)
     size, _, channels = record["image_shape"]
     encode = tf.saved_model.load(path).signatures["encode"]

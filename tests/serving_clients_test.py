@@ -18,7 +18,7 @@ from google.protobuf import json_format
 from tensorflow.core.protobuf import saved_model_pb2
 
 from tests.conftest import REPO, tiny_config
-from wae_tf.data import folders
+from wae_tf.data import images
 from wae_tf.serving import rest_client
 from wae_tf.serving import saved_model
 from wae_tf.model import step as step_lib
@@ -139,7 +139,7 @@ def test_reconstruct_file_asks_for_the_shape_then_predicts_in_tf_servings_format
     assert sorted(body) == ["inputs", "signature_name"] and body["signature_name"] == "reconstruct"
     sent = np.asarray(body["inputs"]["images"], np.float32)  # [1, 28, 28, 1] from the metadata
     # The photo as training reads a folder: grayscale, the centred square, resized.
-    prepared = folders.preprocess(28, 1, 0)(tf.io.encode_png(photo)).numpy() / 255.0
+    prepared = images.preprocess(28, 1, 0)(tf.io.encode_png(photo)).numpy() / 255.0
     np.testing.assert_allclose(sent[0], prepared, atol=1e-7)
     expected = _run_signature(exported[1], "reconstruct", {"images": sent})["images"][0]
     written = visualize.read_png(out)

@@ -11,7 +11,7 @@ import tensorflow as tf
 from tests.conftest import make_images, mirrored_strategy, tiny_config
 from wae_tf.runtime import checkpoints
 from wae_tf import data
-from wae_tf.data import sources
+from wae_tf.data import pipeline
 from wae_tf import errors
 from wae_tf.perf import fast_layers
 from wae_tf import loop
@@ -342,7 +342,7 @@ def test_the_discriminator_learns_from_the_codes_of_the_updated_encoder():
     reported = float(train_fn(iterator, tf.constant(1))["disc_loss"])
     state.discriminator.set_weights(disc_before)
     x = data.to_float(images.images)
-    order = next(iter(sources._index_batches(8, 8, config.seed, 0))).numpy()
+    order = next(iter(pipeline.index_batches(8, 8, config.seed, 0))).numpy()
     z = state.encoder(tf.gather(x, order), training=True)
     pz = step_lib.regularizers.sample_prior(config.prior, 8, config.z_dim, config.prior_scale,
                                             step_lib.step_seed(config.seed, 0, step_lib._PRIOR))

@@ -1,6 +1,6 @@
 """`python -m wae_tf.train` reports bad data and foreign workdirs in one line, exit code 2.
 
-Wrong-shaped and other corrupt IDX files are covered in data_test.py at the library level.
+Wrong-shaped and other corrupt IDX files are covered in sources_test.py at the library level.
 """
 
 import gzip

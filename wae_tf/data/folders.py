@@ -1,10 +1,10 @@
-"""Folders of image files (JPEG, PNG, BMP, GIF, WebP) -> uint8 arrays at the networks' resolution.
+"""Folders of image files and CelebA's official files: listing, splits, class labels, bad files.
 
 Layout, as keras.utils.image_dataset_from_directory reads it: files anywhere below DIR; if
 DIR/train and DIR/test exist they are the splits, otherwise each file's split is fixed by a hash
 of (--seed, its path relative to DIR), so adding files never moves another file between splits.
 The first-level sub-folder names are the class labels when there are several, else every label is
-0. Each image is centre cropped (--crop) and resized (antialiased) to --image_size.
+0. Each image is decoded, centre cropped (--crop) and resized to --image_size by wae_tf.data.images.
 """
 
 import dataclasses
@@ -17,6 +17,7 @@ import tensorflow as tf
 from absl import logging
 
 from wae_tf.config import Config
+from wae_tf.data import images as images_lib
 from wae_tf.errors import ConfigError
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")  # tf.io.decode_image reads them
@@ -69,32 +70,9 @@ def class_labels(base: str, paths: List[str]) -> np.ndarray:
     return np.array([index.get(f, 0) for f in _class_folders(base, paths)], np.int64)
 
 
-def resize_images(images: tf.Tensor, size: int) -> tf.Tensor:
-    """uint8 [..., H, W, C] -> uint8 [..., size, size, C], antialiased bilinear, rounded."""
-    resized = tf.image.resize(tf.cast(images, tf.float32), [size, size], method="bilinear",
-                              antialias=True)
-    return tf.cast(tf.clip_by_value(tf.round(resized), 0.0, 255.0), tf.uint8)
-
-
-def preprocess(size: int, channels: int, crop: int):
-    """Encoded bytes -> uint8 [size, size, channels]: decode (a GIF's first frame), centre crop
-    to crop x crop (0: the largest centred square), antialiased resize."""
-    def fn(contents):
-        image = tf.io.decode_image(contents, channels=3, expand_animations=False)  # [H, W, 3]
-        if channels == 1:
-            image = tf.image.rgb_to_grayscale(image)
-        if crop:
-            image = tf.image.resize_with_crop_or_pad(image, crop, crop)
-        else:  # the largest centred square
-            side = tf.minimum(tf.shape(image)[0], tf.shape(image)[1])
-            image = tf.image.resize_with_crop_or_pad(image, side, side)
-        return resize_images(image, size)
-    return fn
-
-
 def decoder(files: "FileSplit"):
     """path (string tensor) -> uint8 [size, size, channels], as training decodes `files`."""
-    fn = preprocess(files.size, files.channels, files.crop)
+    fn = images_lib.preprocess(files.size, files.channels, files.crop)
     return lambda path: fn(tf.io.read_file(path))
 
 
@@ -106,7 +84,7 @@ def crop_of(config: Config) -> int:
 def image_dataset(paths: List[str], size: int, channels: int, crop: int) -> tf.data.Dataset:
     """(path, uint8 [size, size, channels]) per readable file, in order, decoded in parallel;
     files that cannot be decoded are left out (compare the paths to find them)."""
-    fn = preprocess(size, channels, crop)
+    fn = images_lib.preprocess(size, channels, crop)
     dataset = tf.data.Dataset.from_tensor_slices(paths).map(
         lambda p: (p, fn(tf.io.read_file(p))), num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True)

@@ -1,4 +1,4 @@
-"""Data sets -> in-memory uint8 images -> deterministic, resumable tf.data streams of global batches.
+"""Where a split comes from: IDX files, TFDS, folders or CelebA's files, chosen by --dataset.
 
 Sources:
   * Fashion-MNIST / MNIST IDX files (`train-images-idx3-ubyte[.gz]`, ...), by default the Debian
@@ -6,20 +6,17 @@ Sources:
   * a folder of your images (`--dataset=folder`), or CelebA's official files (wae_tf.data.folders);
   * any tensorflow-datasets image data set, downloaded and prepared by TFDS where there is network
     (`--tfds_download`, default) or already prepared in `--tfds_data_dir` (celeb_a is centre
-    cropped to `celeba_crop` and resized to 64x64 as in the paper).
+    cropped to `celeba_crop` and resized to 64x64 as in the paper, by wae_tf.data.images).
 
-A split is held in host memory as uint8 [N, H, W, C] (ImageData; Fashion-MNIST train: 60000 x
-784 B = 47 MB), or a train split larger than memory (--in_memory) is streamed: from its files,
-decoded while training (ImageFiles), or from a decoded copy written once to --cache_dir and read
-by rows (ImageRows; the only streaming form for TFDS, whose records have no random access).
-Every stream is deterministic from --seed and resumes at any step. Never falls back to other or
+A split is held in host memory as uint8 [N, H, W, C] (ImageData), or a train split larger than
+memory (--in_memory) is streamed: from its files, decoded while training (ImageFiles), or from a
+decoded copy written once to --cache_dir and read by rows (ImageRows, wae_tf.data.cache; the only
+streaming form for TFDS, whose records have no random access). Never falls back to other or
 random data.
 """
 
 import dataclasses
 import gzip
-import hashlib
-import json
 import os
 import struct
 import zlib
@@ -27,10 +24,10 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
-from absl import logging
 
-from wae_tf import fileio
+from wae_tf.data import cache
 from wae_tf.data import folders
+from wae_tf.data import images as images_lib
 from wae_tf.config import DEFAULT_FASHION_MNIST_DIR, Config
 from wae_tf.errors import ConfigError
 
@@ -107,7 +104,7 @@ class ImageRows:
 
     def read(self, indices) -> np.ndarray:
         """uint8 [len(indices), H, W, C]: the rows at `indices`."""
-        return _row_reader(self.path, self.image_shape)(indices)
+        return cache.row_reader(self.path, self.image_shape)(indices)
 
 
 STREAMED = (ImageFiles, ImageRows)
@@ -139,7 +136,8 @@ def load_split(config: Config, split: str):
                               "from TFDS: pass --tfds_data_dir instead.")
         data = _load_tfds(config, split)
     if config.image_size and data.image_shape[:2] != (config.image_size, config.image_size):
-        data = dataclasses.replace(data, images=_resize_array(data.images, config.image_size))
+        data = dataclasses.replace(data, images=images_lib.resize_array(data.images,
+                                                                        config.image_size))
     return data
 
 
@@ -166,47 +164,13 @@ def streams(config: Config, num_examples: int, image_shape) -> bool:
     return decoded > memory // 4
 
 
-def _cache_base(cache_dir: str, kind: str, key) -> str:
-    """<cache_dir>/<kind>-<hash of key>: one decoded copy per source and preprocessing."""
-    digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
-    return os.path.join(cache_dir, f"{kind}-{digest}")
-
-
-def _write_rows(batches, base: str, manifest) -> None:
-    """Write uint8 image batches into <base>.u8 (rows in order), then manifest(...) as
-    <base>.json, last: a copy without its .json is incomplete and is rebuilt. `batches` yields
-    (uint8 [b, H, W, C], extra); manifest gets the list of every extra."""
-    os.makedirs(os.path.dirname(base), exist_ok=True)
-    tmp, extras = f"{base}.u8.tmp{os.getpid()}", []
-    with open(tmp, "wb") as out:
-        for images, extra in batches:
-            out.write(np.ascontiguousarray(images, np.uint8).tobytes())
-            extras.append(extra)
-    os.replace(tmp, base + ".u8")
-    fileio.write_json(base + ".json", manifest(extras))
-
-
 def cached_files(files: folders.FileSplit, cache_dir: str, skip_bad: bool) -> ImageRows:
-    """The decoded copy of `files` in `cache_dir`, written on first use (one decoding pass, in
-    order, never the whole split in memory) and found again by its content key."""
-    base = _cache_base(cache_dir, files.name.split(":")[0],
-                       [files.paths, files.image_shape, files.crop])
-    if not os.path.exists(base + ".json"):
-        logging.info("Decoding %d images of %s into %s.u8 (once).", len(files.paths),
-                     files.name, base)
-        position = {path: i for i, path in enumerate(files.paths)}
-        batches = ((images.numpy(), [position[p.decode()] for p in paths.numpy()])
-                   for paths, images in folders.image_dataset(
-                       list(files.paths), files.size, files.channels, files.crop
-                   ).batch(256).prefetch(2))
-        _write_rows(batches, base, lambda kept: {"kept": sum(kept, []),
-                                                 "image_shape": files.image_shape})
-    with open(base + ".json") as f:
-        kept = json.load(f)["kept"]
-    logging.info("Reading %d decoded images of %s from %s.u8.", len(kept), files.name, base)
+    """`files` read by rows from their decoded copy in `cache_dir` (written on first use):
+    unreadable files are a ConfigError naming one, or with `skip_bad` left out."""
+    path, kept = cache.decoded_files(files, cache_dir)
     files = folders.check_unreadable(
         files, set(files.paths) - set(files.paths[i] for i in kept), skip_bad)
-    return ImageRows(base + ".u8", files.labels, files.image_shape, files.name)
+    return ImageRows(path, files.labels, files.image_shape, files.name)
 
 
 def _load_mnist_like(config: Config, split: str) -> ImageData:
@@ -247,6 +211,7 @@ def _find_idx_files(data_dir: str, split: str) -> Tuple[Optional[Tuple[str, str]
 
 
 def _load_idx_split(images_path: str, labels_path: str, name: str) -> ImageData:
+    """An images and a labels IDX file -> ImageData, checked against each other."""
     images = read_idx(images_path)
     labels = read_idx(labels_path)
     fix = "reinstall (`sudo apt-get install --reinstall dataset-fashion-mnist`) or re-download it"
@@ -349,18 +314,12 @@ def _tfds_size(info, split: str) -> int:
 def _tfds_rows(batches, config: Config, split: str, shape, version: str) -> ImageRows:
     """The decoded copy of a TFDS split in --cache_dir, written on first use in TFDS's order."""
     name = f"{config.dataset}/{split}"
-    base = _cache_base(config.cache_dir, config.dataset,
-                       [name, version, config.tfds_data_dir, shape, folders.crop_of(config)])
-    if not os.path.exists(base + ".json"):
-        logging.info("Writing the decoded images of %s into %s.u8 (once).", name, base)
-        _write_rows(batches, base, lambda labels: {
-            "labels": np.concatenate(labels).tolist() if labels else [], "image_shape": shape})
-    with open(base + ".json") as f:
-        labels = np.array(json.load(f)["labels"], np.int64)
+    base = cache.cache_base(config.cache_dir, config.dataset,
+                            [name, version, config.tfds_data_dir, shape, folders.crop_of(config)])
+    path, labels = cache.decoded_batches(batches, base, name, shape)
     if labels.size == 0:
         raise ConfigError(f"TFDS data set {name!r} is empty.")
-    logging.info("Reading %d decoded images of %s from %s.u8.", labels.size, name, base)
-    return ImageRows(base + ".u8", labels, tuple(shape), name)
+    return ImageRows(path, labels, tuple(shape), name)
 
 
 def _tfds_preprocess(config: Config, image_shape: tf.TensorShape):
@@ -368,7 +327,7 @@ def _tfds_preprocess(config: Config, image_shape: tf.TensorShape):
     channels = int(image_shape[-1])
     if config.dataset == "celeb_a":
         size = config.image_size or CELEBA_SIZE
-        return (lambda image: center_crop_and_resize(image, config.celeba_crop, size),
+        return (lambda image: images_lib.center_crop_and_resize(image, config.celeba_crop, size),
                 (size, size, channels))
     if image_shape.is_fully_defined() and config.image_size in (0, image_shape[0]) and (
             image_shape[0] == image_shape[1]):
@@ -377,10 +336,11 @@ def _tfds_preprocess(config: Config, image_shape: tf.TensorShape):
         raise ConfigError(f"TFDS data set {config.dataset!r} has images of varying size "
                           f"{image_shape}: set --image_size.")
     size = config.image_size
-    return lambda image: folders.resize_images(image, size), (size, size, channels)
+    return lambda image: images_lib.resize_images(image, size), (size, size, channels)
 
 
 def _to_numpy(batches) -> Tuple[np.ndarray, np.ndarray]:
+    """(uint8 [N, H, W, C], int64 [N]) from (images, labels) batches; empty arrays if none."""
     image_chunks, label_chunks = [], []
     for images, labels in batches:
         image_chunks.append(images)
@@ -388,173 +348,3 @@ def _to_numpy(batches) -> Tuple[np.ndarray, np.ndarray]:
     if not image_chunks:
         return np.zeros((0, 1, 1, 1), np.uint8), np.zeros((0,), np.int64)
     return np.concatenate(image_chunks), np.concatenate(label_chunks).astype(np.int64)
-
-
-# ----------------------------------------------------------------------------------------------
-# Image preprocessing (tf ops, uint8 in and out).
-
-
-def center_crop_and_resize(images: tf.Tensor, crop: int, size: int) -> tf.Tensor:
-    """uint8 [..., H, W, C] -> central crop x crop square -> uint8 [..., size, size, C].
-
-    For CelebA (218 x 178) with crop=140 this keeps rows 39..178 and columns 19..158, as the
-    paper's code does (PIL crop of the centre 140 x 140, then an antialiased resize to 64 x 64).
-    """
-    height, width = images.shape[-3], images.shape[-2]
-    if crop > height or crop > width:
-        raise ConfigError(f"--celeba_crop={crop} exceeds the image size {height}x{width}.")
-    top, left = (height - crop) // 2, (width - crop) // 2
-    cropped = images[..., top:top + crop, left:left + crop, :]
-    return folders.resize_images(cropped, size)
-
-
-def _resize_array(images: np.ndarray, size: int, chunk: int = 4096) -> np.ndarray:
-    """numpy uint8 [N, H, W, C] -> uint8 [N, size, size, C], in chunks to bound memory."""
-    out = np.empty((images.shape[0], size, size, images.shape[3]), np.uint8)
-    for start in range(0, images.shape[0], chunk):
-        out[start:start + chunk] = folders.resize_images(images[start:start + chunk],
-                                                         size).numpy()
-    return out
-
-
-def to_float(images_uint8: tf.Tensor) -> tf.Tensor:
-    """uint8 images -> float32 in [0, 1] (x / 255), the networks' input range."""
-    return tf.cast(images_uint8, tf.float32) / 255.0
-
-
-# ----------------------------------------------------------------------------------------------
-# tf.data streams.
-
-
-def steps_per_epoch(num_examples: int, global_batch: int) -> int:
-    """Full global batches per epoch; the remainder of each epoch's permutation is dropped."""
-    return int(num_examples) // int(global_batch)
-
-
-def _index_batches(num_examples: int, global_batch: int, seed: int,
-                   start_step: int) -> tf.data.Dataset:
-    """int32 [global_batch] example indices of every step from `start_step` on.
-
-    Epoch e visits the examples in the order of a permutation that depends only on (seed, e)
-    (stateless shuffle), cut into steps_per_epoch(N, global_batch) batches (the remainder is
-    dropped, so each epoch skips a different subset of at most global_batch - 1 examples).
-    Starting at step k equals the uninterrupted stream from its k-th batch on: whole epochs are
-    skipped arithmetically and the rest on index batches, before any image work.
-    """
-    steps = steps_per_epoch(num_examples, global_batch)
-    if global_batch <= 0 or steps == 0:
-        raise ConfigError(f"--batch_size={global_batch} must be in [1, {num_examples}] "
-                          "(the number of training images).")
-    if start_step < 0:
-        raise ValueError(f"start_step must be >= 0, got {start_step}.")
-    seed = int(seed)
-
-    def epoch_batches(epoch):  # int64 scalar -> dataset of int32 [global_batch] index batches
-        order = tf.random.experimental.stateless_shuffle(
-            tf.range(num_examples), seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
-        order = tf.reshape(order[:steps * global_batch], [steps, global_batch])
-        return tf.data.Dataset.from_tensor_slices(order)
-
-    first_epoch, skip = divmod(int(start_step), steps)
-    return tf.data.Dataset.counter(first_epoch).flat_map(epoch_batches).skip(skip)
-
-
-def make_train_dataset(data: ImageData, global_batch: int, seed: int,
-                       start_step: int = 0) -> tf.data.Dataset:
-    """An infinite stream of float32 [global_batch, H, W, C] image batches in [0, 1], in the
-    order of _index_batches (deterministic from --seed, resumable at any step)."""
-    images = tf.constant(data.images)  # uint8 [N, H, W, C], captured once by the map below
-    dataset = _index_batches(data.num_examples, global_batch, seed, start_step)
-    dataset = dataset.map(lambda index: to_float(tf.gather(images, index)),
-                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return dataset.prefetch(tf.data.AUTOTUNE).with_options(_train_options())
-
-
-def make_replica_stream(data, global_batch: int, seed: int, start_step: int,
-                        context: tf.distribute.InputContext) -> tf.data.Dataset:
-    """float32 [local_batch, H, W, C] batches of the replicas this input pipeline (worker)
-    feeds, in replica order: the rows of _index_batches that N replicas take from a global
-    batch, so each worker reads and decodes only its share of the files."""
-    replicas = context.num_replicas_in_sync
-    local = context.get_per_replica_batch_size(global_batch)
-    per_pipeline = replicas // context.num_input_pipelines
-    first = context.input_pipeline_id * per_pipeline
-    rows = _index_batches(data.num_examples, global_batch, seed, start_step).map(
-        lambda index: tf.reshape(index, [replicas, local])[first:first + per_pipeline]).unbatch()
-    shape = data.image_shape
-    if isinstance(data, ImageRows):
-        images = rows.map(lambda index: tf.ensure_shape(
-            tf.numpy_function(data.read, [index], tf.uint8, stateful=False), [local, *shape]),
-            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    else:
-        paths, decode = tf.constant(list(data.files.paths)), folders.decoder(data.files)
-        images = rows.unbatch().map(lambda i: decode(tf.gather(paths, i)),
-                                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        images = images.batch(local, drop_remainder=True)
-    options = tf.data.Options()
-    options.experimental_deterministic = True
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    return images.map(to_float).prefetch(tf.data.AUTOTUNE).with_options(options)
-
-
-def _row_reader(path: str, shape):
-    """indices [b] -> uint8 [b, *shape]: rows of a cache file read with pread (page cache, not
-    this process's memory)."""
-    row = int(np.prod(shape))
-
-    def read(indices):
-        out = np.empty((len(indices), row), np.uint8)
-        with open(path, "rb") as f:  # one open per batch: no descriptor outlives the stream
-            for k, i in enumerate(indices):
-                out[k] = np.frombuffer(os.pread(f.fileno(), row, int(i) * row), np.uint8)
-        return out.reshape((len(indices), *shape))
-    return read
-
-
-def distribute(strategy: tf.distribute.Strategy, data, global_batch: int, seed: int,
-               start_step: int = 0):
-    """The training stream of `data` (ImageData, ImageFiles or ImageRows) as the strategy's
-    distributed dataset: every replica gets its consecutive rows of each global batch."""
-    if isinstance(data, STREAMED):
-        return strategy.distribute_datasets_from_function(
-            lambda context: make_replica_stream(data, global_batch, seed, start_step, context))
-    return strategy.experimental_distribute_dataset(
-        make_train_dataset(data, global_batch, seed, start_step))
-
-
-def materialize(data, limit: int, seed: int = 0) -> ImageData:
-    """`data` in memory: ImageData as it is, a streamed split as a seeded subset of at most
-    `limit` images (e.g. to train the evaluation's classifier on it)."""
-    if isinstance(data, ImageData):
-        return data
-    keep = np.arange(data.num_examples)
-    if data.num_examples > limit:
-        keep = np.sort(np.random.default_rng(seed).choice(data.num_examples, limit, replace=False))
-    if isinstance(data, ImageRows):
-        return ImageData(images=data.read(keep), labels=data.labels[keep], name=data.name)
-    images, files = folders.decode_split(data.files.select(list(keep)), skip_bad=True)
-    return ImageData(images=images, labels=files.labels, name=files.name)
-
-
-def _train_options() -> tf.data.Options:
-    options = tf.data.Options()
-    options.experimental_deterministic = True
-    # Shard by element for tf.distribute multi-worker input (there are no files to shard).
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return options
-
-
-def make_eval_dataset(data: ImageData, batch: int) -> tf.data.Dataset:
-    """One ordered pass: (float32 [b, H, W, C] in [0, 1], int64 [b]) with b = batch, the last
-    batch holding the remainder."""
-    if batch <= 0:
-        raise ConfigError(f"Evaluation batch size must be positive, got {batch}.")
-    images = tf.constant(data.images)  # uint8 [N, H, W, C]
-    labels = tf.constant(data.labels, tf.int64)  # [N]
-    dataset = tf.data.Dataset.range(data.num_examples).batch(batch)
-    dataset = dataset.map(lambda index: (to_float(tf.gather(images, index)),
-                                         tf.gather(labels, index)),
-                          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    options = tf.data.Options()
-    options.experimental_deterministic = True
-    return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)

@@ -1,6 +1,6 @@
 """Codes of every image in a folder from an exported SavedModel, through the training pipeline.
 
-The images are decoded, cropped and resized as training did (wae_tf.data.folders, with the settings
+The images are decoded, cropped and resized as training did (wae_tf.data, with the settings
 the export recorded in assets.extra/wae_config.json), then sent in batches to the export's
 `encode` signature, so the codes equal what a served model returns for the same images.
 """
@@ -17,7 +17,6 @@ from absl import logging
 from wae_tf import config as config_lib
 from wae_tf import data
 from wae_tf import fileio
-from wae_tf.data import folders
 from wae_tf.serving import saved_model as saved_model_lib
 from wae_tf.errors import ConfigError
 
@@ -33,10 +32,10 @@ def encode_folder(saved_model: str, images_dir: str, out_path: str, batch_size: 
     config = config_lib.from_dict(record)
     size, _, channels = record["image_shape"]
     encode = tf.saved_model.load(path).signatures["encode"]
-    paths = folders.list_images(images_dir)
+    paths = data.list_images(images_dir)
     if not paths:
-        raise ConfigError(f"No images ({', '.join(folders.EXTENSIONS)}) under {images_dir!r}.")
-    dataset = folders.image_dataset(paths, size, channels, folders.crop_of(config))
+        raise ConfigError(f"No images ({', '.join(data.EXTENSIONS)}) under {images_dir!r}.")
+    dataset = data.image_dataset(paths, size, channels, data.crop_of(config))
     names, codes, last_report = [], [], time.time()
     for batch_paths, images in dataset.batch(batch_size).prefetch(2):
         codes.append(encode(images=data.to_float(images))["z"].numpy())  # [b, z_dim]

@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from wae_tf.data import folders
+from wae_tf import data
 from wae_tf import visualize
 from wae_tf.errors import ConfigError
 
@@ -30,8 +30,8 @@ def model_url(server: str, model: str, version: str = "") -> str:
 def call(url: str, body: Optional[dict] = None, timeout: float = 60.0) -> dict:
     """GET `url` (or POST `body` as JSON) and return the JSON answer; a refused request or an
     unreachable server is a ConfigError with the server's own message."""
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    payload = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=payload, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())
@@ -69,10 +69,10 @@ def read_image(path: str, shape: Tuple[int, int, int], crop: int = 0) -> np.ndar
     with tf.io.gfile.GFile(path, "rb") as f:
         contents = f.read()
     try:
-        image = folders.preprocess(shape[0], shape[2], crop)(tf.constant(contents))
+        image = data.preprocess(shape[0], shape[2], crop)(tf.constant(contents))
     except tf.errors.InvalidArgumentError as error:
         raise ConfigError(f"Cannot decode {path} as an image ({str(error).splitlines()[0]}): "
-                          f"pass a {', '.join(folders.EXTENSIONS)} file.") from None
+                          f"pass a {', '.join(data.EXTENSIONS)} file.") from None
     return image.numpy().astype(np.float32) / 255.0
 
 

@@ -1,4 +1,4 @@
-"""Tests of wae_tf.data: IDX parsing, loading, TFDS wrapping, and the tf.data streams."""
+"""Tests of wae_tf.data.sources: IDX parsing, load_split by --dataset, TFDS wrapping."""
 
 import gzip
 import os
@@ -8,27 +8,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import idx_bytes, make_idx_dir, write_idx
+from tests.conftest import idx_bytes, make_idx_dir, tiny_config, write_idx
 from wae_tf import data
+from wae_tf.data import images as images_lib
 from wae_tf.data import sources
 from wae_tf.config import DEFAULT_FASHION_MNIST_DIR, Config
 from wae_tf.errors import ConfigError
-
-
-def image_data(n=10, shape=(4, 4, 1)):
-    # Pixel values encode the example index so batches can be traced back to indices.
-    images = np.broadcast_to(np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1), (n,) + shape)
-    return data.ImageData(images=np.ascontiguousarray(images), labels=np.arange(n, dtype=np.int64),
-                          name="toy/train")
-
-
-def batch_indices(batches):
-    """Batch of float images made by image_data -> the example indices (pixel * 255)."""
-    return [np.round(b.numpy()[:, 0, 0, 0] * 255).astype(int).tolist() for b in batches]
-
-
-def take(dataset, count):
-    return list(dataset.take(count))
 
 
 # ---------------------------------------------------------------------------------- IDX files.
@@ -168,28 +153,29 @@ def test_tfds_celeb_a_with_mock_data():
     np.testing.assert_array_equal(loaded.labels, np.zeros(5))
 
 
-def test_center_crop_keeps_only_the_centre():
-    # CelebA geometry: 218 x 178; the central 140 x 140 (rows 39..178, cols 19..158) is 200, the
-    # border 0 (rows) and 255 (columns): any leak would move the resized pixels away from 200.
-    image = np.zeros((218, 178, 3), np.uint8)
-    image[:, :19] = 255
-    image[:, 159:] = 255
-    image[39:179, 19:159] = 200
-    result = data.center_crop_and_resize(tf.constant(image), 140, 64).numpy()
-    assert result.shape == (64, 64, 3) and result.dtype == np.uint8
-    np.testing.assert_array_equal(result, np.full((64, 64, 3), 200, np.uint8))
-    # One pixel more of crop includes the border.
-    wider = data.center_crop_and_resize(tf.constant(image), 142, 64).numpy()
-    assert (wider != 200).any()
-
-
-def test_center_crop_orientation():
-    # Left half dark, right half bright: the crop must keep the orientation (no transpose/flip).
-    image = np.zeros((2, 218, 178, 3), np.uint8)
-    image[:, :, 89:] = 255
-    result = data.center_crop_and_resize(tf.constant(image), 140, 64).numpy()
-    assert result.shape == (2, 64, 64, 3)
-    assert result[:, :, :16].max() == 0 and result[:, :, 48:].min() == 255
+def test_a_folder_file_a_celeba_file_and_a_tfds_array_get_the_same_pixels(tmp_path):
+    """One photograph (218 x 178, CelebA's shape, lossless PNG) as a folder's file, as CelebA's
+    official file and as TFDS celeb_a's in-memory array: the same 140-pixel centre crop resized
+    to 64 x 64, pixel for pixel."""
+    import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+    coarse = np.random.default_rng(0).integers(0, 256, (22, 18, 3), np.uint8)
+    photo = np.repeat(np.repeat(coarse, 10, axis=0), 10, axis=1)[:218, :178]  # [218, 178, 3]
+    png = tf.io.encode_png(photo).numpy()
+    for path in ("folder/train/a.png", "folder/test/a.png", "celeba/img_align_celeba/000001.png"):
+        os.makedirs(os.path.dirname(tmp_path / path), exist_ok=True)
+        (tmp_path / path).write_bytes(png)
+    (tmp_path / "celeba" / "list_eval_partition.txt").write_text("000001.png 0\n")
+    folder = data.load_split(tiny_config(dataset="folder", data_dir=str(tmp_path / "folder"),
+                                         image_size=64, crop=140), "train")
+    celeba = data.load_split(tiny_config(dataset="celeb_a", data_dir=str(tmp_path / "celeba")),
+                             "train")
+    as_dataset = lambda *args, **kwargs: tf.data.Dataset.from_tensor_slices({"image": photo[None]})
+    with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+        from_tfds = data.load_split(tiny_config(dataset="celeb_a", in_memory="true"), "test")
+    expected = images_lib.center_crop_and_resize(tf.constant(photo), 140, 64).numpy()
+    for loaded in (folder, celeba, from_tfds):
+        assert loaded.images.shape == (1, 64, 64, 3)
+        np.testing.assert_array_equal(loaded.images[0], expected)
 
 
 def test_unknown_tfds_name_raises():
@@ -221,89 +207,3 @@ def test_data_dir_with_tfds_dataset_raises(tmp_path):
     # celeb_a reads its official files from --data_dir: their absence is named.
     with pytest.raises(ConfigError, match="img_align_celeba/ folder and list_eval_partition"):
         data.load_split(Config(dataset="celeb_a", data_dir=str(tmp_path)), "train")
-
-
-# ------------------------------------------------------------------------------------- Streams.
-
-
-def test_steps_per_epoch():
-    assert data.steps_per_epoch(60000, 100) == 600
-    assert data.steps_per_epoch(10, 3) == 3
-    assert data.steps_per_epoch(2, 3) == 0
-
-
-def test_train_batches_are_scaled_source_images():
-    rng = np.random.default_rng(1)
-    images = rng.integers(0, 256, size=(10, 5, 5, 3), dtype=np.uint8)
-    source = data.ImageData(images=images, labels=np.zeros(10, np.int64), name="toy/train")
-    dataset = data.make_train_dataset(source, global_batch=4, seed=3)
-    assert dataset.element_spec.shape == (4, 5, 5, 3)
-    assert dataset.element_spec.dtype == tf.float32
-    scaled = images.astype(np.float32) / np.float32(255)
-    for batch in take(dataset, 5):
-        batch = batch.numpy()
-        assert batch.min() >= 0.0 and batch.max() <= 1.0
-        for image in batch:  # each image equals one source image / 255
-            assert any(np.array_equal(image, s) for s in scaled)
-
-
-def test_epochs_are_distinct_permutations():
-    n, batch = 10, 3  # 3 steps per epoch, 9 of 10 examples kept per epoch
-    epochs = [sum(batch_indices(take(data.make_train_dataset(image_data(n), batch, seed=0), 12)
-                                [3 * e:3 * e + 3]), []) for e in range(4)]
-    for order in epochs:
-        assert len(order) == 9 and len(set(order)) == 9 and set(order) <= set(range(n))
-    assert len({tuple(order) for order in epochs}) == 4
-
-
-def test_same_seed_same_stream_different_seed_different_stream():
-    source = image_data(50)
-    stream = lambda seed: batch_indices(take(data.make_train_dataset(source, 8, seed), 10))
-    assert stream(7) == stream(7)
-    assert stream(7) != stream(8)
-
-
-@pytest.mark.parametrize("start_step", [1, 3, 4, 7, 10])
-def test_resume_equals_uninterrupted_stream(start_step):
-    source = image_data(10)  # batch 3 -> 3 steps per epoch: 3, 7 and 10 cross epoch boundaries
-    full = batch_indices(take(data.make_train_dataset(source, 3, seed=5), 14))
-    resumed = batch_indices(take(data.make_train_dataset(source, 3, seed=5, start_step=start_step), 4))
-    assert resumed == full[start_step:start_step + 4]
-
-
-def test_train_dataset_options():
-    options = data.make_train_dataset(image_data(10), 3, seed=0).options()
-    assert options.deterministic
-    assert (options.experimental_distribute.auto_shard_policy
-            == tf.data.experimental.AutoShardPolicy.DATA)
-
-
-def test_train_dataset_rejects_batch_larger_than_data():
-    with pytest.raises(ConfigError, match="batch_size"):
-        data.make_train_dataset(image_data(5), 6, seed=0)
-
-
-def test_train_dataset_under_distribution_strategy():
-    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
-    source = image_data(10)
-    dist = strategy.experimental_distribute_dataset(data.make_train_dataset(source, 4, seed=2))
-    expected = batch_indices(take(data.make_train_dataset(source, 4, seed=2), 3))
-    iterator = iter(dist)
-    got = [strategy.experimental_local_results(next(iterator))[0] for _ in range(3)]
-    assert batch_indices(got) == expected
-
-
-def test_eval_dataset_covers_all_in_order_with_remainder():
-    source = image_data(10)
-    batches = list(data.make_eval_dataset(source, 4))
-    assert [images.shape[0] for images, _ in batches] == [4, 4, 2]
-    assert batch_indices([images for images, _ in batches]) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-    labels = np.concatenate([labels.numpy() for _, labels in batches])
-    assert labels.dtype == np.int64
-    np.testing.assert_array_equal(labels, np.arange(10))
-    assert batches[0][0].dtype == tf.float32
-
-
-def test_to_float():
-    values = tf.constant([0, 51, 255], tf.uint8)
-    np.testing.assert_allclose(data.to_float(values).numpy(), [0.0, 0.2, 1.0], rtol=1e-6)

@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import tiny_config
-from wae_tf.tools import benchmarking
-from wae_tf.perf import convs
 from wae_tf.model import step as step_lib
+from wae_tf.perf import convs
+from wae_tf.tools import benchmarking
 
 
 @pytest.mark.slow

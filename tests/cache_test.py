@@ -8,8 +8,7 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import tiny_config
-from wae_tf.data import cache
-from wae_tf.data import folders
+from wae_tf.data import cache, folders
 
 
 def _batches(count, shape=(2, 3, 1)):

@@ -15,15 +15,11 @@ import tensorflow as tf
 from tensorflow.python.checkpoint import checkpoint_management
 
 from tests.conftest import make_images, tiny_config
-from wae_tf.runtime import checkpoints
-from wae_tf import cli
-from wae_tf.runtime import cluster
-from wae_tf import errors
-from wae_tf import fileio
-from wae_tf import loop
-from wae_tf.serving import saved_model
-from wae_tf.model import step as step_lib
+from wae_tf import cli, errors, fileio, loop
 from wae_tf.errors import ConfigError
+from wae_tf.model import step as step_lib
+from wae_tf.runtime import checkpoints, cluster
+from wae_tf.serving import saved_model
 
 CONFIG = tiny_config(train_steps=4, checkpoint_every=2)
 
@@ -94,6 +90,7 @@ def test_corrupt_newest_checkpoint_is_reported_and_the_previous_one_used(
     assert "ckpt-5 is unreadable" in caplog.text
 
 
+@pytest.mark.slow
 def test_no_readable_checkpoint_is_a_user_error(preempted_run, tmp_path):
     directory = _copy(preempted_run[0], tmp_path)
     for path in glob.glob(os.path.join(directory, "ckpt-*.index")):
@@ -258,6 +255,7 @@ def test_the_last_checkpoint_is_saved_once(finished_run):
     assert reader.get_tensor("save_counter/.ATTRIBUTES/VARIABLE_VALUE") == 2  # steps 2 and 4
 
 
+@pytest.mark.slow
 def test_rerunning_a_finished_run_rewrites_nothing(finished_run):
     path = os.path.join(finished_run, "results.json")
     before, mtime = fileio.read_json(path), os.path.getmtime(path)

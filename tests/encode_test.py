@@ -10,11 +10,10 @@ import tensorflow as tf
 
 from tests.conftest import REPO, tiny_config
 from tests.folders_test import _image, _write
-from wae_tf import data
-from wae_tf.serving import encoding
+from wae_tf import data, loop
 from wae_tf.data import folders
-from wae_tf import loop
 from wae_tf.errors import ConfigError
+from wae_tf.serving import encoding
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +30,7 @@ def trained(tmp_path_factory):
     return dict(images=images, export=str(root / "run" / "export"), root=root)
 
 
+@pytest.mark.slow
 def test_the_entry_point_writes_codes_equal_to_the_served_encode(trained, tmp_path):
     out = str(tmp_path / "codes.npz")
     result = subprocess.run(

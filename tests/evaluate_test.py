@@ -9,11 +9,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import FASHION_DIR, REPO, run_concurrently, tiny_config
-from wae_tf.evaluation import classifier
-from wae_tf.tools import comparison
 from wae_tf import errors
-from wae_tf.evaluation import evaluator
-from wae_tf.evaluation import figures
+from wae_tf.evaluation import classifier, evaluator, figures
+from wae_tf.tools import comparison
 
 METRIC_FIELDS = ("test_recon_cost", "test_mse_per_pixel", "fid", "precision", "recall",
                  "classifier_test_accuracy", "mmd_codes_prior", "sharpness_samples",
@@ -114,6 +112,7 @@ def test_same_seed_same_numbers_other_seed_other_samples(tiny_run, tmp_path):
     assert other["sharpness_samples"]["value"] != first["sharpness_samples"]["value"]
 
 
+@pytest.mark.slow
 def test_classifier_is_cached_and_reports_its_accuracy(tiny_run):
     clf = classifier.load_or_train(tiny_run["classifier_dir"], "synthetic",
                                    lambda: pytest.fail("the cached classifier was retrained"))

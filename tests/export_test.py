@@ -13,9 +13,9 @@ import tensorflow as tf
 
 from tests.conftest import make_images, run_concurrently, tiny_config
 from wae_tf import loop
-from wae_tf.serving import saved_model
 from wae_tf.model import step as step_lib
 from wae_tf.perf import fast_layers
+from wae_tf.serving import saved_model
 
 BIN = os.path.dirname(sys.executable)
 
@@ -280,8 +280,9 @@ def test_a_failed_export_leaves_no_temporary_directory(exported, tmp_path, monke
         raise tf.errors.ResourceExhaustedError(None, None, "No space left on device")
     monkeypatch.setattr(tf.saved_model, "save", disk_full)
     with pytest.raises(saved_model.ConfigError, match=r"Could not export to .*No space left"):
-        saved_model.export_saved_model(state.encoder, state.decoder, tiny_config(encoder="gaussian"),
-                                   (28, 28, 1), str(tmp_path), 3)
+        saved_model.export_saved_model(state.encoder, state.decoder,
+                                       tiny_config(encoder="gaussian"), (28, 28, 1),
+                                       str(tmp_path), 3)
     assert os.listdir(tmp_path) == []
 
 

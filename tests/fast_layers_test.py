@@ -5,9 +5,8 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import tiny_config
-from wae_tf.perf import convs
-from wae_tf.perf import fast_layers
 from wae_tf.model import networks
+from wae_tf.perf import convs, fast_layers
 
 pytestmark = pytest.mark.numerics  # every test compares two computations
 

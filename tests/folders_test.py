@@ -7,9 +7,8 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import tiny_config
-from wae_tf import data
+from wae_tf import data, loop
 from wae_tf.data import folders
-from wae_tf import loop
 from wae_tf.errors import ConfigError
 
 
@@ -84,6 +83,7 @@ def test_images_are_centre_cropped_then_resized(tmp_path):
     np.testing.assert_array_equal(cropped, expected)
 
 
+@pytest.mark.slow
 def test_an_unreadable_file_is_named_or_skipped_and_counted(two_classes, caplog):
     bad = os.path.join(two_classes, "dogs", "d3.jpg")
     with open(bad, "r+b") as f:
@@ -137,6 +137,7 @@ def test_celeba_from_its_official_files(tmp_path):
         data.load_split(config, "train")
 
 
+@pytest.mark.slow
 def test_training_runs_on_a_folder(two_classes, tmp_path):
     config = _config(two_classes, test_fraction=0.3, batch_size=4, train_steps=2)
     results = loop.train_and_evaluate(config, str(tmp_path / "run"))

@@ -8,9 +8,9 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import make_images, tiny_config
+from wae_tf import loop
 from wae_tf.evaluation import evaluator
 from wae_tf.model import latent_sampler
-from wae_tf import loop
 
 
 def _known_mixture_sample(n=6000, seed=0):

@@ -14,11 +14,10 @@ import pytest
 
 from tests.conftest import REPO, make_idx_dir, mirrored_strategy
 from tests.folders_test import _image, _write
-from wae_tf.runtime import cluster
-from wae_tf import data
-from wae_tf import loop
+from wae_tf import data, loop
 from wae_tf.config import Config
 from wae_tf.errors import ConfigError
+from wae_tf.runtime import cluster
 
 FLAGS = dict(width_divisor=32, z_dim=4, batch_size=8, train_steps=3, checkpoint_every=2,
              log_every=1, image_every=1000, seed=3, deterministic=True)

@@ -6,17 +6,16 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement  # keras and tensorflow depend on it
 from packaging.utils import canonicalize_name
 
 from tests.conftest import REPO
-from wae_tf import cli
-from wae_tf.tools import comparison
-from wae_tf import scripts
+from wae_tf import cli, scripts
 from wae_tf.errors import ConfigError
+from wae_tf.tools import comparison
 
 BIN = os.path.dirname(sys.executable)
 with open(os.path.join(REPO, "pyproject.toml"), "rb") as _f:

@@ -57,7 +57,9 @@ def test_epochs_are_distinct_permutations():
 
 def test_same_seed_same_stream_different_seed_different_stream():
     source = image_data(50)
-    stream = lambda seed: batch_indices(take(data.make_train_dataset(source, 8, seed), 10))
+    def stream(seed):
+        return batch_indices(take(data.make_train_dataset(source, 8, seed), 10))
+
     assert stream(7) == stream(7)
     assert stream(7) != stream(8)
 
@@ -66,7 +68,8 @@ def test_same_seed_same_stream_different_seed_different_stream():
 def test_resume_equals_uninterrupted_stream(start_step):
     source = image_data(10)  # batch 3 -> 3 steps per epoch: 3, 7 and 10 cross epoch boundaries
     full = batch_indices(take(data.make_train_dataset(source, 3, seed=5), 14))
-    resumed = batch_indices(take(data.make_train_dataset(source, 3, seed=5, start_step=start_step), 4))
+    resumed = batch_indices(take(
+        data.make_train_dataset(source, 3, seed=5, start_step=start_step), 4))
     assert resumed == full[start_step:start_step + 4]
 
 

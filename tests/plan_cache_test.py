@@ -8,9 +8,7 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import tiny_config
-from wae_tf.perf import convs
-from wae_tf.perf import fast_layers
-from wae_tf.perf import plan_cache
+from wae_tf.perf import convs, fast_layers, plan_cache
 
 # 2 * 4 * 8*8 * 4*4 * 64*128 = 67 MFLOP: above convs.MIN_TUNED_FLOPS.
 SHAPE = convs.LayerShape(True, 4, 8, 64, 128, 4)

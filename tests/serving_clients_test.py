@@ -1,5 +1,6 @@
 """The serving clients, offline: the README's REST (curl) and gRPC examples and wae-reconstruct
-(wae_tf.serving.rest_client) against stand-ins of TensorFlow Serving's REST and gRPC APIs that answer
+(wae_tf.serving.rest_client) against stand-ins of TensorFlow Serving's REST and gRPC APIs that
+answer
 with an exported SavedModel's signatures and refuse what TF Serving would not accept."""
 
 import concurrent.futures
@@ -18,12 +19,11 @@ from google.protobuf import json_format
 from tensorflow.core.protobuf import saved_model_pb2
 
 from tests.conftest import REPO, tiny_config
-from wae_tf.data import images
-from wae_tf.serving import rest_client
-from wae_tf.serving import saved_model
-from wae_tf.model import step as step_lib
 from wae_tf import visualize
+from wae_tf.data import images
 from wae_tf.errors import ConfigError
+from wae_tf.model import step as step_lib
+from wae_tf.serving import rest_client, saved_model
 
 MODEL = "wae"
 with open(os.path.join(REPO, "README.md")) as _f:
@@ -36,7 +36,8 @@ def exported(tmp_path_factory):
     config = tiny_config(z_dim=8)
     state = step_lib.create_state(config, (28, 28, 1), steps_per_epoch=1, num_epochs=1)
     base = str(tmp_path_factory.mktemp("export"))
-    path = saved_model.export_saved_model(state.encoder, state.decoder, config, (28, 28, 1), base, 7)
+    path = saved_model.export_saved_model(state.encoder, state.decoder, config, (28, 28, 1),
+                                          base, 7)
     return path, tf.saved_model.load(path)
 
 
@@ -167,6 +168,7 @@ def test_client_errors_say_what_is_wrong(rest_server, tmp_path):
     assert not os.path.exists(out)
 
 
+@pytest.mark.slow
 def test_the_entry_point_writes_the_png_and_prints_what_it_did(rest_server, tmp_path):
     image = _png(tmp_path / "x.png", np.full((28, 28, 1), 128, np.uint8))
     out = str(tmp_path / "out.png")

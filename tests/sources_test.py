@@ -10,11 +10,10 @@ import tensorflow as tf
 
 from tests.conftest import idx_bytes, make_idx_dir, tiny_config, write_idx
 from wae_tf import data
+from wae_tf.config import DEFAULT_FASHION_MNIST_DIR, Config
 from wae_tf.data import images as images_lib
 from wae_tf.data import sources
-from wae_tf.config import DEFAULT_FASHION_MNIST_DIR, Config
 from wae_tf.errors import ConfigError
-
 
 # ---------------------------------------------------------------------------------- IDX files.
 
@@ -137,6 +136,7 @@ def test_real_fashion_mnist():
 # ---------------------------------------------------------------------------------------- TFDS.
 
 
+@pytest.mark.slow
 def test_tfds_mnist_with_mock_data():
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
     with tfds.testing.mock_data(num_examples=12):
@@ -169,7 +169,9 @@ def test_a_folder_file_a_celeba_file_and_a_tfds_array_get_the_same_pixels(tmp_pa
                                          image_size=64, crop=140), "train")
     celeba = data.load_split(tiny_config(dataset="celeb_a", data_dir=str(tmp_path / "celeba")),
                              "train")
-    as_dataset = lambda *args, **kwargs: tf.data.Dataset.from_tensor_slices({"image": photo[None]})
+    def as_dataset(*args, **kwargs):
+        return tf.data.Dataset.from_tensor_slices({"image": photo[None]})
+
     with tfds.testing.mock_data(as_dataset_fn=as_dataset):
         from_tfds = data.load_split(tiny_config(dataset="celeb_a", in_memory="true"), "test")
     expected = images_lib.center_crop_and_resize(tf.constant(photo), 140, 64).numpy()
@@ -187,7 +189,8 @@ def test_unknown_tfds_name_raises():
 
 def test_unprepared_tfds_data_set_raises(tmp_path):
     with pytest.raises(ConfigError, match=f"'mnist'.*{tmp_path}"):
-        data.load_split(Config(dataset="mnist", tfds_data_dir=str(tmp_path), tfds_download=False), "train")
+        data.load_split(Config(dataset="mnist", tfds_data_dir=str(tmp_path),
+                               tfds_download=False), "train")
 
 
 def test_fashion_mnist_fallback_failure_names_both(tmp_path, monkeypatch):

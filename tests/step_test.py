@@ -9,15 +9,13 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import make_images, mirrored_strategy, tiny_config
-from wae_tf.runtime import checkpoints
-from wae_tf import data
+from wae_tf import data, errors, loop
 from wae_tf.data import pipeline
-from wae_tf import errors
-from wae_tf.perf import fast_layers
-from wae_tf import loop
+from wae_tf.errors import ConfigError
 from wae_tf.model import networks
 from wae_tf.model import step as step_lib
-from wae_tf.errors import ConfigError
+from wae_tf.perf import fast_layers
+from wae_tf.runtime import checkpoints
 
 SWEEP = [
     dict(regularizer="mmd", kernel="imq"),
@@ -59,7 +57,8 @@ def test_every_regularizer_trains_with_finite_losses(overrides):
     strategy = tf.distribute.get_strategy()
     state, losses = _run_steps(config, strategy, make_images(16), 2)
     assert int(state.step.numpy()) == 2
-    expected = {"loss", "recon", "penalty"} | ({"disc_loss"} if config.regularizer == "gan" else set())
+    expected = {"loss", "recon", "penalty"} | (
+        {"disc_loss"} if config.regularizer == "gan" else set())
     assert set(losses[-1]) == expected
     assert all(np.isfinite(v) for step in losses for v in step.values())
     # loss = recon + lambda * penalty, from the same forward pass.
@@ -72,7 +71,7 @@ def test_every_regularizer_trains_with_finite_losses(overrides):
 def test_loss_falls_when_overfitting_one_batch():
     config = tiny_config(batch_size=8, width_divisor=16, learning_rate=2e-3)
     _, losses = _run_steps(config, tf.distribute.get_strategy(), make_images(8), 40)
-    first, last = losses[0]["recon"], np.mean([l["recon"] for l in losses[-5:]])
+    first, last = losses[0]["recon"], np.mean([step["recon"] for step in losses[-5:]])
     assert last < 0.6 * first, (first, last)
 
 
@@ -214,7 +213,8 @@ def test_resume_continues_step_optimizer_and_equals_uninterrupted_run(tmp_path):
     states = []
     for workdir in ("a", "b"):
         state = _state(config, tf.distribute.get_strategy())
-        state.checkpoint().restore(tf.train.latest_checkpoint(str(tmp_path / workdir / "checkpoints")))
+        state.checkpoint().restore(
+            tf.train.latest_checkpoint(str(tmp_path / workdir / "checkpoints")))
         states.append(state)
     assert int(states[1].ae_optimizer.iterations.numpy()) == 4
     for a, b in zip(_weights(states[0]) + [v.numpy() for v in states[0].ae_optimizer.variables],
@@ -244,7 +244,8 @@ def test_learning_rate_schedules_follow_the_paper_code():
     # 100^(-(e+1)/E), so epoch 0 already runs at 100^(-1/10) and the last (9) at 1/100.
     assert [smooth(e) for e in (0, 4, 9)] == pytest.approx([100 ** -0.1, 0.1, 0.01])
     schedule = step_lib.EpochSchedule(1e-3, "manual", steps_per_epoch=10, num_epochs=60)
-    assert float(schedule(299)) == pytest.approx(1e-3) and float(schedule(300)) == pytest.approx(5e-4)
+    assert float(schedule(299)) == pytest.approx(1e-3)
+    assert float(schedule(300)) == pytest.approx(5e-4)
 
 
 def test_workdir_with_other_model_flags_is_refused(tmp_path):
@@ -287,8 +288,8 @@ def test_input_noise_is_truncated_at_two_std_in_pixel_range_units():
     for pixel_range, std in (("unit", 0.01), ("symmetric", 0.005)):
         config = tiny_config(input_noise=0.01, pixel_range=pixel_range)
         strategy = tf.distribute.get_strategy()
-        noise = strategy.run(lambda: step_lib.noisy_inputs(
-            config, images, tf.constant(3, tf.int64), 4)).numpy() - 0.5
+        noise = strategy.run(step_lib.noisy_inputs,
+                             (config, images, tf.constant(3, tf.int64), 4)).numpy() - 0.5
         assert np.abs(noise).max() <= 2 * std * (1 + 1e-6)
         assert noise.std() == pytest.approx(0.88 * std, rel=0.05)  # N(0,1) cut at +-2: 0.880
 

@@ -9,8 +9,7 @@ import tensorflow as tf
 
 from tests.conftest import mirrored_strategy, tiny_config
 from tests.folders_test import _image, _write
-from wae_tf import data
-from wae_tf import loop
+from wae_tf import data, loop
 from wae_tf.errors import ConfigError
 
 pytestmark = pytest.mark.numerics
@@ -44,12 +43,14 @@ def _batches(dataset, count):
     return out
 
 
+@pytest.mark.slow
 def test_streamed_batches_equal_the_in_memory_ones_and_resume_exactly(folder, tmp_path):
     memory = data.load_split(_config(folder, in_memory="true"), "train")
     streamed = data.load_split(_config(folder, in_memory="false"), "train")
     cached = data.load_split(_config(folder, in_memory="false", cache_dir=str(tmp_path)), "train")
     assert isinstance(memory, data.ImageData) and isinstance(streamed, data.ImageFiles)
-    assert isinstance(cached, data.ImageRows) and streamed.image_shape == memory.image_shape == (28, 28, 3)
+    assert isinstance(cached, data.ImageRows)
+    assert streamed.image_shape == memory.image_shape == (28, 28, 3)
     np.testing.assert_array_equal(streamed.labels, memory.labels)
     strategy = tf.distribute.get_strategy()
     # 13 images, batches of 4: 3 steps per epoch; 7 steps cross two epoch boundaries.
@@ -90,6 +91,7 @@ def test_the_cache_is_written_once_and_names_bad_files(folder, tmp_path):
     np.testing.assert_array_equal(kept.read(np.arange(5)), memory.images)
 
 
+@pytest.mark.slow
 def test_a_tfds_data_set_streams_from_its_decoded_copy(tmp_path):
     """TFDS records have no random access: streaming one reads its copy in --cache_dir, written
     once in TFDS's order; batches equal the in-memory ones and resume exactly."""
@@ -111,6 +113,7 @@ def test_a_tfds_data_set_streams_from_its_decoded_copy(tmp_path):
     assert data.materialize(rows, limit=100).images.tolist() == memory.images.tolist()
 
 
+@pytest.mark.slow
 def test_training_streams_from_the_cache(folder, tmp_path):
     config = _config(folder, in_memory="false", cache_dir=str(tmp_path / "cache"),
                      train_steps=3)
@@ -118,6 +121,7 @@ def test_training_streams_from_the_cache(folder, tmp_path):
     assert results["step"] == 3 and np.isfinite(results["train_loss"])
 
 
+@pytest.mark.slow
 def test_a_streamed_run_resumed_equals_an_uninterrupted_one(folder, tmp_path):
     config = _config(folder, in_memory="false", train_steps=4, checkpoint_every=2)
     straight = loop.train_and_evaluate(config, str(tmp_path / "a"))
@@ -128,6 +132,7 @@ def test_a_streamed_run_resumed_equals_an_uninterrupted_one(folder, tmp_path):
         assert resumed[name] == pytest.approx(straight[name], rel=1e-5), name
 
 
+@pytest.mark.slow
 def test_a_file_that_fails_to_decode_while_streaming_is_a_clear_error(tmp_path):
     """Without --cache_dir nothing checks the files before training: the failure mid-run names
     the way to find the bad ones, and no checkpoint is written after it."""

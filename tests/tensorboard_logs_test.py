@@ -14,10 +14,9 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from tests.conftest import make_images
 from wae_tf import config as config_lib
+from wae_tf import fileio, visualize
 from wae_tf.evaluation import evaluator
-from wae_tf import fileio
 from wae_tf.runtime import tensorboard_logs
-from wae_tf import visualize
 
 
 def _accumulator(directory: str) -> event_accumulator.EventAccumulator:
@@ -36,6 +35,7 @@ def evaluated(tiny_run):
     return dict(tiny_run, results=results)
 
 
+@pytest.mark.slow
 def test_the_run_directory_is_an_hparams_session_with_its_config(tiny_run):
     events = _accumulator(tiny_run["workdir"])
     content = events.PluginTagToContent(hparams_metadata.PLUGIN_NAME)
@@ -94,6 +94,7 @@ def test_a_rerun_replaces_the_session_and_an_old_run_gets_one_from_config_json(t
     assert start.hparams["lambda_reg"].number_value == 3.0
 
 
+@pytest.mark.slow
 def test_evaluate_writes_the_codes_labels_and_sprite_to_the_projector(evaluated):
     directory = os.path.join(evaluated["workdir"], "eval", tensorboard_logs.PROJECTOR_DIR)
     config = projector.ProjectorConfig()

@@ -96,6 +96,7 @@ def test_a_refused_start_writes_nothing_into_the_workdir(results, name):
         assert not listing
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", CASES)
 def test_train_reports_the_problem_in_one_line(results, name):
     returncode, stderr, _ = results[name]

@@ -10,9 +10,8 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from tests.conftest import tiny_config
 from wae_tf.model import latent_sampler
-from wae_tf.serving import saved_model
 from wae_tf.model import step as step_lib
-from wae_tf.serving import warmup
+from wae_tf.serving import saved_model, warmup
 
 
 @pytest.mark.parametrize("shape,expected", [

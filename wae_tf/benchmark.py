@@ -1,15 +1,15 @@
 """Entry point: python -m wae_tf.benchmark [--width_divisors=1,4] [--regularizers=mmd,gan]
-[--quick] times training and serving against this machine's matmul speed (wae_tf.tools.benchmarking)."""
+[--quick] times training and serving against this machine's matmul speed
+(wae_tf.tools.benchmarking)."""
 
 import json
 import sys
 
 import tensorflow as tf
-from absl import app
-from absl import flags
+from absl import app, flags
 
-from wae_tf.tools import benchmarking
 from wae_tf.config import CHOICES
+from wae_tf.tools import benchmarking
 
 
 def define_flags() -> None:

@@ -1,12 +1,12 @@
-"""Entry point: the paper's comparison of VAEs, WAE-MMD, WAE-GAN and WAE-SWD (wae_tf.tools.comparison).
+"""Entry point: the paper's comparison of VAEs, WAE-MMD, WAE-GAN and WAE-SWD
+(wae_tf.tools.comparison).
 
     python -m wae_tf.compare --workdir_root=runs/compare --train_seeds=0,1,2
 """
 
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from wae_tf import cli
 

@@ -1,4 +1,5 @@
-"""Every hyper-parameter of a run: one frozen dataclass, its defaults and its validation (stdlib only)."""
+"""Every hyper-parameter of a run: one frozen dataclass, its defaults and its validation (stdlib
+only)."""
 
 import dataclasses
 import math
@@ -33,7 +34,8 @@ MODEL_FIELDS = ("dataset", "image_size", "width_divisor", "encoder", "z_dim", "r
 RESUMABLE_FIELDS = ("train_steps", "epochs", "data_dir", "in_memory", "cache_dir",
                     "skip_bad_images", "tfds_data_dir", "tfds_download", "shuffle_buffer",
                     "steps_per_loop", "jit_compile", "conv_impl", "conv_plan_cache",
-                    "deterministic", "strategy", "cpu_devices", "cluster_timeout", "checkpoint_every", "keep_checkpoints",
+                    "deterministic", "strategy", "cpu_devices", "cluster_timeout",
+                    "checkpoint_every", "keep_checkpoints",
                     "log_every", "progress", "image_every", "export_dir", "export",
                     "sampler_components")
 
@@ -73,11 +75,13 @@ class Config:
     skip_bad_images: bool = _field(False, "folder, celeb_a from --data_dir: leave out (and count "
                                    "in the log) files that cannot be decoded, instead of stopping.")
     tfds_data_dir: str = _field("", "tensorflow-datasets data_dir (prepared data sets live here).")
-    tfds_download: bool = _field(True, "Let tensorflow-datasets download and prepare a missing data "
+    tfds_download: bool = _field(True, "Let tensorflow-datasets download and prepare a missing "
+                                       "data "
                                  "set (needs network); false: only use what --tfds_data_dir holds.")
     image_size: int = _field(0, "Side of the square images fed to the networks; 0 = the data set's "
                              "own (28 for MNIST-like, 64 for celeb_a).")
-    celeba_crop: int = _field(140, "Centre crop side applied to CelebA before resizing (paper: 140).")
+    celeba_crop: int = _field(140, "Centre crop side applied to CelebA before resizing (paper: "
+                                   "140).")
     pixel_range: str = _field("unit", "The pixel range the networks and the cost work in: unit "
                               "[0, 1] with a sigmoid output, or symmetric [-1, 1] with a tanh "
                               "output (the paper's CelebA). Data, exports and metrics stay in "
@@ -85,8 +89,10 @@ class Config:
     shuffle_buffer: int = _field(0, "Unused for in-memory data (full permutation per epoch); kept "
                                  "for streaming sources. 0 = full.")
     # Networks.
-    width_divisor: int = _field(1, "Divides every channel count of the paper's networks (CPU runs).")
-    encoder: str = _field("deterministic", "deterministic | gaussian (mean and log-variance heads).")
+    width_divisor: int = _field(1, "Divides every channel count of the paper's networks "
+                                "(CPU runs).")
+    encoder: str = _field("deterministic",
+                          "deterministic | gaussian (mean and log-variance heads).")
     z_dim: int = _field(8, "Latent dimension.")
     prior: str = _field("normal", "normal N(0, s^2 I) | sphere (radius s) | uniform "
                         "U[-s, s]^z_dim, with s = prior_scale; deterministic codes are projected "
@@ -107,13 +113,15 @@ class Config:
     lambda_reg: float = _field(10.0, "Weight lambda of the latent penalty D(Q_Z, P_Z).")
     kernel: str = _field("imq", "MMD kernel: imq | rbf.")
     rbf_sigma2: float = _field(0.0, "RBF bandwidth sigma^2; 0 = median heuristic per batch.")
-    swd_projections: int = _field(50, "Number of random directions of the sliced Wasserstein distance.")
+    swd_projections: int = _field(50, "Number of random directions of the sliced Wasserstein "
+                                      "distance.")
     recon: str = _field("l2sq", "Reconstruction cost: l2sq (0.05*||x-y||^2) | l2 (0.2*||x-y||) | "
                         "l1 (0.02*||x-y||_1), the paper code's scales | bernoulli (the negative "
                         "log-likelihood of Bernoulli pixels, the VAE's decoder on [0, 1]).")
     # Optimisation.
     learning_rate: float = _field(1e-3, "Adam learning rate of encoder and decoder.")
-    disc_learning_rate: float = _field(5e-4, "Adam learning rate of the latent discriminator (gan).")
+    disc_learning_rate: float = _field(5e-4, "Adam learning rate of the latent discriminator "
+                                       "(gan).")
     adam_beta1: float = _field(0.5, "Adam beta1 (paper: 0.5).")
     adam_beta2: float = _field(0.999, "Adam beta2.")
     lr_schedule: str = _field("constant", "constant | manual (x1/2 at epoch 30, x1/5 more at 50, "
@@ -132,7 +140,8 @@ class Config:
                                          "CelebA).")
     seed: int = _field(0, "Seed of initialisation, data order, prior samples and noise.")
     steps_per_loop: int = _field(1, "Training steps run inside one tf.function call.")
-    jit_compile: bool = _field(False, "XLA-compile the training step (slower on the CPUs measured).")
+    jit_compile: bool = _field(False, "XLA-compile the training step (slower on the CPUs "
+                               "measured).")
     conv_impl: str = _field("auto", "How the stride-2 convs, transposed convs and the decoder's "
                             "output layer compute their forward pass and gradients: auto (TF's "
                             "kernels with a GPU; on CPUs each part timed as TF's kernel, matmul, "
@@ -154,18 +163,22 @@ class Config:
     deterministic: bool = _field(False, "Enable TF op determinism: a resumed run's losses equal "
                                  "an uninterrupted run's (bit for bit on one machine).")
     # Distribution.
-    strategy: str = _field("auto", "auto (mirrored with >1 GPU) | default | mirrored | multi_worker.")
+    strategy: str = _field("auto", "auto (mirrored with >1 GPU) | default | mirrored | "
+                                   "multi_worker.")
     cpu_devices: int = _field(0, "Split the CPU into this many logical devices (0 = leave as is).")
     cluster_timeout: float = _field(300.0, "multi_worker: seconds to wait for every task of "
                                     "TF_CONFIG to start before failing with the missing ones.")
     # Output.
-    checkpoint_every: int = _field(1000, "Save a checkpoint every this many steps (and at the end).")
+    checkpoint_every: int = _field(1000, "Save a checkpoint every this many steps (and at the "
+                                   "end).")
     keep_checkpoints: int = _field(3, "How many recent checkpoints to keep.")
-    log_every: int = _field(100, "Log scalars to the console and TensorBoard every this many steps.")
+    log_every: int = _field(100, "Log scalars to the console and TensorBoard every this many "
+                            "steps.")
     progress: str = _field("auto", "A one-line progress bar with the time left on stderr, beside "
                            "the log lines: auto (when stderr is a terminal) | on | off.")
     image_every: int = _field(1000, "Log reconstruction and sample grids every this many steps.")
-    export_dir: str = _field("", "Base directory of the SavedModel export; default <workdir>/export.")
+    export_dir: str = _field("", "Base directory of the SavedModel export; default "
+                                 "<workdir>/export.")
     export: bool = _field(True, "Export a SavedModel at the end of training.")
     sampler_components: int = _field(10, "After training, fit a Gaussian mixture of this many "
                                      "full-covariance components to the training codes (a "
@@ -209,7 +222,8 @@ class Config:
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}.")
         if not 0 < self.batchnorm_epsilon < 1:
-            raise ConfigError(f"--batchnorm_epsilon must be in (0, 1), got {self.batchnorm_epsilon}.")
+            raise ConfigError(f"--batchnorm_epsilon must be in (0, 1), got "
+                              f"{self.batchnorm_epsilon}.")
         for name in ("adam_beta1", "adam_beta2", "batchnorm_momentum"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be in [0, 1), got {getattr(self, name)}.")
@@ -219,7 +233,8 @@ class Config:
             raise ConfigError("--regularizer=kl (VAE) needs a stochastic encoder: add "
                               "--encoder=gaussian.")
         if self.regularizer == "kl" and self.prior != "normal":
-            raise ConfigError("--regularizer=kl computes the KL to a normal prior: use --prior=normal.")
+            raise ConfigError("--regularizer=kl computes the KL to a normal prior: use "
+                              "--prior=normal.")
         if self.recon == "bernoulli" and self.pixel_range != "unit":
             raise ConfigError("--recon=bernoulli is a likelihood of pixels in [0, 1]: use "
                               "--pixel_range=unit.")
@@ -231,7 +246,8 @@ class Config:
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"--test_fraction must be in (0, 1), got {self.test_fraction}.")
         if self.channels not in (0, 1, 3):
-            raise ConfigError(f"--channels must be 0 (from the files), 1 or 3, got {self.channels}.")
+            raise ConfigError("--channels must be 0 (from the files), 1 or 3, "
+                              f"got {self.channels}.")
         if self.crop < 0:
             raise ConfigError(f"--crop must be >= 0, got {self.crop}.")
         if self.dataset == "folder" and not self.data_dir:
@@ -240,7 +256,8 @@ class Config:
             raise ConfigError(f"--image_size={self.image_size}: the networks exist for 28 (MNIST) "
                               "and 32, 64, 128, 256 (0 = the data set's own).")
         if self.lr_schedule != "constant" and self.epochs == 0:
-            raise ConfigError(f"--lr_schedule={self.lr_schedule} is defined in epochs: set --epochs.")
+            raise ConfigError(f"--lr_schedule={self.lr_schedule} is defined in epochs: set "
+                              f"--epochs.")
         return self
 
 

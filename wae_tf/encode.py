@@ -4,8 +4,7 @@ code of every image in a folder (wae_tf.serving.encoding), with the file names, 
 import json
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from wae_tf import cli
 

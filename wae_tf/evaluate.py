@@ -7,8 +7,7 @@
 import json
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from wae_tf import cli
 from wae_tf.errors import ConfigError

@@ -3,8 +3,7 @@ checkpoint of a training run as BASE/<step> (default <workdir>/export/<step>).""
 
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from wae_tf import cli
 

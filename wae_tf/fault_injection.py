@@ -5,8 +5,7 @@ and prints a table of the faults. Exit code 0 when every check passes."""
 
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from wae_tf import cli
 from wae_tf.tools import faults

@@ -11,23 +11,15 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from wae_tf.runtime import checkpoints
-from wae_tf.runtime import cluster
-from wae_tf import data
-from wae_tf import fileio
-from wae_tf.perf import fast_layers
-from wae_tf.perf import hardware
-from wae_tf.model import latent_sampler
-from wae_tf.evaluation import metrics as metrics_lib
-from wae_tf.model import networks
-from wae_tf.runtime import progress
-from wae_tf.model import regularizers
-from wae_tf.serving import saved_model
-from wae_tf.runtime import tensorboard_logs
-from wae_tf.model import step as step_lib
-from wae_tf import visualize
+from wae_tf import data, fileio, visualize
 from wae_tf.config import Config
 from wae_tf.errors import ConfigError, NonFiniteLossError, Preempted
+from wae_tf.evaluation import metrics as metrics_lib
+from wae_tf.model import latent_sampler, networks, regularizers
+from wae_tf.model import step as step_lib
+from wae_tf.perf import fast_layers, hardware
+from wae_tf.runtime import checkpoints, cluster, progress, tensorboard_logs
+from wae_tf.serving import saved_model
 
 NUM_IMAGES_LOGGED = 64
 SAMPLER_FIT_LIMIT = 10000  # training images whose codes the latent sampler is fitted to

@@ -5,8 +5,7 @@ model that TensorFlow Serving serves (REST, port 8501) for the reconstruction of
 import json
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from wae_tf import cli
 

@@ -7,8 +7,7 @@ flag given on the command line (or in a flagfile) taking precedence.
 import os
 import sys
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
 from wae_tf import cli
 from wae_tf.errors import ConfigError
@@ -23,6 +22,7 @@ FLAGS = flags.FLAGS
 def _train(workdir):
     # pylint: disable=import-outside-toplevel; TensorFlow loads after the flags are parsed
     import tensorflow as tf
+
     from wae_tf import loop
     from wae_tf.runtime import checkpoints, cluster
     if not workdir:

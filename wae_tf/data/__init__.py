@@ -11,8 +11,13 @@ are this package's internals, importing one way: images <- folders <- cache <- s
 
 from wae_tf.data.folders import EXTENSIONS, crop_of, image_dataset, list_images
 from wae_tf.data.images import center_crop_and_resize, preprocess, to_float
-from wae_tf.data.pipeline import (distribute, make_eval_dataset, make_train_dataset, materialize,
-                                  steps_per_epoch)
+from wae_tf.data.pipeline import (
+                                  distribute,
+                                  make_eval_dataset,
+                                  make_train_dataset,
+                                  materialize,
+                                  steps_per_epoch,
+)
 from wae_tf.data.sources import ImageData, ImageFiles, ImageRows, load_split, read_idx
 
 __all__ = ["EXTENSIONS", "ImageData", "ImageFiles", "ImageRows", "center_crop_and_resize",

@@ -167,7 +167,8 @@ def celeba_files(data_dir: str, split: str) -> List[str]:
         rows = [line.split() for line in f if line.strip()]
     bad = [row for row in rows if len(row) != 2 or row[1] not in _CELEBA_PARTS.values()]
     if bad:
-        raise ConfigError(f"{partition}: expected lines '<file> <0|1|2>', got {' '.join(bad[0])!r}.")
+        raise ConfigError(f"{partition}: expected lines '<file> <0|1|2>', "
+                          f"got {' '.join(bad[0])!r}.")
     return [os.path.join(data_dir, CELEBA_IMAGES, name) for name, part in rows
             if part == _CELEBA_PARTS[split]]
 

@@ -8,9 +8,8 @@ reads and decodes a streamed split (ImageFiles, ImageRows) for its own replicas 
 import numpy as np
 import tensorflow as tf
 
-from wae_tf.data import folders
+from wae_tf.data import folders, sources
 from wae_tf.data import images as images_lib
-from wae_tf.data import sources
 from wae_tf.errors import ConfigError
 
 

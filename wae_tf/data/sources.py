@@ -25,10 +25,9 @@ from typing import List, Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from wae_tf.data import cache
-from wae_tf.data import folders
-from wae_tf.data import images as images_lib
 from wae_tf.config import DEFAULT_FASHION_MNIST_DIR, Config
+from wae_tf.data import cache, folders
+from wae_tf.data import images as images_lib
 from wae_tf.errors import ConfigError
 
 SPLITS = ("train", "test")
@@ -41,7 +40,8 @@ _IDX_PREFIX = {"train": "train", "test": "t10k"}
 _IDX_DTYPES = {0x08: np.dtype(">u1"), 0x09: np.dtype(">i1"), 0x0B: np.dtype(">i2"),
                0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 CELEBA_SIZE = 64  # The paper's CelebA resolution.
-_FIX_FASHION = ("install the Debian package (`sudo apt-get install dataset-fashion-mnist`), or pass "
+_FIX_FASHION = ("install the Debian package (`sudo apt-get install dataset-fashion-mnist`), or "
+                "pass "
                 "--data_dir=DIR holding the IDX files, or prepare the TFDS copy on a machine with "
                 "network (`tfds build fashion_mnist --data_dir=DIR`) and pass --tfds_data_dir=DIR")
 

@@ -25,8 +25,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from wae_tf import data
-from wae_tf import fileio
+from wae_tf import data, fileio
 from wae_tf.errors import ConfigError
 
 INFO_FILE = "classifier.json"
@@ -138,7 +137,8 @@ def load_or_train(directory: str, dataset: str,
             raise ConfigError(
                 "No feature classifier for celeb_a: it has no class labels to train one on (the "
                 "40 binary attributes are not loaded). Place a feature extractor in "
-                "--classifier_dir in the layout of wae_tf/evaluation/classifier.py to evaluate FID.")
+                "--classifier_dir in the layout of wae_tf/evaluation/classifier.py to evaluate "
+                "FID.")
         train, test = load_data()
         model, accuracy = train_classifier(train, test, epochs, seed)
         info = dict(dataset=dataset, test_accuracy=accuracy, num_test_images=test.num_examples,

@@ -3,7 +3,8 @@
 
 Metrics (each stored with the counts and seeds it was computed from): the test reconstruction
 cost (the training cost, per image) and MSE per pixel; FID, precision and recall (k = 3) of
-decoded prior samples against test images in the feature space of wae_tf.evaluation.evaluator.classifier, with its
+decoded prior samples against test images in the feature space of
+wae_tf.evaluation.evaluator.classifier, with its
 test accuracy; MMD between the test codes (sampled z = mean + sigma*eps for a Gaussian encoder:
 the aggregate posterior Q_Z) and prior samples; the Laplacian-variance sharpness of samples,
 reconstructions and test images. With a fitted latent sampler (wae_tf.model.latent_sampler) FID,
@@ -22,21 +23,16 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from wae_tf.evaluation import classifier as classifier_lib
 from wae_tf import config as config_lib
-from wae_tf import data
-from wae_tf.evaluation import figures
-from wae_tf.model import latent_sampler
-from wae_tf import fileio
-from wae_tf.evaluation import metrics
-from wae_tf.model import networks
-from wae_tf.model import regularizers
-from wae_tf.serving import saved_model
-from wae_tf.runtime import tensorboard_logs
-from wae_tf.model import step as step_lib
-from wae_tf import visualize
+from wae_tf import data, fileio, visualize
 from wae_tf.config import Config
 from wae_tf.errors import ConfigError
+from wae_tf.evaluation import classifier as classifier_lib
+from wae_tf.evaluation import figures, metrics
+from wae_tf.model import latent_sampler, networks, regularizers
+from wae_tf.model import step as step_lib
+from wae_tf.runtime import tensorboard_logs
+from wae_tf.serving import saved_model
 
 BATCH = 500
 PRECISION_RECALL_K = 3

@@ -220,7 +220,8 @@ def copy_weights(source: keras.Model, target: keras.Model) -> None:
         if layer.weights:
             target.get_layer(layer.name).set_weights(layer.get_weights())
     names = {layer.name for layer in source.layers}
-    missing = [l.name for l in target.layers if l.trainable_weights and l.name not in names]
+    missing = [layer.name for layer in target.layers
+               if layer.trainable_weights and layer.name not in names]
     if missing:
         raise ValueError(f"{target.name}: no weights for {missing} in {source.name}.")
 
@@ -263,7 +264,8 @@ def make_models(config: Config, image_shape, layer_set: LayerSet = KERAS_LAYERS,
     network_image_size(image_shape)
     with _dtype_policy(config):
         discriminator = None
-        if config.regularizer == "gan" and with_discriminator:  # first: the seed's stream as in earlier releases
+        # The discriminator first: the seed's stream as in earlier releases.
+        if config.regularizer == "gan" and with_discriminator:
             discriminator = make_discriminator(config, image_shape, builtin_layers_only)
         return Models(make_encoder(config, image_shape, layer_set),
                       make_decoder(config, image_shape, layer_set), discriminator)

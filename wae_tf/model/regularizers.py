@@ -43,7 +43,9 @@ def reconstruction_cost(x, y, kind, pixel_scale=1.0):
     Raises:
         ValueError: If `kind` is unknown, or pixel_scale is not 1 for "bernoulli".
     """
-    flat = lambda t: tf.reshape(t, [tf.shape(x)[0], -1])  # noqa: E731; [n, H*W*C]
+    def flat(t):  # [n, H, W, C] -> [n, H*W*C]
+        return tf.reshape(t, [tf.shape(x)[0], -1])
+
     if kind == "bernoulli":
         if pixel_scale != 1.0:
             raise ValueError("The Bernoulli likelihood is defined on pixels in [0, 1] only.")

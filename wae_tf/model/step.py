@@ -7,9 +7,8 @@ from typing import Callable, Dict, Optional
 import keras
 import tensorflow as tf
 
-from wae_tf.model import networks
-from wae_tf.model import regularizers
 from wae_tf.config import Config
+from wae_tf.model import networks, regularizers
 
 # Tags folded into the per-step seed so that each random draw has its own stream.
 _NOISE, _PRIOR, _EPS, _DIRECTIONS, _PRETRAIN = 1, 2, 3, 4, 5

@@ -19,8 +19,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from wae_tf.perf import plan_cache
-from wae_tf.perf import winograd
+from wae_tf.perf import plan_cache, winograd
 
 NATIVE, MATMUL, SUBPIXEL, WINOGRAD = "native", "matmul", "subpixel", "winograd"
 IMPLS = (NATIVE, MATMUL, SUBPIXEL, WINOGRAD)
@@ -512,7 +511,8 @@ def _part_candidates(shape: LayerShape, dtype):
 
 def _describe(shape: LayerShape) -> str:
     return (f"{'conv_transpose' if shape.transpose else 'conv'} {shape.size}x{shape.size}x"
-            f"{shape.cin} -> {shape.cout} (k={shape.k}, stride {shape.stride}, batch {shape.batch})")
+            f"{shape.cin} -> {shape.cout} (k={shape.k}, stride {shape.stride}, "
+            f"batch {shape.batch})")
 
 
 def _time_parts(shape: LayerShape, dtype) -> Tuple[ConvPlan, Dict[str, Dict[str, float]]]:

@@ -15,10 +15,9 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from wae_tf.perf import convs
-from wae_tf.model import networks
-from wae_tf.perf import plan_cache
 from wae_tf.config import Config
+from wae_tf.model import networks
+from wae_tf.perf import convs, plan_cache
 
 
 def conv_plan(config: Config, shape: convs.LayerShape) -> convs.ConvPlan:

@@ -21,8 +21,8 @@ import tensorflow as tf
 from absl import logging
 
 from wae_tf import fileio
-from wae_tf.perf import hardware
 from wae_tf.errors import ConfigError
+from wae_tf.perf import hardware
 
 FORMAT = 1
 MAX_ENTRIES = 1000  # the oldest go first: a cache of every shape ever timed stays small

@@ -1,7 +1,8 @@
 """Winograd's minimal filtering F(m x m, r x r), r = 2 or 3, for the stride-1 convs of the
 sub-pixel forms.
 
-Why: the sub-pixel form (wae_tf.perf.convs) turns a stride-2 conv or transposed conv with a k-tap kernel
+Why: the sub-pixel form (wae_tf.perf.convs) turns a stride-2 conv or transposed conv with a k-tap
+kernel
 into a stride-1 conv with an r x r window: r = 2 for k = 3, 4 (the Fashion-MNIST networks), 3 for
 k = 5, 6 (CelebA's). Winograd's algorithm (Lavin & Gray 2016) computes each m x m tile of its
 output from (m + r - 1)^2 products per channel pair instead of r^2 m^2: for r = 2 the GEMMs do 0.56
@@ -110,7 +111,8 @@ def _join_tiles(values, axis: int):
 
 
 def _data_1d(x, axis: int, m: int, t: int, r: int):
-    """B^T on the overlapping tiles of m + r - 1 (stride m) along `axis`: x has m t + r - 1 there."""
+    """B^T on the overlapping tiles of m + r - 1 (stride m) along `axis`: x has m t + r - 1
+    there."""
     bt = matrices(m, r)[2]
     cols = _columns(x, axis, m, t)
     # Each tile's value m + j is the next tile's value j (the last tile's: x's value m t + j).

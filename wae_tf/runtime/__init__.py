@@ -1,1 +1,2 @@
-"""The training loop's services: checkpoints, the cluster and signals, progress, TensorBoard logs."""
+"""The training loop's services: checkpoints, the cluster and signals, progress, TensorBoard
+logs."""

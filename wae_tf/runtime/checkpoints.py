@@ -1,5 +1,6 @@
 """Checkpoint managers, resuming past unreadable checkpoints or a lost `checkpoint` state file,
-saving without leaving partial files, and the run's record (config.json) that a resume must match."""
+saving without leaving partial files, and the run's record (config.json) that a resume must
+match."""
 
 import dataclasses
 import os
@@ -9,11 +10,11 @@ import tensorflow as tf
 from absl import logging
 from tensorflow.python.checkpoint import checkpoint_management
 
-from wae_tf.runtime import cluster
 from wae_tf import config as config_lib
 from wae_tf import fileio
 from wae_tf.config import Config
 from wae_tf.errors import ConfigError
+from wae_tf.runtime import cluster
 
 RECORD_FILE = "config.json"
 STATE_FILE = "checkpoint"  # tf.train.CheckpointManager's list of checkpoints

@@ -22,8 +22,7 @@ from tensorboard.plugins import projector
 from tensorboard.plugins.hparams import api as hp
 
 from wae_tf import config as config_lib
-from wae_tf import fileio
-from wae_tf import visualize
+from wae_tf import fileio, visualize
 
 # The Config fields a user varies between runs: the HParams tab's columns.
 HPARAM_FIELDS = ("dataset", "image_size", "width_divisor", "encoder", "z_dim", "prior",

@@ -15,10 +15,9 @@ import tensorflow as tf
 from absl import logging
 
 from wae_tf import config as config_lib
-from wae_tf import data
-from wae_tf import fileio
-from wae_tf.serving import saved_model as saved_model_lib
+from wae_tf import data, fileio
 from wae_tf.errors import ConfigError
+from wae_tf.serving import saved_model as saved_model_lib
 
 PROGRESS_SECONDS = 10.0
 

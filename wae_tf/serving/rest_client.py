@@ -14,8 +14,7 @@ from typing import Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from wae_tf import data
-from wae_tf import visualize
+from wae_tf import data, visualize
 from wae_tf.errors import ConfigError
 
 SIGNATURE = "reconstruct"
@@ -31,7 +30,8 @@ def call(url: str, body: Optional[dict] = None, timeout: float = 60.0) -> dict:
     """GET `url` (or POST `body` as JSON) and return the JSON answer; a refused request or an
     unreachable server is a ConfigError with the server's own message."""
     payload = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=payload, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=payload,
+                                     headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())

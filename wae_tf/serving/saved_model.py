@@ -9,15 +9,13 @@ import os
 import tensorflow as tf
 from absl import logging
 
-from wae_tf.runtime import checkpoints
 from wae_tf import config as config_lib
 from wae_tf import fileio
-from wae_tf.model import latent_sampler
-from wae_tf.model import networks
-from wae_tf.model import regularizers
-from wae_tf.serving import warmup
 from wae_tf.config import Config
 from wae_tf.errors import ConfigError
+from wae_tf.model import latent_sampler, networks, regularizers
+from wae_tf.runtime import checkpoints
+from wae_tf.serving import warmup
 
 CONFIG_ASSET = os.path.join("assets.extra", "wae_config.json")
 # The plain networks as Keras files, inside the version (written and renamed with it); TF

@@ -18,17 +18,13 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from wae_tf.runtime import cluster
-from wae_tf.perf import convs
-from wae_tf.perf import fast_layers
 from wae_tf import data
-from wae_tf.perf import hardware
-from wae_tf.perf import op_profile
-from wae_tf.model import regularizers
-from wae_tf.serving import saved_model
-from wae_tf.model import step as step_lib
-from wae_tf.serving import warmup
 from wae_tf.config import Config
+from wae_tf.model import regularizers
+from wae_tf.model import step as step_lib
+from wae_tf.perf import convs, fast_layers, hardware, op_profile
+from wae_tf.runtime import cluster
+from wae_tf.serving import saved_model, warmup
 
 # Layers whose multiply-adds count as the work of the network (BatchNorm, ReLU, Adam, the
 # regulariser are not counted: they are the overhead the fraction of the limit exposes).
@@ -63,7 +59,8 @@ class Options:
 
 
 QUICK = dict(width_divisors=(32,), batch_size=8, windows=2, window_steps=2, matmul_size=256,
-             matmul_runs=2, limit_sizes=(64, 128), mmd_batches=(16, 64), serving_batches=(1, 8), serving_runs=2,
+             matmul_runs=2, limit_sizes=(64, 128), mmd_batches=(16, 64), serving_batches=(1, 8),
+             serving_runs=2,
              profile_steps=1)
 
 
@@ -137,7 +134,8 @@ def find_limit(candidates: Sequence[Gemm], runs: int, dtype: str = "float32"):
     return best, {str(gemm): rate for gemm, rate in rates.items()}
 
 
-# The conv layers' classes: Keras's, and wae_tf.perf.fast_layers' tuned ones (transposed: *Transpose).
+# The conv layers' classes: Keras's, and wae_tf.perf.fast_layers' tuned ones (transposed:
+# *Transpose).
 _CONV_KINDS = ("Conv2D", "TunedConv2D", "Conv2DTranspose", "TunedConv2DTranspose")
 
 

@@ -3,7 +3,8 @@
     python -m wae_tf.compare --workdir_root=runs/compare --train_seeds=0,1,2
 
 Each run trains in <workdir_root>/<name>-seed<k> from flags/compare_<name>.cfg with --seed=k
-(resuming from its checkpoints; a finished run is skipped), is evaluated by wae_tf.evaluation.evaluator
+(resuming from its checkpoints; a finished run is skipped), is evaluated by
+wae_tf.evaluation.evaluator
 (skipped if its eval/metrics.json already has the requested sample count and seed), and the
 seeds of a model make one row (mean ± std) of <workdir_root>/compare.md; WAE-MMD's fitted latent
 sampler gets a row too. Wall times are those this script measured (summed over resumes).
@@ -15,15 +16,11 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 import tensorflow as tf
-from absl import flags
-from absl import logging
+from absl import flags, logging
 
-from wae_tf import cli
+from wae_tf import cli, fileio, loop, visualize
 from wae_tf import config as config_lib
 from wae_tf.evaluation import evaluator
-from wae_tf import fileio
-from wae_tf import loop
-from wae_tf import visualize
 
 RUNS = (("vae", "VAE"), ("vae_lambda01", "VAE (λ=0.1)"), ("wae_mmd", "WAE-MMD"),
         ("wae_gan", "WAE-GAN"), ("wae_swd", "WAE-SWD"))

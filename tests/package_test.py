@@ -65,6 +65,15 @@ def test_installed_console_script_lists_its_flags(script, tmp_path):
     assert len(listed) == 2 and re.search(r"^  --\w+", listed[1], re.M), result.stdout
 
 
+
+def test_every_subpackage_ships_in_the_wheel():
+    """pip installs the packages pyproject.toml lists: each folder of wae_tf must be one."""
+    found = {"wae_tf.flags"}
+    for dirpath, _, names in os.walk(os.path.join(REPO, "wae_tf")):
+        if "__init__.py" in names:
+            found.add(os.path.relpath(dirpath, REPO).replace(os.sep, "."))
+    assert sorted(PYPROJECT["tool"]["setuptools"]["packages"]) == sorted(found)
+
 def _pins() -> dict:
     pins = {}
     with open(os.path.join(REPO, "requirements.txt")) as f:

@@ -1,7 +1,6 @@
 """The serving clients, offline: the README's REST (curl) and gRPC examples and wae-reconstruct
 (wae_tf.serving.rest_client) against stand-ins of TensorFlow Serving's REST and gRPC APIs that
-answer
-with an exported SavedModel's signatures and refuse what TF Serving would not accept."""
+answer with an exported SavedModel's signatures and refuse what TF Serving would not accept."""
 
 import concurrent.futures
 import http.server

@@ -1,5 +1,4 @@
-"""Every hyper-parameter of a run: one frozen dataclass, its defaults and its validation (stdlib
-only)."""
+"""Every hyper-parameter of a run: one frozen dataclass, its defaults, its validation (stdlib)."""
 
 import dataclasses
 import math

@@ -1,12 +1,11 @@
 """Evaluation of a trained WAE on the test split: metrics.json, PNG figures and TensorBoard
 (python -m wae_tf.evaluate).
 
-Metrics (each stored with the counts and seeds it was computed from): the test reconstruction
-cost (the training cost, per image) and MSE per pixel; FID, precision and recall (k = 3) of
-decoded prior samples against test images in the feature space of
-wae_tf.evaluation.evaluator.classifier, with its
-test accuracy; MMD between the test codes (sampled z = mean + sigma*eps for a Gaussian encoder:
-the aggregate posterior Q_Z) and prior samples; the Laplacian-variance sharpness of samples,
+Metrics (each stored with the counts and seeds it was computed from): the test reconstruction cost
+(the training cost, per image) and MSE per pixel; FID, precision and recall (k = 3) of decoded
+prior samples against test images in the feature space of wae_tf.evaluation.classifier, with its
+test accuracy; MMD between the test codes (sampled z = mean + sigma*eps for a Gaussian encoder: the
+aggregate posterior Q_Z) and prior samples; the Laplacian-variance sharpness of samples,
 reconstructions and test images. With a fitted latent sampler (wae_tf.model.latent_sampler) FID,
 precision and recall of its samples too (`*_fitted_sampler`). The codes of the test images go to
 TensorBoard's embedding projector (wae_tf.runtime.tensorboard_logs).

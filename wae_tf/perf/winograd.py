@@ -2,9 +2,8 @@
 sub-pixel forms.
 
 Why: the sub-pixel form (wae_tf.perf.convs) turns a stride-2 conv or transposed conv with a k-tap
-kernel
-into a stride-1 conv with an r x r window: r = 2 for k = 3, 4 (the Fashion-MNIST networks), 3 for
-k = 5, 6 (CelebA's). Winograd's algorithm (Lavin & Gray 2016) computes each m x m tile of its
+kernel into a stride-1 conv with an r x r window: r = 2 for k = 3, 4 (the Fashion-MNIST networks),
+3 for k = 5, 6 (CelebA's). Winograd's algorithm (Lavin & Gray 2016) computes each m x m tile of its
 output from (m + r - 1)^2 products per channel pair instead of r^2 m^2: for r = 2 the GEMMs do 0.56
 (m=2), 0.44 (m=3) or 0.39 (m=4) of the work, for r = 3 0.44, 0.31 or 0.25; one GEMM per
 transformed position, for transforms that stream the data a few times. On wide layers that beats
@@ -111,8 +110,7 @@ def _join_tiles(values, axis: int):
 
 
 def _data_1d(x, axis: int, m: int, t: int, r: int):
-    """B^T on the overlapping tiles of m + r - 1 (stride m) along `axis`: x has m t + r - 1
-    there."""
+    """B^T on the overlapping tiles of m + r - 1 (stride m) along `axis` (of size m t + r - 1)."""
     bt = matrices(m, r)[2]
     cols = _columns(x, axis, m, t)
     # Each tile's value m + j is the next tile's value j (the last tile's: x's value m t + j).

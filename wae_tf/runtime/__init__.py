@@ -1,2 +1,1 @@
-"""The training loop's services: checkpoints, the cluster and signals, progress, TensorBoard
-logs."""
+"""The training loop's services: checkpoints, cluster and signals, progress, TensorBoard logs."""

@@ -4,10 +4,10 @@
 
 Each run trains in <workdir_root>/<name>-seed<k> from flags/compare_<name>.cfg with --seed=k
 (resuming from its checkpoints; a finished run is skipped), is evaluated by
-wae_tf.evaluation.evaluator
-(skipped if its eval/metrics.json already has the requested sample count and seed), and the
-seeds of a model make one row (mean ± std) of <workdir_root>/compare.md; WAE-MMD's fitted latent
-sampler gets a row too. Wall times are those this script measured (summed over resumes).
+wae_tf.evaluation.evaluator (skipped if its eval/metrics.json already has the requested sample
+count and seed), and the seeds of a model make one row (mean ± std) of <workdir_root>/compare.md;
+WAE-MMD's fitted latent sampler gets a row too. Wall times are those this script measured (summed
+over resumes).
 """
 
 import os

@@ -1,6 +1,8 @@
-"""The fitted latent sampler: EM recovers a known mixture, sampling is fixed per seed, and the
+"""The fitted latent sampler: EM recovers a known mixture, sampling is fixed per seed, the fit
+reads its images batch by batch and equals a fit of the same codes computed at once, and the
 export's sample_fitted decodes what the training run's mixture draws."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -8,9 +10,9 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import make_images, tiny_config
-from wae_tf import loop
+from wae_tf import data, loop
 from wae_tf.evaluation import evaluator
-from wae_tf.model import latent_sampler
+from wae_tf.model import latent_sampler, networks
 
 
 def _known_mixture_sample(n=6000, seed=0):
@@ -47,6 +49,42 @@ def test_samples_are_fixed_per_seed_and_follow_the_mixture():
     assert np.mean(many[:, 0] < 0) == pytest.approx(0.3, abs=0.02)
     np.testing.assert_allclose(np.cov(many[many[:, 0] > 0].T), [[0.25, 0.0], [0.0, 2.0]],
                                atol=0.1)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _CountingRows(data.ImageRows):
+    """A streamed split served from an array, recording how many rows each read returns."""
+    images: np.ndarray = None  # uint8 [N, H, W, C]
+    reads: list = dataclasses.field(default_factory=list)
+
+    def read(self, indices):
+        self.reads.append(len(indices))
+        return self.images[indices]
+
+
+@pytest.mark.numerics
+def test_the_fit_reads_one_batch_at_a_time_and_equals_a_fit_of_all_codes_at_once(
+        tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("the sampler's fit must not materialise its images")
+    monkeypatch.setattr(data, "materialize", fail)
+    monkeypatch.setattr(loop, "SAMPLER_FIT_LIMIT", 40)  # of 64 images: a seeded subset
+    config = tiny_config(sampler_components=3, batch_size=8, seed=4)
+    memory = make_images(64)
+    rows = _CountingRows(path="", labels=memory.labels, image_shape=memory.image_shape,
+                         name="rows", images=memory.images)
+    encoder = networks.make_encoder(config, memory.image_shape)
+    mixture = loop.fit_latent_sampler(config, encoder, rows, str(tmp_path), step=2)
+    assert max(rows.reads) <= config.batch_size and sum(rows.reads) == 40
+    keep = data.subset_indices(64, 40, config.seed)
+    codes = networks.encoder_mean(encoder, data.to_float(memory.images[keep])).numpy()  # at once
+    np.testing.assert_allclose(loop.training_codes(config, encoder, memory), codes, atol=1e-5)
+    expected = latent_sampler.fit_gmm(codes, 3, config.seed)
+    for name in ("weights", "means", "covariances"):
+        np.testing.assert_allclose(getattr(mixture, name), getattr(expected, name), rtol=1e-4,
+                                   atol=1e-7, err_msg=name)
+    saved = latent_sampler.maybe_load(str(tmp_path / latent_sampler.FILE))
+    np.testing.assert_array_equal(saved.means, mixture.means)
 
 
 @pytest.mark.slow

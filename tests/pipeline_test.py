@@ -1,5 +1,5 @@
-"""Tests of wae_tf.data.pipeline: the training streams' order, resume and options, and the
-evaluation pass."""
+"""Tests of wae_tf.data.pipeline: the training streams' order, resume and options, the
+evaluation pass, and the seeded subset read batch by batch."""
 
 import numpy as np
 import pytest
@@ -105,3 +105,19 @@ def test_eval_dataset_covers_all_in_order_with_remainder():
     np.testing.assert_array_equal(labels, np.arange(10))
     assert batches[0][0].dtype == tf.float32
 
+
+
+def test_the_subset_is_seeded_sorted_and_read_in_batches():
+    source = image_data(25)
+    keep = data.subset_indices(25, 10, seed=3)
+    assert len(keep) == 10 and list(keep) == sorted(set(keep))
+    np.testing.assert_array_equal(data.subset_indices(25, 10, seed=3), keep)  # same seed
+    assert not np.array_equal(data.subset_indices(25, 10, seed=4), keep)
+    np.testing.assert_array_equal(data.subset_indices(7, 10, seed=3), np.arange(7))  # all
+    batches = list(data.make_subset_dataset(source, 10, seed=3, batch=4))
+    assert [b.shape[0] for b in batches] == [4, 4, 2] and batches[0].dtype == tf.float32
+    assert sum(batch_indices(batches), []) == keep.tolist()
+    everything = list(data.make_subset_dataset(source, 100, seed=3, batch=8))
+    assert sum(batch_indices(everything), []) == list(range(25))
+    with pytest.raises(ConfigError, match="positive"):
+        data.make_subset_dataset(source, 10, seed=3, batch=0)

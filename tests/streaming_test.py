@@ -1,5 +1,6 @@
 """Training data streamed from files (--in_memory=false, --cache_dir): the same batches as in
-memory, resumable at any step, split across replicas, with the same handling of bad files."""
+memory, resumable at any step, split across replicas, with the same handling of bad files; the
+seeded subset read batch by batch equals the materialised one."""
 
 import os
 
@@ -89,6 +90,27 @@ def test_the_cache_is_written_once_and_names_bad_files(folder, tmp_path):
     memory = data.load_split(bad_config.replace(skip_bad_images=True, in_memory="true"), "train")
     assert kept.num_examples == memory.num_examples == 5
     np.testing.assert_array_equal(kept.read(np.arange(5)), memory.images)
+
+
+def test_the_subset_read_batch_by_batch_equals_the_materialised_one(folder, tmp_path):
+    memory = data.load_split(_config(folder, in_memory="true"), "train")
+    streamed = data.load_split(_config(folder, in_memory="false"), "train")
+    cached = data.load_split(_config(folder, in_memory="false", cache_dir=str(tmp_path)), "train")
+    assert memory.num_examples == 7  # the PNG files (".jpe" is not an image extension)
+    expected = data.materialize(streamed, limit=5, seed=5).images  # uint8 [5, 28, 28, 3]
+    for source in (memory, streamed, cached):
+        batches = [b.numpy() for b in data.make_subset_dataset(source, 5, seed=5, batch=2)]
+        assert [len(b) for b in batches] == [2, 2, 1]
+        np.testing.assert_array_equal(np.round(np.concatenate(batches) * 255), expected)
+    bad = tmp_path / "bad"
+    for i in range(5):
+        _write(str(bad / "train" / f"{i}.png"), _image(i))
+    (bad / "train" / "2.png").write_bytes(b"\x89PNG broken")
+    files = data.load_split(_config(str(bad), in_memory="false"), "train")
+    batches = list(data.make_subset_dataset(files, 9, seed=5, batch=2))  # the bad file left out
+    assert [len(b) for b in batches] == [2, 2]
+    np.testing.assert_array_equal(np.round(np.concatenate(batches) * 255),
+                                  data.materialize(files, limit=9, seed=5).images)
 
 
 @pytest.mark.slow

@@ -202,18 +202,28 @@ def _pretrain(config: Config, state: step_lib.TrainState, strategy, train) -> No
                  len(losses), batch, losses[0], losses[-1])
 
 
+def training_codes(config: Config, encoder, train) -> np.ndarray:
+    """The encoder's codes [n, z_dim] of a seeded subset of at most SAMPLER_FIT_LIMIT training
+    images (in memory or streamed), encoded batch by batch: only the codes are kept."""
+    encode = tf.function(lambda x: networks.encoder_mean(encoder, x), autograph=False,
+                         reduce_retracing=True)
+    subset = data.make_subset_dataset(train, SAMPLER_FIT_LIMIT, config.seed, config.batch_size)
+    batches = [encode(images).numpy() for images in subset]
+    if not batches:
+        raise ConfigError(f"None of the training images chosen for the latent sampler could be "
+                          f"decoded ({train.name}).")
+    codes = np.concatenate(batches)
+    expected = min(train.num_examples, SAMPLER_FIT_LIMIT)
+    if len(codes) < expected:
+        logging.warning("Left %d unreadable image files of the %d chosen out of the latent "
+                        "sampler's fit.", expected - len(codes), expected)
+    return codes
+
+
 def fit_latent_sampler(config: Config, encoder, train, workdir: str, step: int):
-    """The fitted latent sampler (--sampler_components): a Gaussian mixture of the codes of at
-    most SAMPLER_FIT_LIMIT training images (a seeded subset), saved as
-    <workdir>/latent_sampler.FILE."""
-    subset = data.materialize(train, SAMPLER_FIT_LIMIT, config.seed)
-    if subset.num_examples > SAMPLER_FIT_LIMIT:
-        keep = np.sort(np.random.default_rng(config.seed).choice(
-            subset.num_examples, SAMPLER_FIT_LIMIT, replace=False))
-        subset = data.ImageData(subset.images[keep], subset.labels[keep], subset.name)
-    encode = tf.function(lambda x: networks.encoder_mean(encoder, x), autograph=False)
-    codes = np.concatenate([encode(images).numpy() for images, _ in
-                            data.make_eval_dataset(subset, 500)])
+    """The fitted latent sampler (--sampler_components): a Gaussian mixture of training_codes,
+    saved as <workdir>/latent_sampler.FILE."""
+    codes = training_codes(config, encoder, train)
     components = min(config.sampler_components, len(codes))  # a tiny split: fewer components
     mixture = latent_sampler.fit_gmm(codes, components, config.seed)
     log_likelihood = mixture.log_likelihood(codes)

@@ -6,7 +6,7 @@ are this package's internals, importing one way: images <- folders <- cache <- s
   folders   folders of image files and CelebA's official files: listing, splits, labels, bad files
   cache     the --cache_dir copy of a decoded split, read by rows
   sources   IDX files, TFDS, folders -> a split in memory or streamed, by --dataset
-  pipeline  the tf.data streams: training (resumable, per replica) and evaluation
+  pipeline  the tf.data streams: training (resumable, per replica), evaluation, a seeded subset
 """
 
 from wae_tf.data.folders import EXTENSIONS, crop_of, image_dataset, list_images
@@ -14,13 +14,15 @@ from wae_tf.data.images import center_crop_and_resize, preprocess, to_float
 from wae_tf.data.pipeline import (
                                   distribute,
                                   make_eval_dataset,
+                                  make_subset_dataset,
                                   make_train_dataset,
                                   materialize,
                                   steps_per_epoch,
+                                  subset_indices,
 )
 from wae_tf.data.sources import ImageData, ImageFiles, ImageRows, load_split, read_idx
 
 __all__ = ["EXTENSIONS", "ImageData", "ImageFiles", "ImageRows", "center_crop_and_resize",
            "crop_of", "distribute", "image_dataset", "list_images", "load_split",
-           "make_eval_dataset", "make_train_dataset", "materialize", "preprocess", "read_idx",
-           "steps_per_epoch", "to_float"]
+           "make_eval_dataset", "make_subset_dataset", "make_train_dataset", "materialize",
+           "preprocess", "read_idx", "steps_per_epoch", "subset_indices", "to_float"]

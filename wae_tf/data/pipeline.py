@@ -1,4 +1,5 @@
-"""The tf.data streams of a split: resumable training batches per replica, one evaluation pass.
+"""The tf.data streams of a split: resumable training batches per replica, one evaluation pass,
+and one pass over a seeded subset (the fitted sampler's codes).
 
 Training takes global batches in the order of index_batches, which depends only on --seed and the
 epoch (starting at step k equals the uninterrupted stream from its k-th batch on); each worker
@@ -95,14 +96,20 @@ def distribute(strategy: tf.distribute.Strategy, data, global_batch: int, seed: 
         make_train_dataset(data, global_batch, seed, start_step))
 
 
+def subset_indices(num_examples: int, limit: int, seed: int) -> np.ndarray:
+    """The sorted indices of a seeded subset of at most `limit` of `num_examples` examples (all
+    of them if there are no more): the same seed picks the same subset."""
+    if num_examples <= limit:
+        return np.arange(num_examples)
+    return np.sort(np.random.default_rng(seed).choice(num_examples, limit, replace=False))
+
+
 def materialize(data, limit: int, seed: int = 0) -> sources.ImageData:
     """`data` in memory: ImageData as it is, a streamed split as a seeded subset of at most
     `limit` images (e.g. to train the evaluation's classifier on it)."""
     if isinstance(data, sources.ImageData):
         return data
-    keep = np.arange(data.num_examples)
-    if data.num_examples > limit:
-        keep = np.sort(np.random.default_rng(seed).choice(data.num_examples, limit, replace=False))
+    keep = subset_indices(data.num_examples, limit, seed)
     if isinstance(data, sources.ImageRows):
         return sources.ImageData(images=data.read(keep), labels=data.labels[keep], name=data.name)
     images, files = folders.decode_split(data.files.select(list(keep)), skip_bad=True)
@@ -131,3 +138,28 @@ def make_eval_dataset(data: sources.ImageData, batch: int) -> tf.data.Dataset:
     options = tf.data.Options()
     options.experimental_deterministic = True
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def make_subset_dataset(data, limit: int, seed: int, batch: int) -> tf.data.Dataset:
+    """One ordered pass over the images subset_indices(N, limit, seed) of `data` (ImageData,
+    ImageFiles or ImageRows): float32 [b, H, W, C] batches in [0, 1] with b <= batch, read and
+    decoded batch by batch, so only the batches in flight are held, never the subset. Files that
+    fail to decode are left out (as materialize does)."""
+    if batch <= 0:
+        raise ConfigError(f"Batch size must be positive, got {batch}.")
+    keep = subset_indices(data.num_examples, limit, seed)
+    if isinstance(data, sources.ImageFiles):
+        paths, decode = [data.files.paths[i] for i in keep], folders.decoder(data.files)
+        images = tf.data.Dataset.from_tensor_slices(tf.constant(paths, tf.string)).map(
+            decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        images = images.ignore_errors().batch(batch)
+    else:
+        read = data.read if isinstance(data, sources.ImageRows) else data.images.__getitem__
+        shape = data.image_shape
+        images = tf.data.Dataset.from_tensor_slices(keep).batch(batch).map(
+            lambda index: tf.ensure_shape(
+                tf.numpy_function(read, [index], tf.uint8, stateful=False), [None, *shape]),
+            num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    options = tf.data.Options()
+    options.experimental_deterministic = True
+    return images.map(images_lib.to_float).prefetch(1).with_options(options)

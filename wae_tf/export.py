@@ -7,8 +7,8 @@ from absl import app, flags
 
 from wae_tf import cli
 
-flags.DEFINE_string("workdir", None, "A training run's directory.", required=True)
-flags.DEFINE_string("export_dir", "", "Base directory of the export; default: the run's.")
+cli.DEFINE_path("workdir", None, "A training run's directory.", required=True)
+cli.DEFINE_path("export_dir", "", "Base directory of the export; default: the run's.")
 FLAGS = flags.FLAGS
 
 
@@ -21,4 +21,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -9,8 +9,8 @@ from absl import app, flags
 
 from wae_tf import cli
 
-flags.DEFINE_string("image", None, "The image file (JPEG, PNG, BMP, GIF, WebP).", required=True)
-flags.DEFINE_string("out", None, "The reconstruction's PNG file.", required=True)
+cli.DEFINE_path("image", None, "The image file (JPEG, PNG, BMP, GIF, WebP).", required=True)
+cli.DEFINE_path("out", None, "The reconstruction's PNG file.", required=True)
 flags.DEFINE_string("server", "http://localhost:8501", "TensorFlow Serving's REST address.")
 flags.DEFINE_string("model", "wae", "The served model's name (TF Serving's MODEL_NAME).")
 flags.DEFINE_string("model_version", "", "A version to ask for; default: the latest served.")
@@ -30,4 +30,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

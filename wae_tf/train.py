@@ -14,7 +14,7 @@ from wae_tf.errors import ConfigError
 
 cli.define_config_flags()
 flags.adopt_module_key_flags(cli)  # --help lists the Config's flags, not only --workdir
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, images and the export.")
+cli.DEFINE_path("workdir", None, "Directory for checkpoints, logs, images and the export.")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 
@@ -45,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -2,6 +2,7 @@
 paths with `~` and $VARIABLES, and what the entry points print for them."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -105,3 +106,49 @@ def test_train_runs_an_experiment_by_name_into_a_home_path_from_any_directory(tm
                                                "PYTHONPATH": REPO})
     assert result.returncode == 0, result.stderr[-3000:]
     assert os.path.exists(tmp_path / "runs" / "tiny" / "results.json")
+
+
+def test_startup_noise_is_dropped_and_everything_else_kept():
+    noise = ["WARNING: All log messages before absl::InitializeLog() is called are written to "
+             "STDERR\n",
+             "I0000 00:00:1796418186.98 18580 port.cc:153] oneDNN custom operations are on.\n",
+             "W0000 00:00:1796418186.99 18580 cudart_stub.cc:31] Could not find cuda drivers\n",
+             "To enable the following instructions: AVX2 FMA, in other operations, rebuild\n"]
+    assert all(cli._STARTUP_NOISE.match(line) for line in noise)
+    probe = "E0000 00:00:1796418203.68 18580 cuda_platform.cc:52] failed call to cuInit: (303)"
+    assert cli._NO_GPU_PROBE.match(probe) and not cli._STARTUP_NOISE.match(probe)
+    kept = ["E0000 00:00:17964 1 op_kernel.cc:1] OOM when allocating tensor\n",
+            "Traceback (most recent call last):\n", "error: --z_dim must be positive\n"]
+    assert not any(cli._STARTUP_NOISE.match(k) or cli._NO_GPU_PROBE.match(k) for k in kept)
+
+
+def test_tf_and_keras_info_records_are_filtered_but_not_their_warnings_or_ours():
+    import logging  # pylint: disable=import-outside-toplevel
+
+    def record(path, level):
+        return logging.LogRecord("absl", level, path, 1, "m", (), None)
+    assert not cli._library_info_filter(record("/v/site-packages/tensorflow/python/x.py", 20))
+    assert not cli._library_info_filter(record("/v/site-packages/keras/src/y.py", 20))
+    assert cli._library_info_filter(record("/v/site-packages/tensorflow/python/x.py", 30))
+    assert cli._library_info_filter(record("/repo/wae_tf/loop.py", 20))
+
+
+@pytest.mark.slow
+def test_a_run_logs_what_it_found_without_tensorflows_startup_lines(tmp_path):
+    idx = tmp_path / "idx"
+    idx.mkdir()
+    make_idx_dir(str(idx), num_train=40, num_test=20)
+    args = ["wae_tf.train", "--experiment=test_tiny", f"--data_dir={idx}", "--train_steps=2",
+            "--export=false", f"--workdir={tmp_path / 'run'}"]
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    quiet = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, text=True,
+                           capture_output=True, timeout=300, check=False)
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    for noise in ("absl::InitializeLog", "cudart_stub", "cuInit", "port.cc", "saver.py"):
+        assert noise not in quiet.stderr, noise
+    assert re.search(r"40 train and 20 test images, 28x28x1; 10 classes \(train images: "
+                     r"T-shirt/top \d+, Trouser \d+", quiet.stderr), quiet.stderr[-3000:]
+    args[-1] = f"--workdir={tmp_path / 'run2'}"
+    loud = subprocess.run([sys.executable, "-m", *args, "--verbosity=1"], cwd=REPO, env=env,
+                          text=True, capture_output=True, timeout=300, check=False)
+    assert loud.returncode == 0 and "absl::InitializeLog" in loud.stderr, loud.stderr[-3000:]

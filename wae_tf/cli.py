@@ -3,10 +3,13 @@ other, paths as users type them, and the one-line error handling of the entry po
 
 import dataclasses
 import os
+import re
 import sys
+import tempfile
 from typing import List, Optional
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from wae_tf import config as config_lib
 from wae_tf.errors import ConfigError, NonFiniteLossError, Preempted
@@ -182,6 +185,49 @@ def explicit_config_flags() -> dict:
     """The Config fields the user set on the command line or in a flagfile."""
     return {f.name: FLAGS[f.name].value for f in config_lib.config_fields()
             if FLAGS[f.name].present}
+
+
+# What TensorFlow prints while it loads, before its C++ logging reads TF_CPP_MIN_LOG_LEVEL: INFO
+# and WARNING lines (the oneDNN notice, "Could not find cuda drivers", the CPU instructions).
+_STARTUP_NOISE = re.compile(r"WARNING: All log messages before absl::InitializeLog|[IW]\d{4} "
+                            r"|To enable the following instructions:")
+# The CUDA probe's error on a machine without a GPU (dropped only when no GPU was found).
+_NO_GPU_PROBE = re.compile(r"E\d{4} .*(cuInit|cuda_platform|cuda_driver|cudart)")
+
+
+def import_tensorflow():
+    """TensorFlow, imported and its devices probed without its start-up INFO lines and, where no
+    GPU exists, without the CUDA probe's error. Everything else it printed is passed on. A user's
+    own TF_CPP_MIN_LOG_LEVEL or --verbosity >= 1 keeps everything."""
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or (FLAGS.is_parsed() and FLAGS.verbosity >= 1):
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        return tf
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "1"  # C++ INFO lines once its logging is up
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        gpus = None
+        try:
+            import tensorflow as tf  # pylint: disable=import-outside-toplevel
+            gpus = tf.config.list_physical_devices("GPU")  # physical only: no runtime yet
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not (_STARTUP_NOISE.match(line) or (gpus == [] and _NO_GPU_PROBE.match(line))):
+                    sys.stderr.write(line)
+    tf.get_logger().setLevel("WARNING")  # TF's own Python INFO lines (saving, assets, ...)
+    absl_logging.get_absl_logger().addFilter(_library_info_filter)  # and those through absl
+    return tf
+
+
+def _library_info_filter(record) -> bool:
+    """Keeps a log record unless it is an INFO line of TensorFlow's or Keras's own code."""
+    return record.levelno > 20 or not re.search(r"[/\\](tensorflow|keras|tf_keras)[/\\]",
+                                                record.pathname or "")
 
 
 def run_reporting_user_errors(function, *args) -> int:

@@ -25,6 +25,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    cli.import_tensorflow()  # without its start-up noise, before the libraries load it
     from wae_tf.tools import comparison  # pylint: disable=import-outside-toplevel; after flag parsing
     sys.exit(cli.run_reporting_user_errors(lambda: print(comparison.run_comparison(
         FLAGS.workdir_root, FLAGS.num_samples, FLAGS.seed, FLAGS.classifier_dir,

@@ -40,6 +40,7 @@ def _evaluate() -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    cli.import_tensorflow()  # without its start-up noise, before the libraries load it
     sys.exit(cli.run_reporting_user_errors(lambda: print(json.dumps(_evaluate(), indent=2))))
 
 

@@ -20,8 +20,8 @@ FLAGS = flags.FLAGS
 
 
 def _train(workdir):
-    # pylint: disable=import-outside-toplevel; TensorFlow loads after the flags are parsed
-    import tensorflow as tf
+    tf = cli.import_tensorflow()  # after the flags are parsed, without its start-up noise
+    # pylint: disable=import-outside-toplevel
 
     from wae_tf import loop
     from wae_tf.runtime import checkpoints, cluster

@@ -17,15 +17,12 @@ FLAGFILES = sorted(glob.glob(os.path.join(REPO, "flags", "*.cfg")))
 
 
 def _parse(*args) -> Config:
-    values = flags.FlagValues()
-    cli.define_config_flags(values)
     cwd = os.getcwd()
-    os.chdir(REPO)  # flagfiles include each other by paths relative to the repository
+    os.chdir(REPO)  # the tests name flagfiles as flags/<name>.cfg
     try:
-        values(["prog", *args])
+        return cli.config_from_args(list(args))
     finally:
         os.chdir(cwd)
-    return cli.config_from_flags(values)
 
 
 def test_there_are_flagfiles_for_every_paper_experiment():

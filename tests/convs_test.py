@@ -226,3 +226,10 @@ def test_tune_does_not_warn_of_retracing(monkeypatch):
     finally:
         tf.get_logger().removeHandler(handler)
     assert not [m for m in messages if "retracing" in m]
+
+
+def test_tuning_is_summarised_in_one_line(monkeypatch):
+    monkeypatch.setattr(convs, "_TUNED", [1.25, None, 0.5])
+    assert convs.tuning_summary() == ("Conv forms of 3 layers: timed 2 in 1.8 s, 1 from the "
+                                      "plan cache (each layer's choice: --verbosity=1).")
+    assert convs.tuning_summary() == ""

@@ -65,3 +65,47 @@ def test_unreadable_files_are_named_or_skipped(trained, tmp_path):
     result = encoding.encode_folder(trained["export"], images, out, skip_bad_images=True)
     assert (result["num_encoded"], result["num_skipped"]) == (3, 1)
     assert list(np.load(out)["skipped"]) == ["broken.jpg"]
+
+
+def test_the_output_format_follows_the_extension(trained, tmp_path):
+    """.npz holds codes, files, labels (first-level folders: a, b, jpegs), split and classes;
+    .npy the codes alone; .csv a header and one row per image, with the same codes."""
+    npz = encoding.encode_folder(trained["export"], trained["images"], str(tmp_path / "c.npz"))
+    saved = np.load(npz["out"])
+    assert list(saved["classes"]) == ["a", "b", "jpegs"]
+    files = list(saved["files"])
+    assert [saved["classes"][label] for label in saved["labels"]] == [
+        f.split(os.sep)[0] for f in files]
+    assert set(saved["split"]) <= {"train", "test"} and len(saved["split"]) == len(files)
+    assert saved["skipped"].dtype.kind == "U" and saved["labels"].dtype == np.int64
+    npy = encoding.encode_folder(trained["export"], trained["images"], str(tmp_path / "c.npy"))
+    np.testing.assert_array_equal(np.load(npy["out"]), saved["codes"])
+    csv_path = encoding.encode_folder(trained["export"], trained["images"],
+                                      str(tmp_path / "c.csv"))["out"]
+    with open(csv_path) as f:
+        rows = [line.rstrip("\n").split(",") for line in f]
+    assert rows[0] == ["file", "label", "split", "z0", "z1", "z2", "z3"]
+    assert [r[0] for r in rows[1:]] == files
+    assert [r[1] for r in rows[1:]] == [f.split(os.sep)[0] for f in files]
+    assert [r[2] for r in rows[1:]] == list(saved["split"])
+    np.testing.assert_array_equal(np.array([r[3:] for r in rows[1:]], np.float32),
+                                  saved["codes"])
+
+
+def test_train_and_test_folders_are_the_splits_of_the_output(trained, tmp_path):
+    images = tmp_path / "split"
+    for split, n in (("train", 3), ("test", 2)):
+        for i in range(n):
+            _write(str(images / split / ("cat" if i % 2 else "dog") / f"{i}.png"), _image(i))
+    result = encoding.encode_folder(trained["export"], str(images), str(tmp_path / "s.npz"))
+    saved = np.load(result["out"])
+    assert [f.split(os.sep)[0] for f in saved["files"]] == list(saved["split"])
+    assert list(saved["classes"]) == ["cat", "dog"]
+    assert [saved["classes"][label] for label in saved["labels"]] == [
+        f.split(os.sep)[1] for f in saved["files"]]
+
+
+@pytest.mark.parametrize("out", ["codes.zip", "codes", "codes.json"])
+def test_an_unknown_extension_is_refused_before_any_work(out, tmp_path):
+    with pytest.raises(ConfigError, match=r"--out=.*unknown format.*\.npz.*\.npy.*\.csv"):
+        encoding.encode_folder(str(tmp_path / "no_export"), str(tmp_path), str(tmp_path / out))

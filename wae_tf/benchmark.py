@@ -8,6 +8,7 @@ import sys
 import tensorflow as tf
 from absl import app, flags
 
+from wae_tf import cli
 from wae_tf.config import CHOICES
 from wae_tf.tools import benchmarking
 
@@ -33,13 +34,13 @@ def define_flags() -> None:
                       "(empty = skip).")
     flags.DEFINE_list("serving_batches", ["1", "256"], "Batch sizes of the SavedModel timing.")
     flags.DEFINE_integer("serving_runs", 5, "Timed calls per signature and batch; 0 = skip.")
-    flags.DEFINE_string("data_dir", "", "Fashion-MNIST IDX directory (default: the Debian one).")
+    cli.DEFINE_path("data_dir", "", "Fashion-MNIST IDX directory (default: the Debian one).")
     flags.DEFINE_integer("inter_op_threads", 0, "tf.config inter-op threads (0 = TF's default).")
     flags.DEFINE_integer("intra_op_threads", 0, "tf.config intra-op threads (0 = TF's default).")
-    flags.DEFINE_string("input_dir", "", "Stream this folder of images at 64x64 (as "
-                        "--dataset=folder --in_memory=false) instead of Fashion-MNIST.")
-    flags.DEFINE_string("cache_dir", "", "With --input_dir: read the decoded copy in this "
-                        "directory (written first if missing) instead of decoding every step.")
+    cli.DEFINE_path("input_dir", "", "Stream this folder of images at 64x64 (as "
+                    "--dataset=folder --in_memory=false) instead of Fashion-MNIST.")
+    cli.DEFINE_path("cache_dir", "", "With --input_dir: read the decoded copy in this "
+                    "directory (written first if missing) instead of decoding every step.")
     flags.DEFINE_integer("write_images", 0, "First write this many synthetic 64x64 JPEGs into "
                          "--input_dir (to measure streaming at scale), then measure.")
     flags.DEFINE_integer("profile_steps", 0, "Trace this many training steps with TF's profiler "
@@ -83,4 +84,4 @@ def main(argv):
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -26,6 +26,9 @@ CHOICES = {
 MODEL_FIELDS = ("dataset", "image_size", "width_divisor", "encoder", "z_dim", "regularizer",
                 "disc_prior_logdensity", "sync_batchnorm", "pixel_range", "prior")
 
+# The fields that hold paths: their flags expand `~` and $VARIABLES (cli.PathParser).
+PATH_FIELDS = ("data_dir", "cache_dir", "tfds_data_dir", "conv_plan_cache", "export_dir")
+
 # Fields a resumed run may change: how long to train, how to run, log and save. Every other field
 # changes what the checkpoints mean (the objective, the data, the random streams), so a resume with
 # another value is refused (checkpoints.check_run_record). A longer --epochs also stretches a

@@ -12,16 +12,16 @@ from absl import app, flags
 from wae_tf import cli
 from wae_tf.errors import ConfigError
 
-flags.DEFINE_string("workdir", "", "A training run's directory (evaluates its latest "
-                    "checkpoint into <workdir>/eval).")
-flags.DEFINE_string("saved_model", "", "An exported SavedModel version directory "
-                    "(evaluated into <saved_model>/eval).")
-flags.DEFINE_string("output_dir", "", "Where to write metrics.json, PNGs, events and projector/ "
-                    "(TensorBoard's embedding projector).")
+cli.DEFINE_path("workdir", "", "A training run's directory (evaluates its latest "
+                "checkpoint into <workdir>/eval).")
+cli.DEFINE_path("saved_model", "", "An exported SavedModel version directory "
+                "(evaluated into <saved_model>/eval).")
+cli.DEFINE_path("output_dir", "", "Where to write metrics.json, PNGs, events and projector/ "
+                "(TensorBoard's embedding projector).")
 flags.DEFINE_integer("num_samples", 10000, "Prior samples and (at most) test images used.")
 flags.DEFINE_integer("seed", 0, "Seed of the prior samples and of the test subset.")
-flags.DEFINE_string("classifier_dir", "", "Feature classifier cache; default "
-                    "~/.cache/wae_tf/classifier/<dataset>.")
+cli.DEFINE_path("classifier_dir", "", "Feature classifier cache; default "
+                "~/.cache/wae_tf/classifier/<dataset>.")
 flags.DEFINE_integer("classifier_epochs", 2, "Epochs of the classifier when it is trained.")
 FLAGS = flags.FLAGS
 
@@ -40,8 +40,9 @@ def _evaluate() -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    cli.import_tensorflow()  # without its start-up noise, before the libraries load it
     sys.exit(cli.run_reporting_user_errors(lambda: print(json.dumps(_evaluate(), indent=2))))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

@@ -7,18 +7,19 @@ from absl import app, flags
 
 from wae_tf import cli
 
-flags.DEFINE_string("workdir", None, "A training run's directory.", required=True)
-flags.DEFINE_string("export_dir", "", "Base directory of the export; default: the run's.")
+cli.DEFINE_path("workdir", None, "A training run's directory.", required=True)
+cli.DEFINE_path("export_dir", "", "Base directory of the export; default: the run's.")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    cli.import_tensorflow()  # without its start-up noise, before the libraries load it
     from wae_tf.serving import saved_model  # pylint: disable=import-outside-toplevel; after flag parsing
     sys.exit(cli.run_reporting_user_errors(
         lambda: print(saved_model.export_from_workdir(FLAGS.workdir, FLAGS.export_dir))))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

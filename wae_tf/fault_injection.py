@@ -12,12 +12,12 @@ from wae_tf.tools import faults
 
 flags.DEFINE_integer("kills", 5, "How many times to SIGKILL the run.")
 flags.DEFINE_bool("sigterm", True, "Also interrupt once with SIGTERM (must save, exit 143).")
-flags.DEFINE_string("workdir", None, "Scratch directory (reference/ and killed/ runs).",
-                    required=True)
+cli.DEFINE_path("workdir", None, "Scratch directory (reference/ and killed/ runs).",
+                required=True)
 flags.DEFINE_integer("train_steps", 300, "Training length of both runs.")
 flags.DEFINE_integer("checkpoint_every", 25, "Checkpoint period of both runs.")
 flags.DEFINE_integer("seed", 0, "Seed of the kill moments.")
-flags.DEFINE_string("flagfile_train", "flags/test_tiny.cfg", "Flagfile of the training runs.")
+cli.DEFINE_path("flagfile_train", "flags/test_tiny.cfg", "Flagfile of the training runs.")
 flags.DEFINE_multi_string("train_flag", [], "Extra flag for the training runs (repeatable).")
 flags.DEFINE_integer("timeout", 600, "Seconds allowed for each training process.")
 flags.DEFINE_bool("full_disk", True, "Also fill a small tmpfs (needs root; else skipped).")
@@ -38,4 +38,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

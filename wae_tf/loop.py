@@ -17,7 +17,7 @@ from wae_tf.errors import ConfigError, NonFiniteLossError, Preempted
 from wae_tf.evaluation import metrics as metrics_lib
 from wae_tf.model import latent_sampler, networks, regularizers
 from wae_tf.model import step as step_lib
-from wae_tf.perf import fast_layers, hardware
+from wae_tf.perf import convs, fast_layers, hardware
 from wae_tf.runtime import checkpoints, cluster, progress, tensorboard_logs
 from wae_tf.serving import saved_model
 
@@ -82,6 +82,20 @@ def _load_data(config: Config, data_override):
     return data.load_split(config, "train"), data.load_split(config, "test")
 
 
+def describe_data(train, test, most: int = 12) -> str:
+    """What was found: the source, images per split, their shape and the images per class."""
+    h, w, c = train.image_shape
+    text = (f"{train.name}: {train.num_examples} train and {test.num_examples} test images, "
+            f"{h}x{w}x{c}")
+    names = tuple(getattr(train, "class_names", ()) or ())
+    if names:
+        counts = np.bincount(np.asarray(train.labels), minlength=len(names))
+        shown = ", ".join(f"{n} {k}" for n, k in zip(names[:most], counts[:most]))
+        more = f", and {len(names) - most} more" if len(names) > most else ""
+        text += f"; {len(names)} classes (train images: {shown}{more})"
+    return text
+
+
 def _check_batch(config: Config, strategy, train: data.ImageData) -> None:
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
@@ -132,6 +146,8 @@ def train_and_evaluate(config: Config, workdir: str, strategy=None, data_overrid
             state = step_lib.create_state(config, train.image_shape, steps_per_epoch,
                                           config.epochs or -(-total_steps // steps_per_epoch),
                                           fast_layers.training_layers(config))
+        if summary := convs.tuning_summary():  # the conv forms timed while building
+            logging.info(summary)
         manager = checkpoints.create_manager(state.checkpoint(), workdir, config, strategy)
         checkpoints.restore_latest(manager, os.path.join(workdir, "checkpoints"))  # the chief's
         start = int(state.step.numpy())
@@ -140,9 +156,9 @@ def train_and_evaluate(config: Config, workdir: str, strategy=None, data_overrid
         if finished:
             logging.info("%s finished at step %d already: %s", workdir, start, finished)
             return finished
-        logging.info("%s: %d train images %s, %d steps/epoch, from step %d to %d on %d "
-                     "replica(s).", train.name, train.num_examples, train.image_shape,
-                     steps_per_epoch, start, total_steps, strategy.num_replicas_in_sync)
+        logging.info("%s; %d steps/epoch, from step %d to %d on %d replica(s).",
+                     describe_data(train, test), steps_per_epoch, start, total_steps,
+                     strategy.num_replicas_in_sync)
         if start == 0 and config.encoder_pretrain_steps:  # a signal here stops it at once:
             _pretrain(config, state, strategy, train)  # nothing to save, a rerun redoes it
         iterator = iter(data.distribute(strategy, train, config.batch_size, config.seed, start))

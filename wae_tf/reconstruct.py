@@ -9,8 +9,8 @@ from absl import app, flags
 
 from wae_tf import cli
 
-flags.DEFINE_string("image", None, "The image file (JPEG, PNG, BMP, GIF, WebP).", required=True)
-flags.DEFINE_string("out", None, "The reconstruction's PNG file.", required=True)
+cli.DEFINE_path("image", None, "The image file (JPEG, PNG, BMP, GIF, WebP).", required=True)
+cli.DEFINE_path("out", None, "The reconstruction's PNG file.", required=True)
 flags.DEFINE_string("server", "http://localhost:8501", "TensorFlow Serving's REST address.")
 flags.DEFINE_string("model", "wae", "The served model's name (TF Serving's MODEL_NAME).")
 flags.DEFINE_string("model_version", "", "A version to ask for; default: the latest served.")
@@ -23,6 +23,7 @@ FLAGS = flags.FLAGS
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    cli.import_tensorflow()  # without its start-up noise, before the libraries load it
     from wae_tf.serving import rest_client  # pylint: disable=import-outside-toplevel; after flag parsing
     sys.exit(cli.run_reporting_user_errors(lambda: print(json.dumps(rest_client.reconstruct_file(
         FLAGS.image, FLAGS.out, FLAGS.server, FLAGS.model, FLAGS.model_version, FLAGS.crop,
@@ -30,4 +31,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

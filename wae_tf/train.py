@@ -14,14 +14,14 @@ from wae_tf.errors import ConfigError
 
 cli.define_config_flags()
 flags.adopt_module_key_flags(cli)  # --help lists the Config's flags, not only --workdir
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, images and the export.")
+cli.DEFINE_path("workdir", None, "Directory for checkpoints, logs, images and the export.")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 
 
 def _train(workdir):
-    # pylint: disable=import-outside-toplevel; TensorFlow loads after the flags are parsed
-    import tensorflow as tf
+    tf = cli.import_tensorflow()  # after the flags are parsed, without its start-up noise
+    # pylint: disable=import-outside-toplevel
 
     from wae_tf import loop
     from wae_tf.runtime import checkpoints, cluster
@@ -45,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.parse_flags)

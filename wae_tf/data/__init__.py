@@ -9,20 +9,29 @@ are this package's internals, importing one way: images <- folders <- cache <- s
   pipeline  the tf.data streams: training (resumable, per replica), evaluation, a seeded subset
 """
 
-from wae_tf.data.folders import EXTENSIONS, crop_of, image_dataset, list_images
+from wae_tf.data.folders import (
+    EXTENSIONS,
+    class_labels,
+    class_names,
+    crop_of,
+    image_dataset,
+    in_test_split,
+    list_images,
+)
 from wae_tf.data.images import center_crop_and_resize, preprocess, to_float
 from wae_tf.data.pipeline import (
-                                  distribute,
-                                  make_eval_dataset,
-                                  make_subset_dataset,
-                                  make_train_dataset,
-                                  materialize,
-                                  steps_per_epoch,
-                                  subset_indices,
+    distribute,
+    make_eval_dataset,
+    make_subset_dataset,
+    make_train_dataset,
+    materialize,
+    steps_per_epoch,
+    subset_indices,
 )
 from wae_tf.data.sources import ImageData, ImageFiles, ImageRows, load_split, read_idx
 
 __all__ = ["EXTENSIONS", "ImageData", "ImageFiles", "ImageRows", "center_crop_and_resize",
-           "crop_of", "distribute", "image_dataset", "list_images", "load_split",
-           "make_eval_dataset", "make_subset_dataset", "make_train_dataset", "materialize",
-           "preprocess", "read_idx", "steps_per_epoch", "subset_indices", "to_float"]
+           "class_labels", "class_names", "crop_of", "distribute", "image_dataset",
+           "in_test_split", "list_images", "load_split", "make_eval_dataset",
+           "make_subset_dataset", "make_train_dataset", "materialize", "preprocess", "read_idx",
+           "steps_per_epoch", "subset_indices", "to_float"]

@@ -140,14 +140,14 @@ def list_split(config: Config, split: str) -> FileSplit:
             raise ConfigError(f"{CELEBA_PARTITION} in {config.data_dir!r} lists no {split} "
                               "images.")
         return FileSplit(tuple(paths), np.zeros(len(paths), np.int64),
-                         f"celeb_a:{config.data_dir}/{split}", size, 3, config.celeba_crop)
+                         f"celeb_a {config.data_dir} ({split})", size, 3, config.celeba_crop)
     base, paths = split_files(config, split)
     if not paths:
         raise ConfigError(f"No {split} images ({', '.join(EXTENSIONS)}) under {base!r}: check "
                           "--data_dir (and --test_fraction if it has no train/ and test/).")
     channels = config.channels or max(_file_channels(p) for p in paths[:64]) or 3
-    return FileSplit(tuple(paths), class_labels(base, paths), f"folder:{config.data_dir}/{split}",
-                     size, channels, config.crop, class_names(base, paths))
+    return FileSplit(tuple(paths), class_labels(base, paths), f"folder {base} ({split})", size,
+                     channels, config.crop, class_names(base, paths))
 
 
 # The official CelebA files (mmlab.ie.cuhk.edu.hk/projects/CelebA.html), downloaded by hand.

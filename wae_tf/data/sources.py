@@ -84,6 +84,10 @@ class ImageFiles:
         return self.files.labels
 
     @property
+    def class_names(self) -> Tuple[str, ...]:
+        return self.files.class_names
+
+    @property
     def name(self) -> str:
         return self.files.name
 

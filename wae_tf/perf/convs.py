@@ -455,6 +455,9 @@ def strided_conv(x, kernel, plan: ConvPlan, transpose: bool, stride: int = 2):
 # costs more than it could save (and keeps tiny test networks free of timing).
 MIN_TUNED_FLOPS = 50e6
 _PLANS: Dict[Tuple, ConvPlan] = {}
+# The layers tune() planned since the last tuning_summary(): (seconds spent timing, or None if the
+# plan came from the cache).
+_TUNED: list = []
 
 
 def _seconds(fn, *args, runs: int = 3, budget: float = 1.0,
@@ -509,6 +512,20 @@ def _part_candidates(shape: LayerShape, dtype):
     return parts
 
 
+def tuning_summary() -> str:
+    """One line on the layers tune() planned since the last call ("" if none), then forgets
+    them: the per-layer timings are debug lines (--verbosity=1)."""
+    timed = [s for s in _TUNED if s is not None]
+    cached = len(_TUNED) - len(timed)
+    _TUNED.clear()
+    if not timed and not cached:
+        return ""
+    parts = [f"timed {len(timed)} in {sum(timed):.1f} s"] if timed else []
+    parts += [f"{cached} from the plan cache"] if cached else []
+    return (f"Conv forms of {len(timed) + cached} layers: {', '.join(parts)} "
+            "(each layer's choice: --verbosity=1).")
+
+
 def _describe(shape: LayerShape) -> str:
     return (f"{'conv_transpose' if shape.transpose else 'conv'} {shape.size}x{shape.size}x"
             f"{shape.cin} -> {shape.cout} (k={shape.k}, stride {shape.stride}, "
@@ -550,14 +567,16 @@ def tune(shape: LayerShape, dtype=tf.float32, cache: Optional[str] = None) -> Co
         entry_key = plan_cache.entry_key(shape, key[1]) if cache else None
         plan = _cached_plan(shape, dtype, plan_cache.lookup(cache, entry_key)) if cache else None
         if plan is not None:
-            logging.info("%s: %s [timed before, from %s]", _describe(shape), plan, cache)
+            logging.debug("%s: %s [timed before, from %s]", _describe(shape), plan, cache)
+            _TUNED.append(None)
         else:
             start = time.perf_counter()
             plan, seconds = _time_parts(shape, dtype)
             timings = "; ".join(f"{part} " + " ".join(f"{impl} {1e3 * s:.1f} ms" for impl, s in
                                                         t.items()) for part, t in seconds.items())
-            logging.info("%s: %s [%s; tuned in %.1f s]", _describe(shape), plan, timings,
-                         time.perf_counter() - start)
+            _TUNED.append(time.perf_counter() - start)
+            logging.debug("%s: %s [%s; tuned in %.1f s]", _describe(shape), plan, timings,
+                          _TUNED[-1])
             if cache:
                 plan_cache.store(cache, entry_key, dataclasses.asdict(plan), seconds,
                                  _describe(shape))

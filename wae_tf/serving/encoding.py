@@ -2,9 +2,11 @@
 
 The images are decoded, cropped and resized as training did (wae_tf.data, with the settings
 the export recorded in assets.extra/wae_config.json), then sent in batches to the export's
-`encode` signature, so the codes equal what a served model returns for the same images.
+`encode` signature, so the codes equal what a served model returns for the same images. The
+output's format follows its extension (FORMATS): .npz, .npy or .csv.
 """
 
+import csv
 import io
 import os
 import time
@@ -20,12 +22,27 @@ from wae_tf.errors import ConfigError
 from wae_tf.serving import saved_model as saved_model_lib
 
 PROGRESS_SECONDS = 10.0
+# --out's extension -> what it holds.
+FORMATS = {".npz": "codes, files, labels, split, classes and skipped (numpy arrays)",
+           ".npy": "the codes alone, float32 [N, z_dim]",
+           ".csv": "a header, then file,label,split,z0..z<N-1> per image"}
+
+
+def check_out_path(out_path: str) -> str:
+    """The output format of `out_path` (its extension), or a ConfigError naming --out."""
+    ext = os.path.splitext(out_path)[1].lower()
+    if ext not in FORMATS:
+        raise ConfigError(f"--out={out_path}: unknown format {ext or '(no extension)'!r}; use "
+                          + "; ".join(f"{e} ({about})" for e, about in FORMATS.items()) + ".")
+    return ext
 
 
 def encode_folder(saved_model: str, images_dir: str, out_path: str, batch_size: int = 256,
                   skip_bad_images: bool = False) -> dict:
-    """Write `out_path` (.npz): codes float32 [N, z_dim], files [N] (paths relative to
-    images_dir) and skipped (files that could not be decoded); returns counts."""
+    """Write the codes float32 [N, z_dim] of the images below `images_dir` to `out_path` in the
+    format its extension names (FORMATS), with each file's path relative to images_dir, its
+    class label and its split; returns counts."""
+    check_out_path(out_path)
     path = saved_model_lib.latest_version(saved_model)
     record = fileio.read_json(os.path.join(path, saved_model_lib.CONFIG_ASSET))
     config = config_lib.from_dict(record)
@@ -43,16 +60,60 @@ def encode_folder(saved_model: str, images_dir: str, out_path: str, batch_size: 
             logging.info("Encoded %d of %d images.", len(names), len(paths))
             last_report = time.time()
     skipped = _skipped(paths, names, skip_bad_images)
-    relative = [os.path.relpath(p, images_dir) for p in names]
+    labels, splits, classes = labels_and_splits(images_dir, names, config)
     result = dict(codes=np.concatenate(codes) if codes else np.zeros((0, config.z_dim), np.float32),
-                  files=np.array(relative), skipped=np.array(
-                      [os.path.relpath(p, images_dir) for p in skipped]))
-    buffer = io.BytesIO()
-    np.savez(buffer, **result)
-    fileio.write_bytes(out_path, buffer.getvalue())
+                  files=_as_str([os.path.relpath(p, images_dir) for p in names]),
+                  labels=labels, split=_as_str(splits), classes=_as_str(classes),
+                  skipped=_as_str([os.path.relpath(p, images_dir) for p in skipped]))
+    fileio.write_bytes(out_path, encode_output(result, check_out_path(out_path)))
     logging.info("Encoded %d images (%d skipped) into %s.", len(names), len(skipped), out_path)
     return dict(num_encoded=len(names), num_skipped=len(skipped), out=out_path,
                 saved_model=path)
+
+
+def _as_str(values) -> np.ndarray:
+    """A numpy array of strings, str-typed even when empty."""
+    return np.array(list(values), dtype=str)
+
+
+def labels_and_splits(images_dir: str, paths: List[str], config: config_lib.Config):
+    """(labels int64 [N], splits [N] of "train"/"test", class names) of the files as training on
+    this folder saw them: DIR/train and DIR/test are the splits if both exist, otherwise the hash
+    of (--seed, path) the export's run used; labels index the first-level class folders."""
+    if all(os.path.isdir(os.path.join(images_dir, s)) for s in ("train", "test")):
+        splits = [os.path.relpath(p, images_dir).split(os.sep)[0] for p in paths]
+        labels, classes = np.zeros(len(paths), np.int64), ()
+        for split in ("train", "test"):
+            base = os.path.join(images_dir, split)
+            rows = [i for i, s in enumerate(splits) if s == split]
+            names = data.class_names(base, [paths[i] for i in rows])
+            classes = classes or names
+            labels[rows] = data.class_labels(base, [paths[i] for i in rows])
+        return labels, splits, classes
+    splits = ["test" if data.in_test_split(os.path.relpath(p, images_dir), config.seed,
+                                           config.test_fraction) else "train" for p in paths]
+    return data.class_labels(images_dir, paths), splits, data.class_names(images_dir, paths)
+
+
+def encode_output(result: dict, ext: str) -> bytes:
+    """The bytes of the output file in format `ext` (FORMATS)."""
+    buffer = io.BytesIO()
+    if ext == ".npz":
+        np.savez(buffer, **result)
+    elif ext == ".npy":
+        np.save(buffer, result["codes"])
+    else:
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        z_dim = result["codes"].shape[1]
+        writer.writerow(["file", "label", "split"] + [f"z{i}" for i in range(z_dim)])
+        classes = list(result["classes"])
+        for name, label, split, code in zip(result["files"], result["labels"], result["split"],
+                                            result["codes"]):
+            shown = classes[label] if classes else int(label)
+            writer.writerow([name, shown, split] + [repr(float(v)) for v in code])
+        return text.getvalue().encode()
+    return buffer.getvalue()
 
 
 def _skipped(paths: List[str], decoded: List[str], skip_bad_images: bool) -> List[str]:

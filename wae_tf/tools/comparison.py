@@ -16,7 +16,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 import tensorflow as tf
-from absl import flags, logging
+from absl import logging
 
 from wae_tf import cli, fileio, loop, visualize
 from wae_tf import config as config_lib
@@ -32,17 +32,9 @@ def flagfile_path(name: str) -> str:
 
 
 def parse_flagfile(path: str) -> config_lib.Config:
-    """The validated Config of one flagfile (nested `--flagfile=flags/...` paths are read from
-    the flagfiles' parent directory: the checkout, or the installed package)."""
-    values = flags.FlagValues()
-    cli.define_config_flags(values)
-    cwd = os.getcwd()
-    os.chdir(os.path.dirname(cli.flagfiles_dir()))
-    try:
-        values(["compare", f"--flagfile={path}"])
-    finally:
-        os.chdir(cwd)
-    return cli.config_from_flags(values)
+    """The validated Config of one flagfile (its includes resolved as cli.expand_flagfiles
+    does, so an installed package's flagfiles work from any directory)."""
+    return cli.config_from_args([f"--flagfile={path}"])
 
 
 def _read_json(path: str) -> dict:

@@ -1,0 +1,154 @@
+"""The command line: experiments by name, flagfiles that include each other from any directory,
+paths with `~` and $VARIABLES, and what the entry points print for them."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+from tests.conftest import REPO, make_idx_dir
+from wae_tf import cli
+from wae_tf.errors import ConfigError
+
+
+def _write(path, *lines):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def test_includes_resolve_relative_to_the_including_file_from_any_directory(tmp_path,
+                                                                             monkeypatch):
+    base = _write(tmp_path / "exp" / "base.cfg", "# the base", "--z_dim=3", "--seed=1")
+    _write(tmp_path / "exp" / "sub" / "child.cfg", "--flagfile=../base.cfg", "// a comment",
+           "", "--seed=2")
+    monkeypatch.chdir(tmp_path / "exp" / "sub")
+    assert cli.expand_flagfiles(["--flagfile=child.cfg", "--z_dim=5"]) == [
+        "--z_dim=3", "--seed=1", "--seed=2", "--z_dim=5"]
+    monkeypatch.chdir("/")
+    args = cli.expand_flagfiles(["--flagfile", str(tmp_path / "exp" / "sub" / "child.cfg")])
+    assert args == ["--z_dim=3", "--seed=1", "--seed=2"]
+    assert cli.expand_flagfiles([f"--flagfile={base}"]) == ["--z_dim=3", "--seed=1"]
+
+
+def test_a_missing_or_circular_flagfile_is_one_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"--flagfile=nope.cfg: no such file"):
+        cli.expand_flagfiles([f"--flagfile={_write(tmp_path / 'a.cfg', '--flagfile=nope.cfg')}"])
+    _write(tmp_path / "b.cfg", "--flagfile=c.cfg")
+    _write(tmp_path / "c.cfg", "--flagfile=b.cfg")
+    with pytest.raises(ConfigError, match="includes itself"):
+        cli.expand_flagfiles([f"--flagfile={tmp_path / 'b.cfg'}"])
+    with pytest.raises(ConfigError, match="needs a value"):
+        cli.expand_flagfiles(["--flagfile"])
+
+
+def test_every_packaged_experiment_parses_by_name_from_another_directory(tmp_path,
+                                                                         monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    names = cli.experiments()
+    assert {"fashion_mnist_cpu", "celeba_wae_mmd", "test_tiny", "compare_vae"} <= set(names)
+    for name in names:
+        assert cli.config_from_args([f"--experiment={name}"]).validate()
+    gan = cli.config_from_args(["--experiment=mnist_wae_gan", "--z_dim=3"])
+    assert (gan.regularizer, gan.lambda_reg, gan.z_dim) == ("gan", 10.0, 3)
+    with pytest.raises(ConfigError, match=r"--experiment=nope is not .*fashion_mnist_cpu"):
+        cli.expand_flagfiles(["--experiment=nope"])
+
+
+def test_paths_expand_home_and_variables(monkeypatch):
+    monkeypatch.setenv("HOME", "/home/someone")
+    monkeypatch.setenv("DATA", "/data")
+    values = flags.FlagValues()
+    cli.define_config_flags(values)
+    cli.DEFINE_path("workdir", None, "a run", flag_values=values)
+    values(["prog", "--data_dir=~/images", "--cache_dir=$DATA/cache", "--workdir=~/runs/a",
+            "--train_steps=1"])
+    assert values.data_dir == "/home/someone/images"
+    assert values.cache_dir == "/data/cache"
+    assert values.workdir == "/home/someone/runs/a"
+    assert cli.config_from_flags(values).data_dir == "/home/someone/images"
+    assert cli.expand_path("") == "" and cli.expand_path(None) is None
+
+
+def _command(args, cwd, env=None):
+    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, **(env or {})), check=False)
+
+
+def test_experiment_list_prints_one_line_each(tmp_path):
+    result = _command(["wae_tf.train", "--experiment=list"], cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert len(lines) == len(cli.experiments())
+    assert any(line.startswith("fashion_mnist_cpu ") and "main command" in line for line in lines)
+
+
+def test_a_bad_experiment_name_is_one_line(tmp_path):
+    result = _command(["wae_tf.train", "--experiment=fashoin_mnist", "--workdir=x"], cwd=REPO)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "error: --experiment=fashoin_mnist is not a packaged experiment")
+
+
+@pytest.mark.slow
+def test_train_runs_an_experiment_by_name_into_a_home_path_from_any_directory(tmp_path):
+    tiny_idx_dir = tmp_path / "idx"
+    tiny_idx_dir.mkdir()
+    make_idx_dir(str(tiny_idx_dir), num_train=40, num_test=20)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = _command(["wae_tf.train", "--experiment=test_tiny", "--workdir=~/runs/$RUN",
+                       f"--data_dir={tiny_idx_dir}", "--train_steps=2", "--export=false"],
+                      cwd=str(elsewhere), env={"HOME": str(tmp_path), "RUN": "tiny",
+                                               "PYTHONPATH": REPO})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert os.path.exists(tmp_path / "runs" / "tiny" / "results.json")
+
+
+def test_startup_noise_is_dropped_and_everything_else_kept():
+    noise = ["WARNING: All log messages before absl::InitializeLog() is called are written to "
+             "STDERR\n",
+             "I0000 00:00:1796418186.98 18580 port.cc:153] oneDNN custom operations are on.\n",
+             "W0000 00:00:1796418186.99 18580 cudart_stub.cc:31] Could not find cuda drivers\n",
+             "To enable the following instructions: AVX2 FMA, in other operations, rebuild\n"]
+    assert all(cli._STARTUP_NOISE.match(line) for line in noise)
+    probe = "E0000 00:00:1796418203.68 18580 cuda_platform.cc:52] failed call to cuInit: (303)"
+    assert cli._NO_GPU_PROBE.match(probe) and not cli._STARTUP_NOISE.match(probe)
+    kept = ["E0000 00:00:17964 1 op_kernel.cc:1] OOM when allocating tensor\n",
+            "Traceback (most recent call last):\n", "error: --z_dim must be positive\n"]
+    assert not any(cli._STARTUP_NOISE.match(k) or cli._NO_GPU_PROBE.match(k) for k in kept)
+
+
+def test_tf_and_keras_info_records_are_filtered_but_not_their_warnings_or_ours():
+    import logging  # pylint: disable=import-outside-toplevel
+
+    def record(path, level):
+        return logging.LogRecord("absl", level, path, 1, "m", (), None)
+    assert not cli._library_info_filter(record("/v/site-packages/tensorflow/python/x.py", 20))
+    assert not cli._library_info_filter(record("/v/site-packages/keras/src/y.py", 20))
+    assert cli._library_info_filter(record("/v/site-packages/tensorflow/python/x.py", 30))
+    assert cli._library_info_filter(record("/repo/wae_tf/loop.py", 20))
+
+
+@pytest.mark.slow
+def test_a_run_logs_what_it_found_without_tensorflows_startup_lines(tmp_path):
+    idx = tmp_path / "idx"
+    idx.mkdir()
+    make_idx_dir(str(idx), num_train=40, num_test=20)
+    args = ["wae_tf.train", "--experiment=test_tiny", f"--data_dir={idx}", "--train_steps=2",
+            "--export=false", f"--workdir={tmp_path / 'run'}"]
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    quiet = subprocess.run([sys.executable, "-m", *args], cwd=REPO, env=env, text=True,
+                           capture_output=True, timeout=300, check=False)
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    for noise in ("absl::InitializeLog", "cudart_stub", "cuInit", "port.cc", "saver.py"):
+        assert noise not in quiet.stderr, noise
+    assert re.search(r"40 train and 20 test images, 28x28x1; 10 classes \(train images: "
+                     r"T-shirt/top \d+, Trouser \d+", quiet.stderr), quiet.stderr[-3000:]
+    args[-1] = f"--workdir={tmp_path / 'run2'}"
+    loud = subprocess.run([sys.executable, "-m", *args, "--verbosity=1"], cwd=REPO, env=env,
+                          text=True, capture_output=True, timeout=300, check=False)
+    assert loud.returncode == 0 and "absl::InitializeLog" in loud.stderr, loud.stderr[-3000:]

@@ -48,7 +48,7 @@ def decoded_files(files: folders.FileSplit, cache_dir: str) -> Tuple[str, List[i
     """(the .u8 file of `files` decoded, the positions in files.paths of the rows it holds, in
     order): written on first use (one decoding pass, never the whole split in memory), found
     again by its content key. Files that cannot be decoded are left out."""
-    base = cache_base(cache_dir, files.name.split(":")[0],
+    base = cache_base(cache_dir, files.name.split()[0],  # "folder" or "celeb_a"
                       [files.paths, files.image_shape, files.crop])
     if not os.path.exists(base + ".json"):
         logging.info("Decoding %d images of %s into %s.u8 (once).", len(files.paths),

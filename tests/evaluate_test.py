@@ -70,6 +70,22 @@ def test_the_mmd_of_a_gaussian_encoder_uses_sampled_codes():
     assert abs(sampled["mmd_codes_prior"]["value"]) < 0.1 * means["mmd_codes_prior"]["value"]
 
 
+def test_sharpness_is_measured_on_the_runs_pixel_range():
+    """--pixel_range=symmetric runs report the paper code's [-1, 1] sharpness, 4x the [0, 1]
+    value of the same images, and say which range in metrics.json."""
+    images = np.random.default_rng(1).uniform(size=(6, 28, 28, 1)).astype(np.float32)
+    outputs = dict(codes=np.zeros([6, 4], np.float32), q_codes=np.zeros([6, 4], np.float32),
+                   samples=images, recon=images[::-1])
+    found = {}
+    for pixel_range in ("unit", "symmetric"):
+        config = tiny_config(z_dim=4, pixel_range=pixel_range)
+        found[pixel_range] = evaluator._latent_and_sharpness_metrics(config, outputs, images, 0)
+    for name in ("sharpness_samples", "sharpness_reconstructions", "sharpness_test_images"):
+        unit, symmetric = found["unit"][name], found["symmetric"][name]
+        assert (unit["pixel_range"], symmetric["pixel_range"]) == ("unit", "symmetric")
+        assert symmetric["value"] == pytest.approx(4 * unit["value"], rel=1e-9), name
+
+
 @pytest.mark.slow
 @pytest.mark.numerics
 def test_saved_model_gives_the_checkpoints_numbers(tiny_run, tmp_path):

@@ -30,7 +30,7 @@ def _entry_point_modules() -> list:
     package, names = os.path.join(REPO, "wae_tf"), []
     for name in sorted(n for n in os.listdir(package) if n.endswith(".py")):
         with open(os.path.join(package, name)) as f:
-            if "app.run(main)" in f.read():
+            if "app.run(main" in f.read():
                 names.append(name[:-3])
     return names
 

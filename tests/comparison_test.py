@@ -123,6 +123,7 @@ def test_fashion_mnist_table_has_a_row_per_run_in_the_classifiers_space():
     assert rows[2].startswith("| WAE-MMD | 0.60 ± 0.14 |") and rows[2].endswith("| 2 |")
     assert rows[3].startswith("| WAE-MMD + fitted sampler | 0.25 ± 0.00 | 0.700 ± 0.000 |")
     assert "classifier features (128-d; the classifier's test accuracy 0.5000)" in text
+    assert "FID, precision (k=3) and recall: 10 samples vs 10 test images" in text
 
 
 def test_celeba_table_puts_the_papers_values_beside_the_measured_ones():
@@ -141,6 +142,7 @@ def test_celeba_table_puts_the_papers_values_beside_the_measured_ones():
     assert fitted.startswith("| WAE-MMD + fitted sampler | 45.00 | — | — |")
     assert data.startswith("| test images | — | 2 |") and "| 2.50e-02 | 2e-02 |" in data
     assert "(2048-d)" in text and "Table 1" in text and "do not compare" not in text
+    assert "FID, KID, precision (k=3) and recall" in text
     classifier_space = comparison.describe(
         {"celeba_vae": [(_named_metrics("classifier"), {})]}, "celeba")
     assert "| FID (classifier features) | paper FID (Inception) |" in classifier_space

@@ -386,7 +386,8 @@ def _notes(metrics: dict, table: Table, suite: Suite) -> str:
         accuracy = float(metrics["classifier_test_accuracy"]["value"])
         described += f"; the classifier's test accuracy {accuracy:.4f}"
     k = metrics.get(metric_key(metrics, PRECISION), {}).get("k", "?")
-    text = (f"\nMean ± sample std over training seeds. FID, KID, precision (k={k}) and recall: "
+    kid = ", KID" if any(c.key == "kid" for c in table.columns) else ""
+    text = (f"\nMean ± sample std over training seeds. FID{kid}, precision (k={k}) and recall: "
             f"{fid.get('num_samples', metrics.get('num_samples'))} samples vs "
             f"{fid.get('num_test_images', '?')} test images in {described}); "
             f"evaluation seed {metrics.get('seed')}. Test MSE per [0, 1] pixel over "

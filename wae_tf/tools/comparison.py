@@ -46,6 +46,7 @@ class Run:
 
 @dataclasses.dataclass(frozen=True)
 class Suite:
+    """The runs of one comparison and the paper's values they are reported beside."""
     runs: Tuple[Run, ...]
     fitted: str  # the run whose fitted latent sampler gets a row
     interpolations: Tuple[str, ...]  # the runs of compare_interpolations.png
@@ -55,11 +56,10 @@ class Suite:
     paper_pixels: str = "symmetric"  # the pixel range of the paper's sharpness
 
 
-# The paper's Table 1 (CelebA 64x64): FID of 10,000 samples in Inception features, sharpness on
-# the [-1, 1] pixels of its code (`compute_blurriness`).
 _TABLE_1 = ("The paper's values: Tolstikhin et al. (2018), Table 1 (CelebA 64x64): FID of 10,000 "
             "samples in the Inception features of Heusel et al. (2017), sharpness of samples on "
-            "the [-1, 1] pixels of its code (`compute_blurriness`); its true-data row is real "
+            "the [-1, 1] pixels of its code (`compute_blurriness`, whose log prints the least "
+            "sharp image of a batch; ours is the mean over images); its true-data row is real "
             "images, ours the test images.")
 SUITES = {
     "fashion_mnist": Suite(

@@ -1,5 +1,4 @@
-"""wae_tf.evaluate on a tiny trained model, from its workdir and from its export; figures;
-the comparison's flagfiles and table."""
+"""wae_tf.evaluate on a tiny trained model, from its workdir and from its export; figures."""
 
 import json
 import os
@@ -11,7 +10,6 @@ import pytest
 from tests.conftest import FASHION_DIR, REPO, run_concurrently, tiny_config
 from wae_tf import errors
 from wae_tf.evaluation import classifier, evaluator, figures
-from wae_tf.tools import comparison
 
 METRIC_FIELDS = ("test_recon_cost", "test_mse_per_pixel", "fid", "precision", "recall",
                  "classifier_test_accuracy", "mmd_codes_prior", "sharpness_samples",
@@ -68,6 +66,22 @@ def test_the_mmd_of_a_gaussian_encoder_uses_sampled_codes():
         config, dict(outputs, q_codes=outputs["codes"]), images[:10], seed=0)
     assert sampled["mmd_codes_prior"]["codes"].startswith("sampled")
     assert abs(sampled["mmd_codes_prior"]["value"]) < 0.1 * means["mmd_codes_prior"]["value"]
+
+
+def test_sharpness_is_measured_on_the_runs_pixel_range():
+    """--pixel_range=symmetric runs report the paper code's [-1, 1] sharpness, 4x the [0, 1]
+    value of the same images, and say which range in metrics.json."""
+    images = np.random.default_rng(1).uniform(size=(6, 28, 28, 1)).astype(np.float32)
+    outputs = dict(codes=np.zeros([6, 4], np.float32), q_codes=np.zeros([6, 4], np.float32),
+                   samples=images, recon=images[::-1])
+    found = {}
+    for pixel_range in ("unit", "symmetric"):
+        config = tiny_config(z_dim=4, pixel_range=pixel_range)
+        found[pixel_range] = evaluator._latent_and_sharpness_metrics(config, outputs, images, 0)
+    for name in ("sharpness_samples", "sharpness_reconstructions", "sharpness_test_images"):
+        unit, symmetric = found["unit"][name], found["symmetric"][name]
+        assert (unit["pixel_range"], symmetric["pixel_range"]) == ("unit", "symmetric")
+        assert symmetric["value"] == pytest.approx(4 * unit["value"], rel=1e-9), name
 
 
 @pytest.mark.slow
@@ -140,50 +154,3 @@ def test_pca_projection_keeps_the_largest_variance_direction():
     projected = figures.project_2d(codes)
     assert projected.shape == (500, 2)
     assert abs(np.corrcoef(projected[:, 0], codes[:, 0])[0, 1]) > 0.99
-
-
-@pytest.mark.parametrize("name", [name for name, _ in comparison.RUNS])
-def test_comparison_runs_share_everything_but_the_penalty(name):
-    """The network, data, budget and optimiser are shared; the VAE baseline also has its own
-    likelihood (Bernoulli) and no input noise (its encoder is stochastic)."""
-    base = comparison.parse_flagfile(comparison.flagfile_path("wae_mmd"))
-    config = comparison.parse_flagfile(comparison.flagfile_path(name))
-    shared = ("dataset", "width_divisor", "z_dim", "batch_size", "train_steps", "seed",
-              "learning_rate", "prior", "init_std", "encoder_pretrain_steps")
-    assert [getattr(config, f) for f in shared] == [getattr(base, f) for f in shared]
-    assert config.recon == ("bernoulli" if name == "vae" else "l2sq")
-
-
-def test_comparison_table_has_a_row_per_run():
-    metrics = {name: {"value": 0.5} for name in METRIC_FIELDS}
-    metrics["fid"].update(num_samples=10, num_test_images=10, feature_dim=128)
-    metrics["precision"]["k"] = 3
-    metrics["test_recon_cost"]["num_images"] = 10
-    metrics["fid_fitted_sampler"] = {"value": 0.25}
-    metrics["precision_fitted_sampler"] = metrics["recall_fitted_sampler"] = {"value": 0.7}
-    other = dict(metrics, fid={**metrics["fid"], "value": 0.7}, seed=0, step=5)
-    text = comparison.describe({
-        "vae": [(dict(metrics, seed=0, step=5), {"train_wall_time_s": 60})],
-        "wae_mmd": [(dict(metrics, seed=0, step=5), {}), (other, {})]})
-    rows = [line for line in text.splitlines() if line.startswith("| ")]
-    assert len(rows) == 4 and rows[1].startswith("| VAE | 0.50 |") and rows[1].endswith("| 1 |")
-    # Two seeds: FID 0.5 and 0.7 -> mean 0.60, sample std 0.14.
-    assert rows[2].startswith("| WAE-MMD | 0.60 ± 0.14 |") and rows[2].endswith("| 2 |")
-    assert rows[3].startswith("| WAE-MMD + fitted sampler | 0.25 ± 0.00 | 0.700 ± 0.000 |")
-
-
-def test_comparison_figures_put_the_runs_side_by_side(tmp_path):
-    """Each run's samples (and WAE-MMD's fitted sampler's) in RUNS order, 8 pixels apart."""
-    from wae_tf import visualize  # pylint: disable=import-outside-toplevel
-    names = ["vae_lambda01", "wae_mmd"]
-    for i, name in enumerate(names):
-        eval_dir = tmp_path / f"{name}-seed0" / "eval"
-        eval_dir.mkdir(parents=True)
-        for figure in ("samples.png", "interpolations.png", "samples_fitted.png"):
-            visualize.save_png(str(eval_dir / figure), np.full((20, 10, 1), i / 2, np.float32))
-    comparison.write_figures(str(tmp_path), names, 0)
-    samples = visualize.read_png(str(tmp_path / "compare_samples.png"))
-    assert samples.shape == (20, 3 * 10 + 2 * 8, 1)  # vae_lambda01, wae_mmd, wae_mmd fitted
-    assert (samples[0, 0, 0], samples[0, 10, 0]) == (0, 1)  # a run's pixel, then the white gap
-    assert samples[0, 18, 0] == pytest.approx(0.5, abs=1 / 255)
-    assert visualize.read_png(str(tmp_path / "compare_interpolations.png")).shape == (20, 28, 1)

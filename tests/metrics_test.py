@@ -84,6 +84,22 @@ def test_sharpness_of_a_checkerboard_is_sixteen():
     assert metrics.laplacian_sharpness(rgb) == pytest.approx(16.0 * 0.9999 ** 2)
 
 
+def test_sharpness_on_symmetric_pixels_is_four_times_that_on_unit_pixels():
+    """The paper's code measures CelebA on [-1, 1] pixels (2x - 1): the Laplacian doubles and
+    its variance quadruples; the offset -1 is flat, so the Laplacian does not see it."""
+    images = np.random.default_rng(7).uniform(size=(3, 12, 10, 3))
+    unit = metrics.laplacian_variance(images)
+    np.testing.assert_allclose(metrics.laplacian_variance(images, "symmetric"), 4 * unit,
+                               rtol=1e-12)
+    assert metrics.laplacian_sharpness(images, "symmetric") == pytest.approx(
+        4 * metrics.laplacian_sharpness(images, "unit"), rel=1e-12)
+    # The 0/1 checkerboard becomes -1/1: Laplacians of +-8, variance 64.
+    board = (np.indices((6, 6)).sum(axis=0) % 2).astype(np.float64)[None, :, :, None]
+    assert metrics.laplacian_sharpness(board, "symmetric") == pytest.approx(64.0)
+    with pytest.raises(ValueError, match="pixel range"):
+        metrics.laplacian_sharpness(board, "wide")
+
+
 def test_blurring_lowers_sharpness():
     rng = np.random.default_rng(5)
     images = rng.uniform(size=(4, 16, 16, 1))

@@ -96,8 +96,41 @@ def test_bernoulli_cost_hand_values():
     y = tf.constant([0.5, 0.25, 0.5, 1.0], shape=[1, 2, 2, 1])
     np.testing.assert_allclose(regularizers.reconstruction_cost(x, y, "bernoulli").numpy(),
                                [1.6739765], rtol=1e-6)
-    with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        regularizers.reconstruction_cost(x, y, "bernoulli", pixel_scale=2.0)
+
+
+def test_bernoulli_likelihood_of_symmetric_pixels_hand_values():
+    """[-1, 1] pixels and a tanh decoder: the likelihood of (x + 1) / 2 under (G(z) + 1) / 2.
+
+    Pixels x = [1, -1, 0, 1] and means G(z) = [0, -0.5, 0, 1] stand for t = [1, 0, 0.5, 1] and
+    p = [0.5, 0.25, 0.5, 1]: -[log .5 + log .75 + (.5 log .5 + .5 log .5) + log(1 - 1e-7)]
+    = 0.6931472 + 0.2876821 + 0.6931472 + 1e-7 = 1.6739765. Example 1, x = [0, 0, 0, 0] under
+    G(z) = [0.5, 0.5, -0.5, -0.5] (p = .75, .75, .25, .25): 4 * -(.5 log .75 + .5 log .25)
+    = 2 * (0.2876821 + 1.3862944) = 3.3479529.
+    """
+    x = tf.constant([1.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0], shape=[2, 2, 2, 1])
+    y = tf.constant([0.0, -0.5, 0.0, 1.0, 0.5, 0.5, -0.5, -0.5], shape=[2, 2, 2, 1])
+    expected = [1.6739765, 3.3479529]
+    np.testing.assert_allclose(regularizers.bernoulli_nll(x, y, "symmetric").numpy(), expected,
+                               rtol=1e-6)
+    # The training cost gets the [0, 1] images the networks map to and from: the same values.
+    np.testing.assert_allclose(regularizers.reconstruction_cost(
+        (x + 1) / 2, (y + 1) / 2, "bernoulli", pixel_scale=2.0).numpy(), expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="pixel range"):
+        regularizers.bernoulli_nll(x, y, "wide")
+
+
+def test_bernoulli_gradient_through_a_tanh_decoder_is_that_of_a_sigmoid():
+    """d/da of the NLL of t under p = (tanh(a) + 1) / 2 equals that under sigmoid(2a): 2(p - t)."""
+    a = tf.constant([[-1.5, 0.3, 2.0]])
+    t = tf.constant([[0.0, 1.0, 0.25]])
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(a)
+        symmetric = regularizers.bernoulli_nll(2 * t - 1, tf.tanh(a), "symmetric")
+        unit = regularizers.bernoulli_nll(t, tf.sigmoid(2 * a))
+    np.testing.assert_allclose(tape.gradient(symmetric, a).numpy(),
+                               (2 * (tf.sigmoid(2 * a) - t)).numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(tape.gradient(unit, a).numpy(),
+                               tape.gradient(symmetric, a).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_reconstruction_cost_unknown_kind():

@@ -118,8 +118,10 @@ class Config:
     swd_projections: int = _field(50, "Number of random directions of the sliced Wasserstein "
                                       "distance.")
     recon: str = _field("l2sq", "Reconstruction cost: l2sq (0.05*||x-y||^2) | l2 (0.2*||x-y||) | "
-                        "l1 (0.02*||x-y||_1), the paper code's scales | bernoulli (the negative "
-                        "log-likelihood of Bernoulli pixels, the VAE's decoder on [0, 1]).")
+                        "l1 (0.02*||x-y||_1), the paper code's scales, on --pixel_range pixels | "
+                        "bernoulli (the negative log-likelihood of Bernoulli pixels, a VAE's "
+                        "decoder; [-1, 1] pixels x stand for (x+1)/2, the tanh's G(z) for "
+                        "(G(z)+1)/2).")
     # Optimisation.
     learning_rate: float = _field(1e-3, "Adam learning rate of encoder and decoder.")
     disc_learning_rate: float = _field(5e-4, "Adam learning rate of the latent discriminator "
@@ -237,9 +239,6 @@ class Config:
         if self.regularizer == "kl" and self.prior != "normal":
             raise ConfigError("--regularizer=kl computes the KL to a normal prior: use "
                               "--prior=normal.")
-        if self.recon == "bernoulli" and self.pixel_range != "unit":
-            raise ConfigError("--recon=bernoulli is a likelihood of pixels in [0, 1]: use "
-                              "--pixel_range=unit.")
         if self.encoder == "gaussian" and self.prior != "normal":
             raise ConfigError("--encoder=gaussian codes are unbounded: use --prior=normal (or a "
                               "deterministic encoder, projected onto the sphere or box).")

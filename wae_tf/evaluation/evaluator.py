@@ -177,8 +177,10 @@ def _latent_and_sharpness_metrics(config: Config, outputs: dict, test_images, se
                                                                    config.prior_scale))
     kind = ("sampled z = mean + sigma * eps" if codes is not outputs["codes"]
             else "deterministic codes")
-    sharp = lambda images: dict(value=metrics.laplacian_sharpness(images),  # noqa: E731
-                                num_images=int(images.shape[0]))
+
+    def sharp(images):  # on the networks' pixel range, as the paper's code (metrics.py)
+        return dict(value=metrics.laplacian_sharpness(images, config.pixel_range),
+                    num_images=int(images.shape[0]), pixel_range=config.pixel_range)
     return {"mmd_codes_prior": dict(mmd, num_codes=int(codes.shape[0]), kernel=config.kernel,
                                     seed=seed, codes=kind),
             "sharpness_samples": dict(sharp(outputs["samples"]), seed=seed),

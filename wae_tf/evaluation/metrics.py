@@ -16,6 +16,8 @@ from wae_tf.model import regularizers
 LAPLACIAN = np.array([[0, 1, 0], [1, -4, 1], [0, 1, 0]], np.float64)
 # ITU-R 601 luma weights, as tf.image.rgb_to_grayscale.
 _LUMA = np.array([0.2989, 0.5870, 0.1140], np.float64)
+# (scale, offset) taking [0, 1] pixels to each --pixel_range.
+PIXEL_OFFSETS = {"unit": (1.0, 0.0), "symmetric": (2.0, -1.0)}
 
 
 # ------------------------------------------------------------------------------------- FID
@@ -156,22 +158,28 @@ def to_grayscale(images) -> np.ndarray:
     return images[..., 0] if images.shape[-1] == 1 else images @ _LUMA
 
 
-def laplacian_variance(images) -> np.ndarray:
+def laplacian_variance(images, pixel_range: str = "unit") -> np.ndarray:
     """Variance of the 3x3 Laplacian response of each image, [N] (float64).
 
     The WAE paper's sharpness (Table 1, code `compute_blurriness`): grayscale, convolve with
     [[0,1,0],[1,-4,1],[0,1,0]] over the valid (H-2) x (W-2) region, population variance per image.
-    Images are in [0, 1]; higher means sharper (blurry images have a flat Laplacian).
+    `images` are in [0, 1]; the variance is that of the pixels in `pixel_range`: "unit" [0, 1],
+    or "symmetric" [-1, 1] (2x - 1, 4x the variance), the network's pixels on which the paper's
+    code measures CelebA. Higher means sharper (blurry images have a flat Laplacian).
     """
-    x = to_grayscale(images)  # [N, H, W]
+    if pixel_range not in PIXEL_OFFSETS:
+        raise ValueError(f"Unknown pixel range {pixel_range!r}; expected unit or symmetric.")
+    scale, offset = PIXEL_OFFSETS[pixel_range]
+    x = to_grayscale(scale * np.asarray(images, np.float64) + offset)  # [N, H, W]
     lap = (x[:, :-2, 1:-1] + x[:, 2:, 1:-1] + x[:, 1:-1, :-2] + x[:, 1:-1, 2:]
            - 4.0 * x[:, 1:-1, 1:-1])  # [N, H-2, W-2]
     return lap.reshape(lap.shape[0], -1).var(axis=1)
 
 
-def laplacian_sharpness(images) -> float:
-    """Mean over images [N, H, W, C] of `laplacian_variance`: the paper's sharpness number."""
-    return float(np.mean(laplacian_variance(images)))
+def laplacian_sharpness(images, pixel_range: str = "unit") -> float:
+    """Mean over images [N, H, W, C] in [0, 1] of `laplacian_variance` on `pixel_range`'s
+    pixels: the paper's sharpness number."""
+    return float(np.mean(laplacian_variance(images, pixel_range)))
 
 
 # ------------------------------------------------------------------------- reconstruction

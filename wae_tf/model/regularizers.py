@@ -29,29 +29,25 @@ def reconstruction_cost(x, y, kind, pixel_scale=1.0):
         x: Images in [0, 1], [n, H, W, C] float32.
         y: Reconstructions of `x` in [0, 1], same shape.
         kind: "l2sq" (0.05 * ||x - y||_2^2), "l2" (0.2 * ||x - y||_2) or "l1" (0.02 * ||x - y||_1),
-            the scales of the paper's code; or "bernoulli", the negative log-likelihood of x
-            under independent Bernoulli pixels of mean y, -sum x log y + (1 - x) log(1 - y), in
-            nats (the VAE's decoder likelihood, Kingma & Welling 2014; y clipped to
-            [1e-7, 1 - 1e-7]). "l2" is computed as 0.2 * sqrt(||x - y||^2 + 1e-8) so that its
-            gradient stays finite where x == y.
+            the scales of the paper's code; or "bernoulli", `bernoulli_nll` of x under the
+            means y (the VAE's decoder likelihood). "l2" is computed as
+            0.2 * sqrt(||x - y||^2 + 1e-8) so that its gradient stays finite where x == y.
         pixel_scale: The metric costs are those of the pixels scaled by this factor: 2 gives the
             cost of the same images in [-1, 1] (the paper's CelebA), 4x for l2sq and 2x for l2, l1.
+            "bernoulli" ignores it: the likelihood of [-1, 1] pixels is that of the [0, 1]
+            values they stand for, which x and y already are (`bernoulli_nll`).
 
     Returns:
         The cost of each example, [n].
 
     Raises:
-        ValueError: If `kind` is unknown, or pixel_scale is not 1 for "bernoulli".
+        ValueError: If `kind` is unknown.
     """
     def flat(t):  # [n, H, W, C] -> [n, H*W*C]
         return tf.reshape(t, [tf.shape(x)[0], -1])
 
     if kind == "bernoulli":
-        if pixel_scale != 1.0:
-            raise ValueError("The Bernoulli likelihood is defined on pixels in [0, 1] only.")
-        p = tf.clip_by_value(flat(y), _BERNOULLI_EPSILON, 1.0 - _BERNOULLI_EPSILON)
-        t = flat(x)
-        return -tf.reduce_sum(t * tf.math.log(p) + (1.0 - t) * tf.math.log(1.0 - p), axis=1)
+        return bernoulli_nll(x, y)
     if kind not in _RECON_SCALES:
         raise ValueError(f"Unknown reconstruction cost {kind!r}; expected one of "
                          f"{', '.join(_RECON_SCALES)}, bernoulli.")
@@ -64,6 +60,37 @@ def reconstruction_cost(x, y, kind, pixel_scale=1.0):
     else:
         per_example = tf.reduce_sum(tf.abs(diff), axis=1)  # [n]
     return _RECON_SCALES[kind] * pixel_scale ** _RANGE_POWERS[kind] * per_example
+
+
+def bernoulli_nll(x, y, pixel_range="unit"):
+    """Negative log-likelihood of images under independent Bernoulli pixels, per example, in nats.
+
+    The VAE's decoder likelihood (Kingma & Welling 2014, appendix C.1; the WAE paper's MNIST
+    VAE): -sum_i t_i log p_i + (1 - t_i) log(1 - p_i), with p clipped to [1e-7, 1 - 1e-7] (as
+    Keras's binary cross-entropy). For pixels in [-1, 1] and a tanh decoder (the paper's
+    CelebA) the targets and means are the [0, 1] values the pixels stand for,
+    t = (x + 1) / 2 and p = (G(z) + 1) / 2 = sigmoid(2a) for the tanh's input a: the same
+    model as a sigmoid decoder on [0, 1] pixels.
+
+    Args:
+        x: Images, [n, H, W, C], in the pixel range.
+        y: The decoder's means for them, same shape and range.
+        pixel_range: "unit" for [0, 1] pixels, "symmetric" for [-1, 1].
+
+    Returns:
+        The negative log-likelihood of each example, [n].
+
+    Raises:
+        ValueError: If `pixel_range` is unknown.
+    """
+    if pixel_range == "symmetric":
+        x, y = (x + 1.0) / 2.0, (y + 1.0) / 2.0
+    elif pixel_range != "unit":
+        raise ValueError(f"Unknown pixel range {pixel_range!r}; expected unit or symmetric.")
+    t = tf.reshape(x, [tf.shape(x)[0], -1])  # [n, H*W*C]
+    p = tf.clip_by_value(tf.reshape(y, [tf.shape(x)[0], -1]), _BERNOULLI_EPSILON,
+                         1.0 - _BERNOULLI_EPSILON)
+    return -tf.reduce_sum(t * tf.math.log(p) + (1.0 - t) * tf.math.log(1.0 - p), axis=1)
 
 
 def sample_prior(kind, num, z_dim, scale, seed):

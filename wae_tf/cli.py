@@ -13,10 +13,13 @@ from wae_tf.errors import ConfigError, NonFiniteLossError, Preempted
 FLAGS = flags.FLAGS
 
 
-def define_config_flags(flag_values=FLAGS) -> None:
-    """Define one flag per Config field, with the field's default and help text."""
+def define_config_flags(flag_values=FLAGS, names=None) -> None:
+    """Define one flag per Config field (or per field of `names`), with the field's default and
+    help text."""
     kw = dict(flag_values=flag_values)
     for field in config_lib.config_fields():
+        if names is not None and field.name not in names:
+            continue
         help_text = field.metadata.get("help", field.name)
         if field.name in config_lib.CHOICES:
             choices = config_lib.CHOICES[field.name]

@@ -140,14 +140,16 @@ def _download(url: str, target: str) -> None:
         fileio.remove_quietly(tmp)
 
 
-def inception_graph_path(inception_path: str = "", cache_dir: str = "",
-                         url: str = INCEPTION_URL, md5: str = INCEPTION_MD5) -> str:
+def inception_graph_path(inception_path: str = "", cache_dir: str = "", url: str = "",
+                         md5: str = "") -> str:
     """The checked classify_image_graph_def.pb: --inception_path's (a .pb, or a .tgz extracted
     into the cache), else the cache's, else fetched from `url` into the cache once.
 
-    `cache_dir` defaults to cache_root()/inception; a .tgz put there is extracted too.
+    Defaults: `cache_dir` cache_root()/inception (a .tgz put there is extracted too), `url`
+    INCEPTION_URL, `md5` INCEPTION_MD5 (read when called, so tests can replace them).
     """
     cache_dir = cache_dir or os.path.join(cache_root(), "inception")
+    url, md5 = url or INCEPTION_URL, md5 or INCEPTION_MD5
     cached = os.path.join(cache_dir, INCEPTION_PB)
     if inception_path:
         if not tf.io.gfile.exists(inception_path):
@@ -222,9 +224,10 @@ def _load_inception(path: str) -> InceptionGraph:
     return InceptionGraph(graph_def)
 
 
-def inception_space(inception_path: str = "", cache_dir: str = "", url: str = INCEPTION_URL,
-                    md5: str = INCEPTION_MD5) -> FeatureSpace:
+def inception_space(inception_path: str = "", cache_dir: str = "", url: str = "",
+                    md5: str = "") -> FeatureSpace:
     """The standard FID space (see inception_graph_path for where the graph comes from)."""
+    url, md5 = url or INCEPTION_URL, md5 or INCEPTION_MD5
     path = inception_graph_path(inception_path, cache_dir, url, md5)
     return FeatureSpace("inception", INCEPTION_PREPROCESSING,
                         f"{url} ({INCEPTION_PB}, md5 {md5}, read from {path})", f"md5:{md5}",

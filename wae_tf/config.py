@@ -239,7 +239,7 @@ class Config:
                 raise ConfigError(f"--{name} must be positive, got {getattr(self, name)}.")
         for name in ("lambda_reg", "input_noise", "rbf_sigma2", "train_steps", "epochs",
                      "cpu_devices", "image_size", "init_std", "encoder_pretrain_steps",
-                     "sampler_components", "fid_features", "inception_path", "stats_cache_dir"):
+                     "sampler_components"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}.")
         if not 0 < self.batchnorm_epsilon < 1:

@@ -139,15 +139,16 @@ def make_idx_dir(directory, num_train=10, num_test=7, size=28, compress=True, se
 # ------------------------------------------------------------------ Inception stand-in
 
 
-def inception_stand_in(seed: int = 0):
+def inception_stand_in(seed: int = 0, dim: int = 2048):
     """A GraphDef with the tensor names of the 2015-12-05 Inception graph (DecodeJpeg ->
     Cast -> ExpandDims [1, h, w, 3] -> ResizeBilinear to 299 -> (x - 128) / 128 -> a
     BatchNormWithGlobalNormalization op at GraphDef version 8, as in the real graph -> spatial
-    mean -> pool_3 [b, 1, 1, 2048]) and the numbers it computes: pool_3 = bn(mean RGB) @ w.
+    mean -> pool_3 [b, 1, 1, dim]) and the numbers it computes: pool_3 = bn(mean RGB) @ w. A
+    smaller `dim` keeps FID's [dim, dim] matrix algebra quick.
 
-    Returns (graph_def, weights w [3, 2048], bn(m) for m [.., 3])."""
+    Returns (graph_def, weights w [3, dim], bn(m) for m [.., 3])."""
     rng = np.random.default_rng(seed)
-    weights = rng.normal(size=(3, 2048)).astype(np.float32)
+    weights = rng.normal(size=(3, dim)).astype(np.float32)
     mean, var, beta, gamma = (np.array(v, np.float32) for v in (
         [0.1, -0.2, 0.0], [1.0, 4.0, 0.25], [0.5, 0.0, -0.5], [2.0, 1.0, 3.0]))
     graph = tf.Graph()

@@ -174,7 +174,7 @@ def test_a_constant_saved_model_extractor_gives_fid_and_kid_zero(tmp_path):
     module = ConstantFeatures()
     tf.saved_model.save(module, path, signatures=module.__call__)
     model, test = _constant_model(), make_images(30)
-    space = evaluator.feature_space(model, test, path)
+    space = evaluator.feature_space(model.config, model.image_shape, test, path)
     results, *_ = evaluator.compute_metrics(model, test, space, num_samples=12, seed=0)
     assert results["fid_custom"]["value"] == pytest.approx(0.0, abs=1e-9)
     assert results["kid_custom"]["value"] == pytest.approx(0.0, abs=1e-9)
@@ -185,15 +185,15 @@ def test_a_constant_saved_model_extractor_gives_fid_and_kid_zero(tmp_path):
 
 
 def test_inception_through_the_evaluation_names_its_space(tmp_path, monkeypatch):
-    graph_def, _, _ = inception_stand_in()
+    graph_def, _, _ = inception_stand_in(dim=16)
     pb = tmp_path / features.INCEPTION_PB
     pb.write_bytes(graph_def.SerializeToString())
     monkeypatch.setattr(features, "INCEPTION_MD5", hashlib.md5(pb.read_bytes()).hexdigest())
     model, test = _constant_model(), make_images(8)
-    space = evaluator.feature_space(model, test, "inception", str(pb))
+    space = evaluator.feature_space(model.config, model.image_shape, test, "inception", str(pb))
     results, *_ = evaluator.compute_metrics(model, test, space, num_samples=8, seed=0)
     assert results["feature_space"]["name"] == "inception"
-    assert results["feature_space"]["dim"] == results["fid_inception"]["feature_dim"] == 2048
+    assert results["feature_space"]["dim"] == results["fid_inception"]["feature_dim"] == 16
     assert "TTUR: bilinear resize to 299x299" in results["feature_space"]["preprocessing"]
     assert results["fid_inception"]["value"] > 0 and "kid_inception" in results
 

@@ -320,21 +320,21 @@ def _classifier_for(config: Config, classifier_dir: str, classifier_data=None,
                                         epochs=classifier_epochs, seed=0), directory
 
 
-def feature_space(model: Autoencoder, test: data.ImageData, fid_features: str,
+def feature_space(config: Config, image_shape, test: data.ImageData, fid_features: str,
                   inception_path: str = "", classifier_dir: str = "", classifier_data=None,
                   classifier_epochs: int = 2) -> features_lib.FeatureSpace:
-    """The space --fid_features names (auto: the classifier if the test split has classes)."""
+    """The space --fid_features names (auto: the classifier if the test split has classes) for
+    images of `image_shape` (H, W, C)."""
     name = features_lib.space_name(fid_features, len(np.unique(test.labels)) > 1)
     if name == "inception":
         return features_lib.inception_space(inception_path)
     if name == "custom":
         return features_lib.saved_model_space(fid_features)
-    clf, directory = _classifier_for(model.config, classifier_dir, classifier_data,
-                                     classifier_epochs)
-    if tuple(clf.info["image_shape"]) != tuple(model.image_shape):
+    clf, directory = _classifier_for(config, classifier_dir, classifier_data, classifier_epochs)
+    if tuple(clf.info["image_shape"]) != tuple(image_shape):
         raise ConfigError(f"The classifier in {directory} takes images "
                           f"{tuple(clf.info['image_shape'])}, the model makes "
-                          f"{tuple(model.image_shape)}: pass another --classifier_dir.")
+                          f"{tuple(image_shape)}: pass another --classifier_dir.")
     return features_lib.classifier_space(clf, directory)
 
 
@@ -352,8 +352,9 @@ def evaluate_model(model: Autoencoder, output_dir: str, num_samples: int = 10000
     config = model.config.replace(**{k: v for k, v in overrides.items() if v is not None})
     config.validate()
     test = test_data if test_data is not None else data.load_split(config, "test")
-    space = feature_space(model, test, config.fid_features, config.inception_path,
-                          classifier_dir, classifier_data, classifier_epochs)
+    space = feature_space(config, model.image_shape, test, config.fid_features,
+                          config.inception_path, classifier_dir, classifier_data,
+                          classifier_epochs)
     stats_dir = stats_cache.resolve(config.stats_cache_dir, features_lib.cache_root())
     return evaluate(model, test, space, output_dir, num_samples, seed, stats_dir)
 

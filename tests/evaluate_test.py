@@ -117,10 +117,18 @@ def test_entry_point_evaluates_an_export_on_the_real_test_split(tiny_run, tmp_pa
     args = [sys.executable, "-m", "wae_tf.evaluate", f"--saved_model={tiny_run['export']}/..",
             f"--output_dir={tmp_path}", "--num_samples=30", "--seed=1",
             f"--classifier_dir={tiny_run['classifier_dir']}"]
-    # The entry point without --saved_model or --workdir refuses to start: run beside it.
-    results = run_concurrently({"evaluate": args, "neither": args[:3]}, cwd=REPO,
-                               env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    # The entry point without --saved_model or --workdir refuses to start, and without the
+    # Inception graph says so in one line: run beside it.
+    missing = str(tmp_path / "missing" / features.INCEPTION_PB)
+    no_graph = args[:4] + [f"--output_dir={tmp_path / 'no_graph'}", "--fid_features=inception",
+                           f"--inception_path={missing}"]
+    results = run_concurrently({"evaluate": args, "neither": args[:3], "no_graph": no_graph},
+                               cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
     result, neither = results["evaluate"], results["neither"]
+    errors_printed = [line for line in results["no_graph"].stderr.splitlines()
+                      if line.startswith("error:")]
+    assert results["no_graph"].returncode == 2 and len(errors_printed) == 1
+    assert f"--inception_path={missing} does not exist" in errors_printed[0]
     assert result.returncode == 0, result.stderr[-3000:]
     saved = json.load(open(tmp_path / "metrics.json"))
     assert json.loads(result.stdout) == saved  # stdout is the JSON alone

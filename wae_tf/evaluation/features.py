@@ -129,7 +129,7 @@ def _extract_pb(archive: str, target: str, md5: str, origin: str) -> None:
 
 
 def _download(url: str, target: str) -> None:
-    """`url` to the local file `target` (through a temporary name); ConfigError on failure."""
+    """`url` to the local file `target`, through a temporary name (removed if anything fails)."""
     tmp = fileio.temporary_sibling(target)
     try:
         with urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response, \
@@ -244,8 +244,8 @@ def classifier_space(clf, directory: str) -> FeatureSpace:
     dim = info.get("feature_dim", 128)
     preprocessing = (f"float32 images in [0, 1] at the data's own size ({shape}); the {dim} "
                      "ReLU units of the penultimate layer of wae_tf's CNN trained on "
-                     f"{info['dataset']} ({info['epochs']} epochs, test accuracy "
-                     f"{info['test_accuracy']:.4f})")
+                     f"{info['dataset']} ({info['epochs']} epoch{'s' * (info['epochs'] != 1)}, "
+                     f"test accuracy {info['test_accuracy']:.4f})")
     fingerprint = hashlib.sha256(repr(sorted(info.items())).encode()).hexdigest()[:16]
     return FeatureSpace("classifier", preprocessing, directory, f"{directory}:{fingerprint}",
                         clf.embed, info=info)

@@ -10,7 +10,7 @@ from absl import flags
 
 from tests.conftest import REPO
 from wae_tf import cli
-from wae_tf.config import Config
+from wae_tf.config import RESUMABLE_FIELDS, Config
 from wae_tf.errors import ConfigError
 
 FLAGFILES = sorted(glob.glob(os.path.join(REPO, "flags", "*.cfg")))
@@ -88,6 +88,14 @@ def test_command_line_overrides_the_flagfile():
     assert _parse("--flagfile=flags/mnist_wae_mmd.cfg", "--z_dim=3").z_dim == 3
 
 
+def test_the_feature_space_flags_parse_and_a_resume_may_change_them():
+    config = _parse("--flagfile=flags/mnist_wae_mmd.cfg", "--fid_features=/models/mine",
+                    "--inception_path=/tmp/inception-2015-12-05.tgz", "--stats_cache_dir=")
+    assert (config.fid_features, config.stats_cache_dir) == ("/models/mine", "")
+    assert Config(train_steps=1).fid_features == "auto"
+    assert {"fid_features", "inception_path", "stats_cache_dir"} <= set(RESUMABLE_FIELDS)
+
+
 @pytest.mark.parametrize("changes,message", [
     (dict(regularizer="kl"), "encoder=gaussian"),
     (dict(lambda_reg=-1.0), "lambda_reg"),
@@ -106,6 +114,7 @@ def test_command_line_overrides_the_flagfile():
     (dict(learning_rate=float("inf")), r"--learning_rate=inf is not a finite number"),
     (dict(prior_scale=float("-inf")), r"--prior_scale=-inf is not a finite number"),
     (dict(cluster_timeout=0.0), "cluster_timeout"),
+    (dict(fid_features=""), "--fid_features is empty"),
 ])
 def test_invalid_values_are_refused_with_the_flag_named(changes, message):
     values = dict(train_steps=1)

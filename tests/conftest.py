@@ -134,3 +134,46 @@ def make_idx_dir(directory, num_train=10, num_test=7, size=28, compress=True, se
         write_idx(os.path.join(directory, f"{prefix}-labels-idx1-ubyte{ext}"), labels, compress)
         arrays[split] = (images, labels)
     return arrays
+
+
+# ------------------------------------------------------------------ Inception stand-in
+
+
+def inception_stand_in(seed: int = 0, dim: int = 2048):
+    """A GraphDef with the tensor names of the 2015-12-05 Inception graph (DecodeJpeg ->
+    Cast -> ExpandDims [1, h, w, 3] -> ResizeBilinear to 299 -> (x - 128) / 128 -> a
+    BatchNormWithGlobalNormalization op at GraphDef version 8, as in the real graph -> spatial
+    mean -> pool_3 [b, 1, 1, dim]) and the numbers it computes: pool_3 = bn(mean RGB) @ w. A
+    smaller `dim` keeps FID's [dim, dim] matrix algebra quick.
+
+    Returns (graph_def, weights w [3, dim], bn(m) for m [.., 3])."""
+    rng = np.random.default_rng(seed)
+    weights = rng.normal(size=(3, dim)).astype(np.float32)
+    mean, var, beta, gamma = (np.array(v, np.float32) for v in (
+        [0.1, -0.2, 0.0], [1.0, 4.0, 0.25], [0.5, 0.0, -0.5], [2.0, 1.0, 3.0]))
+    graph = tf.Graph()
+    with graph.as_default():
+        contents = tf.compat.v1.placeholder(tf.string, [], name="DecodeJpeg/contents")
+        pixels = tf.cast(tf.io.decode_jpeg(contents, channels=3, name="DecodeJpeg"), tf.float32,
+                         name="Cast")
+        batch = tf.expand_dims(pixels, 0, name="ExpandDims")
+        resized = tf.compat.v1.image.resize_bilinear(batch, [299, 299], name="ResizeBilinear")
+        scaled = tf.multiply(tf.subtract(resized, 128.0, name="Sub"), 1 / 128.0, name="Mul")
+        for name, value in (("mean", mean), ("var", var), ("beta", beta), ("gamma", gamma)):
+            tf.constant(value, name=f"conv/batchnorm/{name}")
+        normed = tf.identity(scaled, name="conv/batchnorm")  # becomes the old op below
+        pooled = tf.cast(tf.reduce_mean(tf.cast(normed, tf.float64), axis=[1, 2], keepdims=True),
+                         tf.float32)  # [b, 1, 1, 3]; float64: a float32 sum of 299^2 drifts
+        tf.nn.conv2d(pooled, weights[None, None], 1, "VALID", name="pool_3")
+    graph_def = graph.as_graph_def()
+    node = next(n for n in graph_def.node if n.name == "conv/batchnorm")
+    node.op = "BatchNormWithGlobalNormalization"
+    del node.input[:]
+    node.input.extend(["Mul"] + [f"conv/batchnorm/{n}" for n in ("mean", "var", "beta", "gamma")])
+    node.attr["variance_epsilon"].f = 0.001
+    node.attr["scale_after_normalization"].b = True
+    graph_def.versions.producer = 8  # the op was removed at version 9
+
+    def batchnorm(m):
+        return (m - mean) / np.sqrt(var + 0.001) * gamma + beta
+    return graph_def, weights, batchnorm

@@ -1,4 +1,5 @@
-"""FID, Fréchet distance, precision/recall, sharpness and MMD against hand-computed values."""
+"""FID, KID, Fréchet distance, precision/recall, sharpness and MMD against hand-computed values
+and independent computations (numpy in float64; SciPy is not a dependency)."""
 
 import numpy as np
 import pytest
@@ -38,6 +39,67 @@ def test_fid_of_a_set_with_itself_is_zero_and_grows_with_noise():
               for s in (0.1, 0.5, 1.0, 2.0)]
     assert all(a < b for a, b in zip(values, values[1:])), values
     assert values[0] > 0
+
+
+def _fid_by_eigenvalues(a: np.ndarray, b: np.ndarray) -> float:
+    """FID as TTUR writes it, with tr sqrtm(C1 C2) from the eigenvalues of the non-symmetric
+    product (real, >= 0 for PSD C1, C2), instead of metrics' symmetric square roots."""
+    mu1, mu2 = a.mean(axis=0), b.mean(axis=0)
+    c1 = (a - mu1).T @ (a - mu1) / (len(a) - 1)
+    c2 = (b - mu2).T @ (b - mu2) / (len(b) - 1)
+    eigenvalues = np.linalg.eigvals(c1 @ c2)
+    return float(np.sum((mu1 - mu2) ** 2) + np.trace(c1) + np.trace(c2)
+                 - 2 * np.sum(np.sqrt(np.clip(eigenvalues.real, 0, None))))
+
+
+def test_fid_matches_an_independent_computation():
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(500, 12)) @ rng.normal(size=(12, 12))  # correlated [500, 12]
+    b = 0.7 * rng.normal(size=(400, 12)) @ rng.normal(size=(12, 12)) + 0.3  # [400, 12]
+    assert metrics.fid(a, b) == pytest.approx(_fid_by_eigenvalues(a, b), rel=1e-9)
+
+
+def _mmd2_by_loops(x: np.ndarray, y: np.ndarray) -> float:
+    """The unbiased MMD^2 with k(a, b) = (a.b / d + 1)^3, one pair at a time."""
+    d = x.shape[1]
+    k = lambda a, b: (float(np.dot(a, b)) / d + 1.0) ** 3  # noqa: E731
+    m, n = len(x), len(y)
+    xx = sum(k(x[i], x[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    yy = sum(k(y[i], y[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    xy = sum(k(x[i], y[j]) for i in range(m) for j in range(n)) / (m * n)
+    return xx + yy - 2 * xy
+
+
+def test_kid_on_whole_sets_is_the_unbiased_mmd_computed_by_hand():
+    # Subsets of all 30 points are permutations: every subset's estimate is the same number.
+    rng = np.random.default_rng(0)
+    real, fake = rng.normal(size=(30, 5)), rng.normal(size=(30, 5)) + 0.5
+    result = metrics.kid(real, fake, num_subsets=4, subset_size=1000, seed=1)
+    assert result["value"] == pytest.approx(_mmd2_by_loops(real, fake), rel=1e-10)
+    assert result["std"] == pytest.approx(0.0, abs=1e-12)
+    assert (result["subsets"], result["subset_size"]) == (4, 30)
+
+
+def test_kid_is_near_zero_for_one_distribution_and_grows_with_the_shift():
+    rng = np.random.default_rng(1)
+    real = rng.normal(size=(600, 8))
+    same = metrics.kid(real, rng.normal(size=(600, 8)), num_subsets=20, subset_size=200)
+    assert abs(same["value"]) < 3 * same["std"] + 1e-3  # unbiased: centred on 0, may be < 0
+    shifted = [metrics.kid(real, rng.normal(size=(600, 8)) + s, num_subsets=20,
+                           subset_size=200)["value"] for s in (0.25, 0.5, 1.0)]
+    assert same["value"] < shifted[0] < shifted[1] < shifted[2], shifted
+    assert same["subset_size"] == 200 and same["std"] > 0
+
+
+def test_kid_of_constant_features_is_zero_and_subsets_are_seeded():
+    constant = np.ones((50, 3))
+    assert metrics.kid(constant, constant, num_subsets=5)["value"] == pytest.approx(0, abs=1e-12)
+    rng = np.random.default_rng(2)
+    real, fake = rng.normal(size=(100, 4)), rng.normal(size=(80, 4))
+    assert metrics.kid(real, fake, 5, 20, seed=7) == metrics.kid(real, fake, 5, 20, seed=7)
+    assert metrics.kid(real, fake, 5, 20, seed=7) != metrics.kid(real, fake, 5, 20, seed=8)
+    with pytest.raises(ValueError, match="at least 2"):
+        metrics.kid(real[:1], fake)
 
 
 def test_precision_recall_of_identical_sets_is_one():

@@ -43,15 +43,18 @@ def DEFINE_path(name: str, default, help_text: str, **kwargs):  # noqa: N802 (ab
                         serializer=flags.ArgumentSerializer(), **kwargs)
 
 
-def define_config_flags(flag_values=FLAGS) -> None:
-    """Define one flag per Config field, with the field's default and help text, and
-    --experiment (a packaged flagfile by name, read before the flags: see parse_flags)."""
+def define_config_flags(flag_values=FLAGS, names=None) -> None:
+    """Define one flag per Config field (or per field of `names`), with the field's default and
+    help text, and (for all fields) --experiment: a packaged flagfile by name, read before the
+    flags (see parse_flags)."""
     kw = dict(flag_values=flag_values)
-    if "experiment" not in flag_values:
+    if names is None and "experiment" not in flag_values:
         flags.DEFINE_string("experiment", None, "A packaged experiment by name, e.g. "
                             "fashion_mnist_cpu (a flagfile of flags/; later flags override it); "
                             "'list' lists them.", **kw)
     for field in config_lib.config_fields():
+        if names is not None and field.name not in names:
+            continue
         help_text = field.metadata.get("help", field.name)
         if field.name in config_lib.PATH_FIELDS:
             DEFINE_path(field.name, field.default, help_text, **kw)

@@ -39,9 +39,12 @@ RESUMABLE_FIELDS = ("train_steps", "epochs", "data_dir", "in_memory", "cache_dir
                     "deterministic", "strategy", "cpu_devices", "cluster_timeout",
                     "checkpoint_every", "keep_checkpoints",
                     "log_every", "progress", "image_every", "export_dir", "export",
-                    "sampler_components")
+                    "sampler_components", "fid_features", "inception_path", "stats_cache_dir")
 
 DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+# The named feature spaces of --fid_features; any other value is a SavedModel's path.
+FEATURE_SPACES = ("auto", "inception", "classifier")
 
 
 def _field(default, help_text):
@@ -188,6 +191,25 @@ class Config:
                                      "full-covariance components to the training codes (a "
                                      "fitted latent sampler: the export's sample_fitted); 0 = "
                                      "none.")
+    # Evaluation.
+    fid_features: str = _field("auto", "The feature space of FID, KID, precision and recall: "
+                               "inception (pool3 of the 2015-12-05 Inception graph as TTUR "
+                               "computes it: the standard, comparable with published numbers; "
+                               "fetched once, see --inception_path) | classifier (the 128-d "
+                               "features of a small CNN trained on the data set's labels: fast "
+                               "and offline, comparable only within wae_tf) | a SavedModel path "
+                               "(float32 images [N, H, W, C] in [0, 1] -> features [N, D]) | "
+                               "auto (classifier where the data set has class labels, else "
+                               "inception). Metrics are named after the space: fid_inception, "
+                               "kid_classifier, ...")
+    inception_path: str = _field("", "The Inception graph for --fid_features=inception: "
+                                 "classify_image_graph_def.pb or inception-2015-12-05.tgz, for "
+                                 "machines without network; '' = fetch it once into "
+                                 "$XDG_CACHE_HOME (or ~/.cache)/wae_tf/inception.")
+    stats_cache_dir: str = _field("auto", "Where the test images' features and statistics "
+                                  "are kept per (data, images, feature space), reused by later "
+                                  "evaluations: auto ($XDG_CACHE_HOME or ~/.cache, then "
+                                  "wae_tf/feature_stats) | a directory | '' (compute each time).")
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
@@ -256,6 +278,9 @@ class Config:
         if self.image_size and self.image_size not in (28, 32, 64, 128, 256):
             raise ConfigError(f"--image_size={self.image_size}: the networks exist for 28 (MNIST) "
                               "and 32, 64, 128, 256 (0 = the data set's own).")
+        if not self.fid_features:
+            raise ConfigError(f"--fid_features is empty: use one of {', '.join(FEATURE_SPACES)} "
+                              "or a SavedModel's path.")
         if self.lr_schedule != "constant" and self.epochs == 0:
             raise ConfigError(f"--lr_schedule={self.lr_schedule} is defined in epochs: set "
                               f"--epochs.")

@@ -2,6 +2,9 @@
 
     python -m wae_tf.evaluate --workdir=DIR              # latest checkpoint of a training run
     python -m wae_tf.evaluate --saved_model=DIR/export/N # an exported SavedModel
+    python -m wae_tf.evaluate --workdir=DIR --fid_features=inception  # the standard FID space
+
+stdout is the metrics' JSON alone; logs and warnings go to stderr.
 """
 
 import json
@@ -23,6 +26,10 @@ flags.DEFINE_integer("seed", 0, "Seed of the prior samples and of the test subse
 cli.DEFINE_path("classifier_dir", "", "Feature classifier cache; default "
                 "~/.cache/wae_tf/classifier/<dataset>.")
 flags.DEFINE_integer("classifier_epochs", 2, "Epochs of the classifier when it is trained.")
+# The feature space's flags, as training defines them; unset, the run's own values apply.
+FEATURE_FLAGS = ("fid_features", "inception_path", "stats_cache_dir")
+cli.define_config_flags(names=FEATURE_FLAGS)
+flags.adopt_module_key_flags(cli)  # --help lists them
 FLAGS = flags.FLAGS
 
 
@@ -32,6 +39,7 @@ def _evaluate() -> dict:
         raise ConfigError("pass exactly one of --workdir and --saved_model.")
     kwargs = dict(output_dir=FLAGS.output_dir, num_samples=FLAGS.num_samples, seed=FLAGS.seed,
                   classifier_dir=FLAGS.classifier_dir, classifier_epochs=FLAGS.classifier_epochs)
+    kwargs.update({name: FLAGS[name].value for name in FEATURE_FLAGS if FLAGS[name].present})
     if FLAGS.workdir:
         return evaluator.evaluate_workdir(FLAGS.workdir, **kwargs)
     return evaluator.evaluate_saved_model(FLAGS.saved_model, **kwargs)

@@ -1,10 +1,11 @@
-"""The feature classifier of FID/precision/recall: a small CNN trained once per data set, cached.
+"""The feature CNN of --fid_features=classifier: trained once per data set on its labels, cached.
 
-Inception features (the usual FID) are made for 299x299 ImageNet photographs, and the network is
-not available offline; for 28x28 (Fashion-)MNIST a classifier trained on the data set's own
-training split gives more meaningful features (as in e.g. Lucic et al. 2018's MNIST FID). The
-same cached classifier serves every model, so FIDs of different runs compare. Its features are
-the 128 ReLU units of the penultimate layer.
+Inception features (the standard FID, wae_tf.evaluation.features) are made for 299x299 ImageNet
+photographs and must be fetched once; for 28x28 (Fashion-)MNIST a classifier trained on the data
+set's own training split is fast, offline and meaningful (as in e.g. Lucic et al. 2018's MNIST
+FID), but its numbers (`fid_classifier`, ...) compare only within wae_tf. The same cached
+classifier serves every model, so FIDs of different runs compare. Its features are the 128 ReLU
+units of the penultimate layer.
 
 Cache layout, `<classifier_dir>` (default ~/.cache/wae_tf/classifier/<dataset>[_<size>]):
     saved_model/      a SavedModel with one endpoint `embed`: float32 images [N, H, W, C] in
@@ -73,9 +74,9 @@ def _num_classes(train: data.ImageData) -> int:
     classes = int(train.labels.max()) + 1 if train.num_examples else 0
     if classes < 2:
         raise ConfigError(f"{train.name} has no class labels (all {classes or 'missing'}): no "
-                          "feature classifier can be trained for FID. For celeb_a, or a folder "
-                          "without class sub-folders, place a feature extractor in "
-                          "--classifier_dir (see wae_tf/evaluation/classifier.py).")
+                          "feature classifier can be trained for FID: use "
+                          "--fid_features=inception (or a SavedModel's path), or place a feature "
+                          "extractor in --classifier_dir (see wae_tf/evaluation/classifier.py).")
     return classes
 
 
@@ -95,7 +96,12 @@ def train_classifier(train: data.ImageData, test: data.ImageData, epochs: int = 
     logits_only = keras.Model(model.input, model.outputs[1])
     logits_only.compile(optimizer=keras.optimizers.Adam(1e-3), metrics=["accuracy"],
                         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    logits_only.fit(_dataset(train, batch, seed), epochs=epochs, shuffle=False, verbose=2)
+    log_epoch = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: logging.info(
+        "Feature classifier: epoch %d of %d, loss %.4f, accuracy %.4f.", epoch + 1, epochs,
+        logs["loss"], logs["accuracy"]))
+    # verbose=0: Keras prints progress to stdout, which `evaluate` keeps for its JSON.
+    logits_only.fit(_dataset(train, batch, seed), epochs=epochs, shuffle=False, verbose=0,
+                    callbacks=[log_epoch])
     _, accuracy = logits_only.evaluate(_dataset(test, 500, None), verbose=0)
     logging.info("Feature classifier: test accuracy %.4f on %s.", accuracy, test.name)
     return model, float(accuracy)
@@ -136,9 +142,9 @@ def load_or_train(directory: str, dataset: str,
         if dataset == "celeb_a":
             raise ConfigError(
                 "No feature classifier for celeb_a: it has no class labels to train one on (the "
-                "40 binary attributes are not loaded). Place a feature extractor in "
-                "--classifier_dir in the layout of wae_tf/evaluation/classifier.py to evaluate "
-                "FID.")
+                "40 binary attributes are not loaded). Use --fid_features=inception (or a "
+                "SavedModel's path), or place a feature extractor in --classifier_dir in the "
+                "layout of wae_tf/evaluation/classifier.py.")
         train, test = load_data()
         model, accuracy = train_classifier(train, test, epochs, seed)
         info = dict(dataset=dataset, test_accuracy=accuracy, num_test_images=test.num_examples,

@@ -2,13 +2,17 @@
 (python -m wae_tf.evaluate).
 
 Metrics (each stored with the counts and seeds it was computed from): the test reconstruction cost
-(the training cost, per image) and MSE per pixel; FID, precision and recall (k = 3) of decoded
-prior samples against test images in the feature space of wae_tf.evaluation.classifier, with its
-test accuracy; MMD between the test codes (sampled z = mean + sigma*eps for a Gaussian encoder: the
-aggregate posterior Q_Z) and prior samples; the Laplacian-variance sharpness of samples,
-reconstructions and test images. With a fitted latent sampler (wae_tf.model.latent_sampler) FID,
-precision and recall of its samples too (`*_fitted_sampler`). The codes of the test images go to
-TensorBoard's embedding projector (wae_tf.runtime.tensorboard_logs).
+(the training cost, per image) and MSE per pixel; FID, KID, precision and recall (k = 3) of decoded
+prior samples against test images in one feature space (--fid_features, wae_tf.evaluation.features:
+`inception`, `classifier` or a user's SavedModel, `custom`), each key naming it (`fid_inception`,
+...) and "feature_space" describing it; with the classifier, its test accuracy; MMD between the
+test codes (sampled z = mean + sigma*eps for a Gaussian encoder: the aggregate posterior Q_Z) and
+prior samples; the Laplacian-variance sharpness of samples, reconstructions and test images. With a
+fitted latent sampler (wae_tf.model.latent_sampler) FID, KID, precision and recall of its samples
+too (`fid_<space>_fitted_sampler`, ...). The test images' features are cached
+(wae_tf.evaluation.stats_cache). "warnings" lists what makes the numbers unreliable (too few test
+images, a weak classifier), also logged. The codes of the test images go to TensorBoard's
+embedding projector (wae_tf.runtime.tensorboard_logs).
 """
 
 import dataclasses
@@ -27,7 +31,8 @@ from wae_tf import data, fileio, visualize
 from wae_tf.config import Config
 from wae_tf.errors import ConfigError
 from wae_tf.evaluation import classifier as classifier_lib
-from wae_tf.evaluation import figures, metrics
+from wae_tf.evaluation import features as features_lib
+from wae_tf.evaluation import figures, metrics, stats_cache
 from wae_tf.model import latent_sampler, networks, regularizers
 from wae_tf.model import step as step_lib
 from wae_tf.runtime import tensorboard_logs
@@ -36,6 +41,9 @@ from wae_tf.serving import saved_model
 BATCH = 500
 PRECISION_RECALL_K = 3
 MMD_SUBSET = 1000
+KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000  # Binkowski et al. 2018 and clean-fid
+MIN_STABLE_TEST_IMAGES = 2000  # fewer: FID's bias and spread swamp differences between models
+MIN_CLASSIFIER_ACCURACY = 0.8  # lower: the classifier's features say little about the images
 CLASSIFIER_TRAIN_LIMIT = 60000  # images the classifier trains on when the train split streams
 # Tags of the evaluation's random draws, folded with --seed: [seed, tag].
 _SAMPLES_TAG, _MMD_TAG, _EPS_TAG = 1, 2, 3
@@ -122,6 +130,22 @@ def select_test(test: data.ImageData, num: int, seed: int):
     return test.images[index].astype(np.float32) / 255.0, test.labels[index]
 
 
+def real_features(config: Config, test: data.ImageData, index: np.ndarray,
+                  space: features_lib.FeatureSpace, seed: int,
+                  cache_dir: Optional[str]) -> stats_cache.RealFeatures:
+    """Features [n, D] and statistics of the test images `index`, from the cache if there."""
+    images = test.images[index]  # uint8 [n, H, W, C]
+    key = dict(dataset=config.dataset, data_dir=config.data_dir, split="test", name=test.name,
+               image_shape=[int(d) for d in images.shape[1:]], num_test_images=len(index),
+               seed=seed if len(index) < test.num_examples else None,
+               images_sha256=stats_cache.images_digest(images), space=space.name,
+               fingerprint=space.fingerprint, preprocessing=space.preprocessing)
+    real = stats_cache.load_or_compute(
+        cache_dir, key, lambda: space.embed(images.astype(np.float32) / 255.0))
+    logging.info("Test features in the %s space: %s.", space.name, real.origin)
+    return real
+
+
 def run_model(model: Autoencoder, test_images: np.ndarray, num_samples: int, seed: int) -> dict:
     """Codes (posterior means), reconstructions and prior samples of one model, and the codes
     Q_Z is made of (numpy arrays): for a Gaussian encoder z = mean + sigma * eps, seeded."""
@@ -153,20 +177,48 @@ def _reconstruction_metrics(config: Config, images, recon) -> dict:
             "test_mse_per_pixel": dict(value=values["test_mse_per_pixel"], num_images=n)}
 
 
-def _feature_metrics(classifier, test_images, samples, seed: int) -> dict:
-    """FID, precision and recall of samples vs test images in the classifier's feature space."""
-    real = classifier.embed(test_images)  # [n, d]
-    fake = classifier.embed(samples)  # [m, d]
-    counts = dict(num_samples=int(fake.shape[0]), num_test_images=int(real.shape[0]), seed=seed,
-                  feature_dim=int(real.shape[1]))
-    pr = metrics.precision_recall(real, fake, k=PRECISION_RECALL_K)
-    info = classifier.info
-    return {"fid": dict(value=metrics.fid(real, fake), **counts),
-            "precision": dict(value=pr["precision"], k=PRECISION_RECALL_K, **counts),
-            "recall": dict(value=pr["recall"], k=PRECISION_RECALL_K, **counts),
-            "classifier_test_accuracy": dict(
-                value=info["test_accuracy"], num_images=info["num_test_images"],
-                dataset=info["dataset"], epochs=info["epochs"], seed=info["seed"])}
+def _feature_metrics(space: features_lib.FeatureSpace, real: stats_cache.RealFeatures, samples,
+                     seed: int) -> dict:
+    """FID, KID, precision and recall of samples vs the test images in `space`, keyed
+    `<metric>_<space>`."""
+    fake = space.embed(samples)  # [m, D]
+    if fake.shape[1] != real.features.shape[1]:
+        raise ConfigError(f"The {space.name} features of samples have {fake.shape[1]} dimensions, "
+                          f"those of test images {real.features.shape[1]}.")
+    counts = dict(num_samples=int(fake.shape[0]), num_test_images=int(real.features.shape[0]),
+                  seed=seed, feature_dim=int(fake.shape[1]))
+    fid = metrics.frechet_distance(real.mean, real.cov, *metrics.feature_statistics(fake))
+    kid = metrics.kid(real.features, fake, KID_SUBSETS, KID_SUBSET_SIZE, seed)
+    pr = metrics.precision_recall(real.features, fake, k=PRECISION_RECALL_K)
+    name = space.name
+    return {f"fid_{name}": dict(value=fid, **counts),
+            f"kid_{name}": dict(kid, kernel="(x.y/d + 1)^3", **counts),
+            f"precision_{name}": dict(value=pr["precision"], k=PRECISION_RECALL_K, **counts),
+            f"recall_{name}": dict(value=pr["recall"], k=PRECISION_RECALL_K, **counts)}
+
+
+def _classifier_accuracy(info: dict) -> dict:
+    return {"classifier_test_accuracy": dict(
+        value=info["test_accuracy"], num_images=info["num_test_images"], dataset=info["dataset"],
+        epochs=info["epochs"], seed=info["seed"])}
+
+
+def evaluation_warnings(space: features_lib.FeatureSpace, num_used: int, num_split: int) -> list:
+    """One line per reason not to trust the feature metrics (also logged by compute_metrics)."""
+    found = []
+    if num_used < MIN_STABLE_TEST_IMAGES:
+        why = (f"the test split has {num_split} images" if num_used == num_split else
+               f"--num_samples uses {num_used} of the test split's {num_split} images")
+        found.append(f"FID, KID, precision and recall on {num_used} test images are unstable "
+                     f"({why}; under {MIN_STABLE_TEST_IMAGES:,}): compare them only at equal "
+                     "counts, or hold out more test images.")
+    accuracy = space.info.get("test_accuracy") if space.name == "classifier" else None
+    if accuracy is not None and accuracy < MIN_CLASSIFIER_ACCURACY:
+        found.append(f"The feature classifier's test accuracy is {accuracy:.1%} (under "
+                     f"{MIN_CLASSIFIER_ACCURACY:.0%}): its features say little about the images; "
+                     "train one longer (--classifier_epochs, a new --classifier_dir) or use "
+                     "--fid_features=inception or a SavedModel.")
+    return found
 
 
 def _latent_and_sharpness_metrics(config: Config, outputs: dict, test_images, seed: int) -> dict:
@@ -188,20 +240,30 @@ def _latent_and_sharpness_metrics(config: Config, outputs: dict, test_images, se
             "sharpness_test_images": sharp(test_images)}
 
 
-def compute_metrics(model: Autoencoder, test: data.ImageData, classifier, num_samples: int,
-                    seed: int) -> tuple:
-    """(metrics dict, model outputs, test images, labels) on min(num_samples, N) test images."""
-    test_images, labels = select_test(test, num_samples, seed)
+def compute_metrics(model: Autoencoder, test: data.ImageData, space: features_lib.FeatureSpace,
+                    num_samples: int, seed: int, stats_dir: Optional[str] = None) -> tuple:
+    """(metrics dict, model outputs, test images, labels) on min(num_samples, N) test images;
+    `stats_dir` caches the test images' features (None: not cached)."""
+    index = subset_index(test.num_examples, num_samples, seed)
+    test_images = test.images[index].astype(np.float32) / 255.0  # [n, H, W, C]
+    labels = test.labels[index]
     outputs = run_model(model, test_images, num_samples, seed)
+    real = real_features(model.config, test, index, space, seed, stats_dir)
     results = dict(source=model.source, step=model.step, dataset=model.config.dataset,
-                   regularizer=model.config.regularizer, num_samples=num_samples, seed=seed)
+                   regularizer=model.config.regularizer, num_samples=num_samples, seed=seed,
+                   feature_space=space.describe(real.features.shape[1]))
     results.update(_reconstruction_metrics(model.config, test_images, outputs["recon"]))
-    results.update(_feature_metrics(classifier, test_images, outputs["samples"], seed))
+    results.update(_feature_metrics(space, real, outputs["samples"], seed))
+    if space.name == "classifier":
+        results.update(_classifier_accuracy(space.info))
     if "fitted_samples" in outputs:  # the same metrics for the fitted latent sampler's images
-        fitted = _feature_metrics(classifier, test_images, outputs["fitted_samples"], seed)
+        fitted = _feature_metrics(space, real, outputs["fitted_samples"], seed)
         results.update({f"{name}_fitted_sampler": dict(value, sampler="gaussian mixture")
-                        for name, value in fitted.items() if name != "classifier_test_accuracy"})
+                        for name, value in fitted.items()})
     results.update(_latent_and_sharpness_metrics(model.config, outputs, test_images, seed))
+    results["warnings"] = evaluation_warnings(space, len(index), test.num_examples)
+    for warning in results["warnings"]:
+        logging.warning("%s", warning)
     return results, outputs, test_images, labels
 
 
@@ -222,12 +284,13 @@ def write_outputs(results: dict, images: dict, output_dir: str, step: int) -> No
     writer.close()
 
 
-def evaluate(model: Autoencoder, test: data.ImageData, classifier, output_dir: str,
-             num_samples: int = 10000, seed: int = 0) -> dict:
+def evaluate(model: Autoencoder, test: data.ImageData, space: features_lib.FeatureSpace,
+             output_dir: str, num_samples: int = 10000, seed: int = 0,
+             stats_dir: Optional[str] = None) -> dict:
     """Compute every metric and figure of `model` and write them to `output_dir`."""
     start = time.time()
-    results, outputs, test_images, labels = compute_metrics(model, test, classifier,
-                                                            num_samples, seed)
+    results, outputs, test_images, labels = compute_metrics(model, test, space, num_samples,
+                                                            seed, stats_dir)
     images = figures.make_figures(model, outputs, test_images, labels)
     results["figures"] = sorted(f"{name}.png" for name in images)
     results["projector"] = tensorboard_logs.write_projector(
@@ -236,14 +299,18 @@ def evaluate(model: Autoencoder, test: data.ImageData, classifier, output_dir: s
         max(model.step, 0), test.name)
     results["eval_wall_time_s"] = time.time() - start
     write_outputs(results, images, output_dir, max(model.step, 0))
-    logging.info("Evaluated %s in %.0f s: FID %.3f, precision %.3f, recall %.3f.",
-                 model.source, results["eval_wall_time_s"], results["fid"]["value"],
-                 results["precision"]["value"], results["recall"]["value"])
+    name = space.name
+    logging.info("Evaluated %s in %.0f s, in the %s feature space: FID %.3f, KID %.4f, "
+                 "precision %.3f, recall %.3f (fid_%s, kid_%s, ... in metrics.json).",
+                 model.source, results["eval_wall_time_s"], name, results[f"fid_{name}"]["value"],
+                 results[f"kid_{name}"]["value"], results[f"precision_{name}"]["value"],
+                 results[f"recall_{name}"]["value"], name, name)
     return results
 
 
 def _classifier_for(config: Config, classifier_dir: str, classifier_data=None,
                     classifier_epochs: int = 2):
+    """(the feature classifier of the data set, trained once and cached; its directory)."""
     name = config.dataset
     if config.dataset == "folder":  # one cache per folder, not one for every folder
         name += "_" + hashlib.sha256(os.path.abspath(config.data_dir).encode()).hexdigest()[:12]
@@ -252,21 +319,46 @@ def _classifier_for(config: Config, classifier_dir: str, classifier_data=None,
         lambda: (data.materialize(data.load_split(config, "train"), CLASSIFIER_TRAIN_LIMIT),
                  data.load_split(config, "test")))
     return classifier_lib.load_or_train(directory, config.dataset, load_data,
-                                        epochs=classifier_epochs, seed=0)
+                                        epochs=classifier_epochs, seed=0), directory
+
+
+def feature_space(config: Config, image_shape, test: data.ImageData, fid_features: str,
+                  inception_path: str = "", classifier_dir: str = "", classifier_data=None,
+                  classifier_epochs: int = 2) -> features_lib.FeatureSpace:
+    """The space --fid_features names (auto: the classifier if the test split has classes) for
+    images of `image_shape` (H, W, C)."""
+    name = features_lib.space_name(fid_features, len(np.unique(test.labels)) > 1)
+    if name == "inception":
+        return features_lib.inception_space(inception_path)
+    if name == "custom":
+        return features_lib.saved_model_space(fid_features)
+    clf, directory = _classifier_for(config, classifier_dir, classifier_data, classifier_epochs)
+    if tuple(clf.info["image_shape"]) != tuple(image_shape):
+        raise ConfigError(f"The classifier in {directory} takes images "
+                          f"{tuple(clf.info['image_shape'])}, the model makes "
+                          f"{tuple(image_shape)}: pass another --classifier_dir.")
+    return features_lib.classifier_space(clf, directory)
 
 
 def evaluate_model(model: Autoencoder, output_dir: str, num_samples: int = 10000,
                    seed: int = 0, classifier_dir: str = "", test_data=None,
-                   classifier_data=None, classifier_epochs: int = 2) -> dict:
+                   classifier_data=None, classifier_epochs: int = 2,
+                   fid_features: Optional[str] = None, inception_path: Optional[str] = None,
+                   stats_cache_dir: Optional[str] = None) -> dict:
     """Evaluate a loaded model; `test_data` (ImageData) and `classifier_data` ((train, test)
-    ImageData for the classifier) replace the data set's own splits, for tests."""
-    clf = _classifier_for(model.config, classifier_dir, classifier_data, classifier_epochs)
-    if tuple(clf.info["image_shape"]) != tuple(model.image_shape):
-        raise ConfigError(f"The classifier in {classifier_dir or 'the default cache'} takes "
-                          f"images {tuple(clf.info['image_shape'])}, the model makes "
-                          f"{tuple(model.image_shape)}: pass another --classifier_dir.")
-    test = test_data if test_data is not None else data.load_split(model.config, "test")
-    return evaluate(model, test, clf, output_dir, num_samples, seed)
+    ImageData for the classifier) replace the data set's own splits, for tests. The feature
+    settings left None are the model's config's (--fid_features, --inception_path,
+    --stats_cache_dir)."""
+    overrides = dict(fid_features=fid_features, inception_path=inception_path,
+                     stats_cache_dir=stats_cache_dir)
+    config = model.config.replace(**{k: v for k, v in overrides.items() if v is not None})
+    config.validate()
+    test = test_data if test_data is not None else data.load_split(config, "test")
+    space = feature_space(config, model.image_shape, test, config.fid_features,
+                          config.inception_path, classifier_dir, classifier_data,
+                          classifier_epochs)
+    stats_dir = stats_cache.resolve(config.stats_cache_dir, features_lib.cache_root())
+    return evaluate(model, test, space, output_dir, num_samples, seed, stats_dir)
 
 
 def evaluate_workdir(workdir: str, output_dir: str = "", **kwargs) -> dict:

@@ -29,17 +29,24 @@ HPARAM_FIELDS = ("dataset", "image_size", "width_divisor", "encoder", "z_dim", "
                  "prior_scale", "regularizer", "lambda_reg", "kernel", "recon", "pixel_range",
                  "learning_rate", "batch_size", "train_steps", "epochs", "seed",
                  "sampler_components")
-# (group: the sub-directory of the run holding the scalar, tag, display name) of every metric;
-# TensorBoard shows the first five at first: the comparison table's (README).
-METRICS = (
-    ("eval", "eval/fid", "FID"),
-    ("eval", "eval/precision", "precision"),
-    ("eval", "eval/recall", "recall"),
+# The feature spaces the evaluation's metric keys name (wae_tf.evaluation.features):
+# fid_<space>, kid_<space>, precision_<space>, recall_<space>, and *_fitted_sampler.
+FEATURE_SPACES = ("inception", "classifier", "custom")
+
+
+def _feature_metrics(suffix: str = "", label: str = "") -> tuple:
+    return tuple(("eval", f"eval/{metric}_{space}{suffix}", f"{title} {space}{label}")
+                 for metric, title in (("fid", "FID"), ("kid", "KID"), ("precision", "precision"),
+                                       ("recall", "recall"))
+                 for space in FEATURE_SPACES)
+
+
+# (group: the sub-directory of the run holding the scalar, tag, display name) of every metric:
+# every feature space's, since every run must write the same experiment (a run has one space's).
+METRICS = _feature_metrics() + (
     ("train", "test/test_mse_per_pixel", "test MSE/pixel"),
     ("eval", "eval/mmd_codes_prior", "MMD(Q_Z, P_Z)"),
-    ("eval", "eval/fid_fitted_sampler", "FID fitted sampler"),
-    ("eval", "eval/precision_fitted_sampler", "precision fitted sampler"),
-    ("eval", "eval/recall_fitted_sampler", "recall fitted sampler"),
+) + _feature_metrics("_fitted_sampler", " fitted sampler") + (
     ("eval", "eval/sharpness_samples", "sharpness samples"),
     ("eval", "eval/sharpness_reconstructions", "sharpness recon"),
     ("train", "test/test_recon_cost", "test recon cost"),

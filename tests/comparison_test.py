@@ -152,24 +152,19 @@ def test_celeba_table_puts_the_papers_values_beside_the_measured_ones():
                              "celeba_wae_mmd": [(_old_metrics(), {})]}, "celeba")
 
 
-def test_an_evaluation_is_reused_only_while_it_answers_the_comparison(monkeypatch):
+def test_an_evaluation_is_reused_only_while_it_answers_the_comparison():
     unit = comparison.parse_flagfile(comparison.flagfile_path("wae_mmd"))
     symmetric = comparison.parse_flagfile(comparison.flagfile_path("celeba_wae_mmd", "celeba"))
-    old = _old_metrics()
-    assert comparison.is_current(old, unit, 10, 0, 5)
-    assert not comparison.is_current(old, unit, 10, 0, 6)  # trained further since
-    assert not comparison.is_current(old, unit, 20, 0, 5)
-    assert comparison.is_current(old, unit, 10, 0, 5, fid_features="classifier")
-    assert not comparison.is_current(old, unit, 10, 0, 5, fid_features="inception")
-    # A symmetric run's sharpness from before it was measured on [-1, 1] pixels.
-    assert not comparison.is_current(old, symmetric, 10, 0, 5)
     named = _named_metrics()
+    assert comparison.is_current(named, symmetric, 10, 0, 5)
+    assert not comparison.is_current(named, symmetric, 10, 0, 6)  # trained further since
+    assert not comparison.is_current(named, symmetric, 20, 0, 5)
     assert comparison.is_current(named, symmetric, 10, 0, 5, fid_features="inception")
     assert not comparison.is_current(named, symmetric, 10, 0, 5, fid_features="/my/extractor")
-    # Once the evaluator names its spaces, an old metrics.json is evaluated again.
-    monkeypatch.setattr(comparison, "_evaluator_names_spaces", lambda: True)
-    assert not comparison.is_current(old, unit, 10, 0, 5)
-    assert comparison.is_current(named, symmetric, 10, 0, 5)
+    # From before the keys named their space, or before sharpness was on the run's pixels.
+    assert not comparison.is_current(_old_metrics(), unit, 10, 0, 5)
+    unit_range = dict(named, sharpness_samples={"value": 1.0})
+    assert not comparison.is_current(unit_range, symmetric, 10, 0, 5)
 
 
 def test_comparison_figures_put_the_runs_side_by_side(tmp_path):
@@ -225,7 +220,7 @@ def test_the_celeba_suite_runs_end_to_end_on_a_tiny_budget(tmp_path):
     args = [sys.executable, "-m", "wae_tf.compare", "--suite=celeba", f"--data_dir={data_dir}",
             "--train_steps=3", "--width_divisor=32", "--train_seeds=0", "--num_samples=20",
             f"--workdir_root={root}", f"--classifier_dir={tmp_path / 'features'}",
-            "--batch_size=8", "--encoder_pretrain_steps=2", "--sampler_components=2",
+            "--fid_features=classifier", "--batch_size=8", "--encoder_pretrain_steps=2", "--sampler_components=2",
             "--noexport", "--strategy=default"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)

@@ -199,11 +199,6 @@ def requested_space(fid_features: str) -> str:
     return fid_features if fid_features in ("inception", "classifier") else "custom"
 
 
-def _evaluator_names_spaces() -> bool:
-    """Whether this evaluator writes "feature_space" (it comes with the --fid_features field)."""
-    return any(f.name == "fid_features" for f in config_lib.config_fields())
-
-
 def is_current(metrics: dict, config: config_lib.Config, num_samples: int, seed: int,
                step, fid_features: str = "") -> bool:
     """Whether a run's metrics.json answers this comparison: the same sample count, seed and
@@ -214,7 +209,7 @@ def is_current(metrics: dict, config: config_lib.Config, num_samples: int, seed:
         return False
     if fid_features and feature_space(metrics) != requested_space(fid_features):
         return False
-    if "feature_space" not in metrics and _evaluator_names_spaces():
+    if "feature_space" not in metrics:  # from before the keys named their feature space
         return False
     return metrics.get("sharpness_samples", {}).get("pixel_range", "unit") == config.pixel_range
 

@@ -41,9 +41,11 @@ LAYERS = {
     "perf": {"model"},
     "serving": {"model", "data", "runtime"},
     "evaluation": {"model", "data", "runtime", "serving"},
-    "loop": {"model", "data", "runtime", "perf", "serving", "evaluation"},
-    "tools": {"model", "data", "runtime", "perf", "serving", "evaluation", "loop"},
-    "commands": {"model", "data", "runtime", "perf", "serving", "evaluation", "loop", "tools"},
+    "keras": {"model", "data", "runtime", "serving"},
+    "loop": {"model", "data", "runtime", "perf", "serving", "evaluation", "keras"},
+    "tools": {"model", "data", "runtime", "perf", "serving", "evaluation", "keras", "loop"},
+    "commands": {"model", "data", "runtime", "perf", "serving", "evaluation", "keras", "loop",
+                 "tools"},
 }
 
 

@@ -169,6 +169,17 @@ def test_stdlib_only_modules_do_not_load_tensorflow(module):
 
 
 @pytest.mark.slow
+def test_the_package_loads_tensorflow_only_when_wae_is_used():
+    code = ("import sys, wae_tf\n"
+            "print('tensorflow' in sys.modules, wae_tf.Config().z_dim)\n"
+            "print(wae_tf.WAE.__module__, 'tensorflow' in sys.modules)\n")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    assert out.split() == ["False", "8", "wae_tf.keras.wae_model", "True"]
+
+
+@pytest.mark.slow
 def test_importing_the_package_puts_tensorflow_tensors_in_its_pool_unless_told_not_to():
     # TF reports allocator stats only for its BFC pool: they show which allocator it took.
     # With oneDNN's custom ops on (TF's default on CPUs with AVX512_VNNI, AVX512_BF16 or AMX)

@@ -89,10 +89,10 @@ class WAE(keras.Model):
     flags; `overrides` replace fields, e.g. `WAE(regularizer="gan", z_dim=16)`), the networks
     the paper's for `image_shape`, or your own Keras models: an encoder from images
     [N, H, W, C] in [0, 1] to z [N, z_dim] (with --encoder=gaussian a list [mean, log_var]),
-    a decoder from z to images in [0, 1], for gan a discriminator from z to logits [N, 1]. A
-    deterministic encoder's codes must lie where the prior has support (the paper's project
-    them onto a sphere or box prior). The length of training is `fit`'s; the Config's
-    `epochs` only sets an `lr_schedule`'s length.
+    a decoder from z to images in [0, 1], for gan a discriminator from z to logits [N, 1]
+    (shapes checked). A deterministic encoder's codes should lie where the prior has support
+    (the paper's networks project them onto a sphere or box prior). The length of training is
+    `fit`'s; the Config's `epochs` only sets an `lr_schedule`'s length.
 
     Like the loop's `train_step`, `fit` takes batches of images [b, H, W, C] (float32 in
     [0, 1] or uint8; labels in (x, y) are ignored) and logs `loss`, `recon`, `penalty` (and

@@ -41,9 +41,11 @@ LAYERS = {
     "perf": {"model"},
     "serving": {"model", "data", "runtime"},
     "evaluation": {"model", "data", "runtime", "serving"},
-    "loop": {"model", "data", "runtime", "perf", "serving", "evaluation"},
-    "tools": {"model", "data", "runtime", "perf", "serving", "evaluation", "loop"},
-    "commands": {"model", "data", "runtime", "perf", "serving", "evaluation", "loop", "tools"},
+    "keras": {"model", "data", "runtime", "serving"},
+    "loop": {"model", "data", "runtime", "perf", "serving", "evaluation", "keras"},
+    "tools": {"model", "data", "runtime", "perf", "serving", "evaluation", "keras", "loop"},
+    "commands": {"model", "data", "runtime", "perf", "serving", "evaluation", "keras", "loop",
+                 "tools"},
 }
 
 
@@ -164,6 +166,17 @@ def test_stdlib_only_modules_do_not_load_tensorflow(module):
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                          timeout=120, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.slow
+def test_the_package_loads_tensorflow_only_when_wae_is_used():
+    code = ("import sys, wae_tf\n"
+            "print('tensorflow' in sys.modules, wae_tf.Config().z_dim)\n"
+            "print(wae_tf.WAE.__module__, 'tensorflow' in sys.modules)\n")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    assert out.split() == ["False", "8", "wae_tf.keras.wae_model", "True"]
 
 
 @pytest.mark.slow

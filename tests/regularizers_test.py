@@ -198,6 +198,15 @@ def test_sample_prior_unknown_kind():
         regularizers.sample_prior("cauchy", 2, 2, 1.0, _seed(0))
 
 
+@pytest.mark.parametrize("kind", ["normal", "sphere", "uniform"])
+def test_sample_prior_per_seed_draws_each_seed_alone(kind):
+    z = regularizers.sample_prior_per_seed(kind, 3, 2.0, tf.constant([7, 8, 7], tf.int64))
+    alone = [regularizers.sample_prior(kind, 1, 3, 2.0, tf.constant([s, 0], tf.int64))[0]
+             for s in (7, 8)]
+    assert z.shape == (3, 3)
+    np.testing.assert_array_equal(z.numpy(), np.stack([alone[0], alone[1], alone[0]]))
+
+
 # --- normal_log_density -----------------------------------------------------------------------
 
 def test_normal_log_density_hand_values():

@@ -243,7 +243,7 @@ class Models(NamedTuple):
 
 
 @contextlib.contextmanager
-def _dtype_policy(config: Config):
+def dtype_policy(config: Config):
     """Keras's global dtype policy from --mixed_precision while layers are created."""
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(
@@ -262,7 +262,7 @@ def make_models(config: Config, image_shape, layer_set: LayerSet = KERAS_LAYERS,
     `builtin_layers_only`: the discriminator's prior log-density from built-in layers
     (make_discriminator); with the default `layer_set` no model then holds a wae_tf layer."""
     network_image_size(image_shape)
-    with _dtype_policy(config):
+    with dtype_policy(config):
         discriminator = None
         # The discriminator first: the seed's stream as in earlier releases.
         if config.regularizer == "gan" and with_discriminator:

@@ -123,6 +123,15 @@ def sample_prior(kind, num, z_dim, scale, seed):
     raise ValueError(f"Unknown prior {kind!r}; expected normal, sphere or uniform.")
 
 
+def sample_prior_per_seed(kind, z_dim, scale, seeds):
+    """One prior draw per int64 seed [N] -> [N, z_dim], each from the seed pair (seed, 0): a
+    seed's draw does not depend on the other seeds (the export's `sample` contract)."""
+    def draw(one_seed):
+        pair = tf.stack([one_seed, tf.zeros_like(one_seed)])
+        return sample_prior(kind, 1, z_dim, scale, pair)[0]  # [z_dim]
+    return tf.map_fn(draw, seeds, fn_output_signature=tf.TensorSpec([z_dim], tf.float32))
+
+
 def normal_log_density(z, scale):
     """log N(z; 0, scale^2 I), summed over the latent dimensions.
 

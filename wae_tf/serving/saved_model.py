@@ -108,15 +108,9 @@ class WAEModule(tf.Module):
 
     def _sample(self, seed):
         """seed int64 [N] -> images [N,H,W,C] decoded from prior draws; one seed, one image."""
-        kind, z_dim, scale = self._prior
-
-        def draw(one_seed):
-            pair = tf.stack([one_seed, tf.zeros_like(one_seed)])
-            return regularizers.sample_prior(kind, 1, z_dim, scale, pair)[0]  # [z_dim]
-
         with tf.control_dependencies([_check_seed(seed)]):
             seed = tf.identity(seed)
-        z = tf.map_fn(draw, seed, fn_output_signature=tf.TensorSpec([z_dim], tf.float32))
+        z = regularizers.sample_prior_per_seed(*self._prior, seed)  # [N, z_dim]
         return {"images": self._models.decoder(z, training=False)}
 
     def _sample_fitted(self, seed):
@@ -150,28 +144,33 @@ def serving_networks(encoder, decoder, config: Config, image_shape,
 
 
 def save_keras_files(plain: networks.Models, directory: str) -> None:
-    """`<directory>/keras/{encoder,decoder[,discriminator]}.keras`: Keras's own format, which
-    keras.saving.load_model opens without wae_tf (plain networks: serving_networks)."""
+    """`<directory>/keras/{encoder,decoder[,discriminator]}.keras`, named by role: Keras's own
+    format, which keras.saving.load_model opens without wae_tf (plain networks:
+    serving_networks)."""
     keras_dir = os.path.join(directory, KERAS_DIR)
     tf.io.gfile.makedirs(keras_dir)
-    for model in plain:
+    for role, model in plain._asdict().items():
         if model is not None:
-            model.save(os.path.join(keras_dir, f"{model.name}.keras"))
+            model.save(os.path.join(keras_dir, f"{role}.keras"))
 
 
 def export_saved_model(encoder, decoder, config: Config, image_shape, base_dir: str,
-                       version: int, mixture=None, discriminator=None) -> str:
+                       version: int, mixture=None, discriminator=None,
+                       plain_copies: bool = True) -> str:
     """Save the trained networks as `<base_dir>/<version>` (TF Serving's layout) atomically;
     return its path.
 
-    The SavedModel holds plain Keras layers (serving_networks). It is written to a temporary
-    sibling directory and renamed into place, so a crash mid-write never leaves a partial
-    version where TF Serving would load it. With `mixture` (latent_sampler.GaussianMixture) it
-    also serves `sample_fitted`. The version also holds TF Serving's warm-up requests
-    (warmup.FILE) and the networks as .keras files (save_keras_files; the discriminator's of a
-    WAE-GAN run when given).
+    The SavedModel holds plain Keras layers (serving_networks), or with `plain_copies=False`
+    the given networks as they are (a user's own, which the paper's cannot copy; their .keras
+    files then need their layers to be serializable). It is written to a temporary sibling
+    directory and renamed into place, so a crash mid-write never leaves a partial version where
+    TF Serving would load it. With `mixture` (latent_sampler.GaussianMixture) it also serves
+    `sample_fitted`. The version also holds TF Serving's warm-up requests (warmup.FILE) and the
+    networks as .keras files (save_keras_files; the discriminator's of a WAE-GAN run when
+    given).
     """
-    plain = serving_networks(encoder, decoder, config, image_shape, discriminator)
+    plain = serving_networks(encoder, decoder, config, image_shape, discriminator) \
+        if plain_copies else networks.Models(encoder, decoder, discriminator)
     module = WAEModule(plain.encoder, plain.decoder, config, image_shape, mixture)
     final_dir = os.path.join(base_dir, str(int(version)))
     tmp_dir = fileio.temporary_sibling(final_dir)  # not a number: TF Serving ignores it
@@ -191,6 +190,9 @@ def export_saved_model(encoder, decoder, config: Config, image_shape, base_dir: 
         raise ConfigError(f"Could not export to {final_dir} ({fileio.error_text(error)})"
                           ": free space or fix permissions, then export the checkpoint again "
                           "(python -m wae_tf.export).") from None
+    except Exception:  # e.g. a user's network that Keras cannot save: no partial files either
+        fileio.remove_quietly(tmp_dir)
+        raise
     logging.info("Exported SavedModel to %s", final_dir)
     return final_dir
 

@@ -220,8 +220,8 @@ def test_the_celeba_suite_runs_end_to_end_on_a_tiny_budget(tmp_path):
     args = [sys.executable, "-m", "wae_tf.compare", "--suite=celeba", f"--data_dir={data_dir}",
             "--train_steps=3", "--width_divisor=32", "--train_seeds=0", "--num_samples=20",
             f"--workdir_root={root}", f"--classifier_dir={tmp_path / 'features'}",
-            "--fid_features=classifier", "--batch_size=8", "--encoder_pretrain_steps=2", "--sampler_components=2",
-            "--noexport", "--strategy=default"]
+            "--fid_features=classifier", "--batch_size=8", "--encoder_pretrain_steps=2",
+            "--sampler_components=2", "--noexport", "--strategy=default"]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -156,7 +156,11 @@ def _interrupt(options: Options, workdir: str, log_path: str, rng, fault: Fault,
     process = _start(options, workdir, log_path)
     try:
         if fault.startup:  # start-up (imports, data, restore) usually outlasts this; see in_startup
-            time.sleep(float(rng.uniform(2.0, 15.0)))
+            deadline = time.time() + float(rng.uniform(2.0, 15.0))
+            # At the latest at the first step: a fast machine would otherwise finish the run.
+            while (time.time() < deadline and process.poll() is None
+                   and _last_logged_step(log_path) < 0):
+                time.sleep(0.02)
             in_startup = process.poll() is None and _last_logged_step(log_path) < 0
         else:
             if not _wait_for_step(options, process, log_path, 1):

@@ -1,5 +1,6 @@
-"""Faults around checkpoints: corrupt or half-written ones, a lost state file, SIGTERM and SIGINT,
-a finished run rerun, refused resumes, unwritable workdirs, chief-only writing."""
+"""Faults around checkpoints: corrupt or half-written ones, a lost state file, SIGTERM and SIGINT
+(also inside a Keras call, and during the final export), a finished run rerun, refused resumes,
+a lost config.json, unwritable workdirs, chief-only writing."""
 
 import contextlib
 import glob
@@ -9,13 +10,17 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
+import time
 
+import keras
 import pytest
 import tensorflow as tf
 from tensorflow.python.checkpoint import checkpoint_management
 
-from tests.conftest import make_images, tiny_config
+from tests.conftest import REPO, make_idx_dir, make_images, tiny_config
 from wae_tf import cli, errors, fileio, loop
+from wae_tf import config as config_lib
 from wae_tf.errors import ConfigError
 from wae_tf.model import step as step_lib
 from wae_tf.runtime import checkpoints, cluster
@@ -267,9 +272,8 @@ def test_rerunning_a_finished_run_rewrites_nothing(finished_run):
 
 def _run_with_checkpoint(workdir, config):
     """A workdir holding `config`'s record and a (fake) checkpoint beside it."""
-    os.makedirs(os.path.join(workdir, "checkpoints"))
-    open(os.path.join(workdir, "checkpoints", "ckpt-1.index"), "w").close()
     checkpoints.check_run_record(workdir, config, (28, 28, 1), write=True)
+    open(os.path.join(workdir, "checkpoints", "ckpt-1.index"), "w").close()
 
 
 @pytest.mark.parametrize("flag,value", [("lambda_reg", 5.0), ("recon", "l1"), ("seed", 1)])
@@ -292,6 +296,153 @@ def test_a_record_without_checkpoints_binds_nothing(tmp_path):
     checkpoints.check_run_record(workdir, CONFIG, (28, 28, 1), write=True)
     checkpoints.check_run_record(workdir, CONFIG.replace(z_dim=5), (28, 28, 1), write=True)
     assert fileio.read_json(os.path.join(workdir, "config.json"))["z_dim"] == 5
+
+
+def _files(directory):
+    return sorted(os.path.relpath(os.path.join(root, name), directory)
+                  for root, _, names in os.walk(directory) for name in names)
+
+
+def test_a_lost_config_json_is_recovered_and_still_refuses_other_flags(tmp_path):
+    workdir = str(tmp_path)
+    _run_with_checkpoint(workdir, CONFIG)
+    path = os.path.join(workdir, "config.json")
+    original = fileio.read_json(path)
+    assert original["run_id"] and original["workdir"] == workdir
+    os.remove(path)
+    assert checkpoints.find_run_record(workdir) == original  # from checkpoints/run_record.json
+    with pytest.raises(ConfigError, match=r"--lambda_reg=5.0 \(the run's: 10.0\), --seed=7 "):
+        checkpoints.check_run_record(workdir, CONFIG.replace(lambda_reg=5.0, seed=7),
+                                     (28, 28, 1), write=True)
+    assert not os.path.exists(path)  # nothing written for a refused resume
+    record = checkpoints.check_run_record(workdir, CONFIG.replace(train_steps=9), (28, 28, 1),
+                                          write=True)
+    assert fileio.read_json(path) == original  # restored as the run wrote it
+    assert record["run_id"] == original["run_id"] and record["train_steps"] == 9
+
+
+def test_a_lost_config_json_without_a_copy_is_refused_before_writing_anything(tmp_path):
+    workdir = str(tmp_path)
+    os.makedirs(os.path.join(workdir, "checkpoints"))
+    open(os.path.join(workdir, "checkpoints", "ckpt-1.index"), "w").close()  # an older run's
+    for call in (lambda: checkpoints.find_run_record(workdir),
+                 lambda: checkpoints.check_run_record(workdir, CONFIG, (28, 28, 1), True),
+                 lambda: saved_model.restore_trained_models(workdir)):
+        with pytest.raises(ConfigError, match=r"holds checkpoints but not config.json, .*"
+                                              r"restore .*config.json from a backup"):
+            call()
+    assert _files(workdir) == ["checkpoints/ckpt-1.index"]
+    # The run's own export keeps its record too.
+    asset = os.path.join(workdir, "export", "1", checkpoints.EXPORT_RECORD)
+    os.makedirs(os.path.dirname(asset))
+    fileio.write_json(asset, config_lib.run_record(CONFIG, (28, 28, 1)))
+    assert checkpoints.find_run_record(workdir)["lambda_reg"] == CONFIG.lambda_reg
+
+
+def _write_version_then(signum):
+    """A saved_model._write_version that sends `signum` to this process once it has written the
+    temporary version (which is then never renamed into place)."""
+    write = saved_model._write_version  # pylint: disable=protected-access
+
+    def write_then_signal(directory, *args):
+        write(directory, *args)
+        os.kill(os.getpid(), signum)
+    return write_then_signal
+
+
+@pytest.mark.slow
+def test_an_export_interrupted_by_sigterm_or_sigkill_is_made_by_the_rerun(tmp_path, monkeypatch):
+    workdir, data = str(tmp_path / "run"), (make_images(32), make_images(8))
+    config = CONFIG.replace(export=True)
+    monkeypatch.setattr(saved_model, "_write_version", _write_version_then(signal.SIGTERM))
+    with pytest.raises(errors.Preempted) as stopped:
+        loop.train_and_evaluate(config, workdir, data_override=data)
+    assert str(stopped.value) == ("SIGTERM after training, while testing and exporting "
+                                  "(checkpoint 4 is saved); rerun the same command to finish.")
+    assert stopped.value.signum == signal.SIGTERM
+    export = os.path.join(workdir, "export")
+    assert os.listdir(export) == []  # the temporary version removed
+    assert not os.path.exists(os.path.join(workdir, "run.lock"))
+    results = fileio.read_json(os.path.join(workdir, "results.json"))
+    assert loop.missing_outputs(config, workdir, 4) == ["export"]  # not finished
+    monkeypatch.undo()
+    # A SIGKILL mid-export leaves the temporary version.
+    os.makedirs(os.path.join(export, ".tmp-4-0123456789ab", "variables"))
+    assert loop.train_and_evaluate(config, workdir, data_override=data) == results
+    assert os.listdir(export) == ["4"]
+    assert os.path.exists(os.path.join(export, "4", "saved_model.pb"))
+    assert fileio.read_json(os.path.join(workdir, "results.json")) == results  # train losses kept
+    assert loop.missing_outputs(config, workdir, 4) == []
+    mtime = os.path.getmtime(os.path.join(export, "4"))
+    loop.train_and_evaluate(config, workdir, data_override=data)  # finished: nothing redone
+    assert os.path.getmtime(os.path.join(export, "4")) == mtime
+
+
+def _wait_for(predicate, process, timeout=300):
+    deadline = time.time() + timeout
+    while not predicate():
+        assert process.poll() is None and time.time() < deadline, "ended before the moment"
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_train_stopped_during_its_export_says_so_and_the_rerun_exports(tmp_path):
+    """The command sent SIGTERM as soon as its export's temporary directory appears: exit 143
+    and one line; the rerun (not taking results.json alone for done) exports."""
+    data_dir, workdir = str(tmp_path / "data"), str(tmp_path / "run")
+    os.makedirs(data_dir)
+    make_idx_dir(data_dir, num_train=16, num_test=8)
+    command = [sys.executable, "-m", "wae_tf.train", "--width_divisor=32", "--z_dim=4",
+               "--batch_size=8", "--train_steps=2", "--sampler_components=2",
+               f"--data_dir={data_dir}", f"--workdir={workdir}"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    log = str(tmp_path / "train.log")
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=out)
+    try:
+        _wait_for(lambda: glob.glob(os.path.join(workdir, "export", ".tmp-*")), process)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=300) == 143
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    text = open(log).read()
+    assert "Traceback" not in text and "Exception encountered" not in text
+    assert [line for line in text.splitlines() if line.startswith("stopped: ")] == [
+        "stopped: SIGTERM after training, while testing and exporting (checkpoint 2 is saved); "
+        "rerun the same command to finish."]
+    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=300, check=False)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert os.listdir(os.path.join(workdir, "export")) == ["2"]
+    assert os.path.exists(os.path.join(workdir, "export", "2", "saved_model.pb"))
+
+
+class _SignalInCall(keras.layers.Layer):
+    """A layer whose call receives `signum`: Keras wraps what the call raises."""
+
+    def __init__(self, signum):
+        super().__init__()
+        self.signum = signum
+
+    def call(self, inputs):
+        os.kill(os.getpid(), self.signum)
+        return inputs
+
+
+@pytest.mark.usefixtures("sigint_handled")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_inside_a_keras_call_stops_the_run_as_itself(signum):
+    stop = cluster.StopSignals()
+    with pytest.raises(errors.Preempted) as stopped:
+        with stop:
+            stop.when = "after training; rerun the same command to finish."
+            _SignalInCall(signum)(tf.zeros([1, 2]))
+    name = signal.Signals(signum).name
+    assert str(stopped.value) == f"{name} after training; rerun the same command to finish."
+    assert stopped.value.signum == signum
+    assert cli.run_reporting_user_errors(_raise, stopped.value) == 128 + signum
 
 
 def test_export_falls_back_past_a_corrupt_newest_checkpoint(preempted_run, tmp_path, caplog):

@@ -317,3 +317,27 @@ def test_keras_files_load_without_wae_tf_and_match_the_saved_model(exported, gan
     assert logits.shape == (5, 1)
     for i in (1, 2):
         np.testing.assert_allclose(out[f"{i}/discriminator"], logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_shared_export_dir_never_replaces_another_runs_version(tmp_path):
+    """Two runs exporting into one --export_dir: the second is refused before it writes
+    anything (its workdir is not even created); re-exporting the first run is fine."""
+    shared, first, second = (str(tmp_path / name) for name in ("shared", "a", "b"))
+    config = tiny_config(export=True, export_dir=shared)  # both end at step 2
+    splits = (make_images(32), make_images(8))
+    loop.train_and_evaluate(config.replace(seed=1), first, data_override=splits)
+    asset = os.path.join(shared, "2", saved_model.CONFIG_ASSET)
+    owner = json.load(open(asset))
+    assert owner["workdir"] == first and owner["seed"] == 1
+    with pytest.raises(saved_model.ConfigError) as refused:
+        loop.train_and_evaluate(config.replace(seed=2), second, data_override=splits)
+    assert str(refused.value) == (
+        f"{shared}/2 holds the export of another run (run {owner['run_id']} in {first}); this "
+        f"run ({second}) would replace it: pass another --export_dir, or delete {shared}/2 if "
+        "that export is no longer wanted.")
+    assert not os.path.exists(second)
+    assert json.load(open(asset)) == owner
+    assert saved_model.export_from_workdir(first) == os.path.join(shared, "2")
+    assert json.load(open(asset))["run_id"] == owner["run_id"]
+    assert sorted(os.listdir(shared)) == ["2"]

@@ -1,5 +1,6 @@
 """The fault-injection tool's bookkeeping: where each interrupted run resumed, what it recomputed
-and lost, and the table (the runs themselves: python -m wae_tf.fault_injection, BUILD.md)."""
+and lost, the tables, the scenarios' plan (the runs themselves: python -m wae_tf.fault_injection,
+BUILD.md)."""
 
 import signal
 
@@ -49,3 +50,24 @@ def test_a_sigterm_that_did_not_save_its_step_did_not_survive():
     record = _record("SIGTERM", 40, 25, 25, 143)
     faults._link_resumes([record], dict(resumed_from=25))  # pylint: disable=protected-access
     assert not faults._survived(record, 25)  # pylint: disable=protected-access
+
+
+def test_the_scenarios_are_planned_in_order_and_tabulated():
+    names = [scenario.name for scenario in faults.scenarios()]
+    assert names == ["SIGTERM during the export", "SIGKILL during the export",
+                     "shared --export_dir", "config.json deleted",
+                     "second trainer, then stale lock"]
+    rows = [dict(fault="shared --export_dir", expected="refused", observed="exit 0", ok=False)]
+    assert faults.scenario_table(rows).splitlines() == [
+        "| fault | expected | observed | ok |", "|---|---|---|---|",
+        "| shared --export_dir | refused | exit 0 | NO |"]
+
+
+def test_one_line_is_the_single_error_or_stop_line_without_a_traceback(tmp_path):
+    log = tmp_path / "log"
+    log.write_text("I1204 step 3\nstopped: SIGTERM after training\n")
+    assert faults.one_line(str(log)) == "stopped: SIGTERM after training"
+    log.write_text("Traceback (most recent call last):\nerror: x\n")
+    assert faults.one_line(str(log)) == ""
+    log.write_text("error: x\nerror: y\n")
+    assert faults.one_line(str(log)) == ""

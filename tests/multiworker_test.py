@@ -1,6 +1,7 @@
 """Two `python -m wae_tf.train --strategy=multi_worker` processes on 127.0.0.1 train like two
 replicas in one process, from data in memory and from files each worker streams its share of;
-a bad TF_CONFIG is one line, the wait for peers is bounded and stopped by SIGTERM/SIGINT."""
+a bad TF_CONFIG is one line, the wait for peers is bounded and stopped by SIGTERM/SIGINT, a
+workdir in use stops every worker through the chief's lock."""
 
 import json
 import os
@@ -17,7 +18,7 @@ from tests.folders_test import _image, _write
 from wae_tf import data, loop
 from wae_tf.config import Config
 from wae_tf.errors import ConfigError
-from wae_tf.runtime import cluster
+from wae_tf.runtime import cluster, lock
 
 FLAGS = dict(width_divisor=32, z_dim=4, batch_size=8, train_steps=3, checkpoint_every=2,
              log_every=1, image_every=1000, seed=3, deterministic=True)
@@ -107,6 +108,31 @@ def test_two_workers_finish_and_match_a_single_process_run(tmp_path, kind):
     assert len(os.listdir(os.path.join(workdir, "train"))) == 1  # one events file
     sessions = [n for n in os.listdir(workdir) if n.startswith("events.out.tfevents")]
     assert len(sessions) == 1 and f".{workers[0][0].pid}." in sessions[0]  # the chief's hparams
+
+
+@pytest.mark.slow
+def test_a_workdir_in_use_stops_every_worker_through_the_chief(tmp_path):
+    """Only the chief takes the workdir's lock; when another run holds it (this process),
+    every worker stops in one line instead of waiting for the chief."""
+    data_dir, workdir = str(tmp_path / "data"), str(tmp_path / "run")
+    data_flags = _make_data("memory", data_dir)
+    os.makedirs(workdir)
+    with open(os.path.join(workdir, lock.LOCK_FILE), "w") as f:
+        json.dump(lock.this_process(), f)
+    workers = _launch_workers(workdir, data_flags, str(tmp_path))
+    try:
+        codes = [process.wait(timeout=TIMEOUT_S) for process, _ in workers]
+    finally:
+        for process, _ in workers:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert codes == [2, 2], [_tail(log) for _, log in workers]
+    errors = [[line for line in _tail(log).splitlines() if line.startswith("error: ")]
+              for _, log in workers]
+    assert len(errors[0]) == 1 and f"in use by another run (pid {os.getpid()} " in errors[0][0]
+    assert len(errors[1]) == 1 and "The chief refused to start" in errors[1][0]
+    assert os.listdir(workdir) == [lock.LOCK_FILE]  # the holder's, untouched
 
 
 # ----------------------------------------------------------- start-up: TF_CONFIG and the wait

@@ -2,6 +2,8 @@
 
 import dataclasses
 import math
+import os
+import uuid
 from typing import Tuple
 
 from wae_tf.errors import ConfigError
@@ -295,6 +297,26 @@ def run_record(config: Config, image_shape) -> dict:
     """What a run writes once to <workdir>/config.json and into its export's assets.extra:
     every field, and the image shape [H, W, C] the networks were built for."""
     return dict(dataclasses.asdict(config), image_shape=[int(d) for d in image_shape])
+
+
+# Keys of a run record that name the run rather than configure it: a fresh id per run and the
+# workdir it started in (what refusals name). Records of older runs have neither.
+RUN_IDENTITY = ("run_id", "workdir")
+
+
+def new_run_identity(workdir: str) -> dict:
+    """The identity keys of a run starting in `workdir`."""
+    where = workdir if "://" in workdir else os.path.abspath(workdir)
+    return dict(run_id=uuid.uuid4().hex[:16], workdir=where)
+
+
+def same_run(record: dict, other: dict) -> bool:
+    """Whether two run records (e.g. an export's and a workdir's) belong to one run: the same
+    run id; for records without one, every field a resume may not change is equal."""
+    if record.get("run_id") and other.get("run_id"):
+        return record["run_id"] == other["run_id"]
+    fixed = set(record) & set(other) - set(RESUMABLE_FIELDS) - set(RUN_IDENTITY)
+    return bool(fixed) and all(record[k] == other[k] for k in fixed)
 
 
 def from_dict(values: dict) -> Config:

@@ -1,7 +1,9 @@
 """Entry point: python -m wae_tf.fault_injection --kills=5 --workdir=/tmp/faults interrupts a
 training run in every way wae_tf.tools.faults lists (SIGKILL, SIGTERM and SIGINT in training and
 start-up, a lost checkpoint state file, a full disk), resumes it, compares it with a clean run
-and prints a table of the faults. Exit code 0 when every check passes."""
+and prints a table of the faults; then the export window, a shared --export_dir, a deleted
+config.json and a workdir in use (wae_tf.tools.faults.scenarios). Exit code 0 when every check
+passes."""
 
 import sys
 
@@ -21,6 +23,8 @@ cli.DEFINE_path("flagfile_train", "flags/test_tiny.cfg", "Flagfile of the traini
 flags.DEFINE_multi_string("train_flag", [], "Extra flag for the training runs (repeatable).")
 flags.DEFINE_integer("timeout", 600, "Seconds allowed for each training process.")
 flags.DEFINE_bool("full_disk", True, "Also fill a small tmpfs (needs root; else skipped).")
+flags.DEFINE_bool("scenarios", True, "Also the export window, a shared --export_dir, a deleted "
+                  "config.json and a workdir in use, each in runs of its own.")
 FLAGS = flags.FLAGS
 
 
@@ -31,7 +35,7 @@ def main(argv):
         workdir=FLAGS.workdir, kills=FLAGS.kills, sigterm=FLAGS.sigterm,
         train_steps=FLAGS.train_steps, checkpoint_every=FLAGS.checkpoint_every, seed=FLAGS.seed,
         flagfile_train=FLAGS.flagfile_train, train_flag=tuple(FLAGS.train_flag),
-        timeout=FLAGS.timeout, full_disk=FLAGS.full_disk)
+        timeout=FLAGS.timeout, full_disk=FLAGS.full_disk, scenarios=FLAGS.scenarios)
     outcome = {}
     code = cli.run_reporting_user_errors(lambda: outcome.update(ok=faults.run(options)))
     sys.exit(code or (0 if outcome.get("ok") else 1))

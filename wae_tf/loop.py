@@ -1,5 +1,6 @@
 """The training loop: resume, run the compiled steps, log, checkpoint, then evaluate and export."""
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -18,7 +19,7 @@ from wae_tf.evaluation import metrics as metrics_lib
 from wae_tf.model import latent_sampler, networks, regularizers
 from wae_tf.model import step as step_lib
 from wae_tf.perf import convs, fast_layers, hardware
-from wae_tf.runtime import checkpoints, cluster, progress, tensorboard_logs
+from wae_tf.runtime import checkpoints, cluster, lock, progress, tensorboard_logs
 from wae_tf.serving import saved_model
 
 NUM_IMAGES_LOGGED = 64
@@ -127,35 +128,81 @@ def _check_finite(metrics: dict, step: int, manager) -> None:
 def train_and_evaluate(config: Config, workdir: str, strategy=None, data_override=None) -> dict:
     """Train (resuming from `workdir`), then evaluate and export; returns the final metrics.
 
-    `strategy` and `data_override` = (train, test) ImageData let tests inject both. SIGTERM or
-    SIGINT stops it with Preempted: before training at once, during training after saving a
-    checkpoint. A finished run (results.json at its last step) is left as it is.
+    `strategy` and `data_override` = (train, test) ImageData let tests inject both. The run holds
+    the workdir's lock (runtime/lock.py) throughout. SIGTERM or SIGINT stops it with Preempted:
+    before training at once, during training after saving a checkpoint, after it at once (a
+    rerun makes what is missing). A finished run (results.json at its last step, and the
+    latent sampler and export it asks for) is left as it is.
     """
     config.validate()
     with cluster.StopSignals() as stop:
         strategy = strategy or cluster.create_strategy(config)
-        hardware.warn_if_slow_mixed_precision(config.mixed_precision)
-        train, test = _load_data(config, data_override)
-        _check_batch(config, strategy, train)
-        fileio.check_writable_dir(workdir, "--workdir")
-        steps_per_epoch = data.steps_per_epoch(train.num_examples, config.batch_size)
-        total_steps = _total_steps(config, steps_per_epoch)
-        checkpoints.check_run_record(workdir, config, train.image_shape,
-                                     write=cluster.is_chief(strategy))
-        with strategy.scope():
-            state = step_lib.create_state(config, train.image_shape, steps_per_epoch,
-                                          config.epochs or -(-total_steps // steps_per_epoch),
-                                          fast_layers.training_layers(config))
-        if summary := convs.tuning_summary():  # the conv forms timed while building
-            logging.info(summary)
-        manager = checkpoints.create_manager(state.checkpoint(), workdir, config, strategy)
-        checkpoints.restore_latest(manager, os.path.join(workdir, "checkpoints"))  # the chief's
-        start = int(state.step.numpy())
-        cluster.check_workers_agree(strategy, start)
-        finished = _finished_results(workdir, start, total_steps)
-        if finished:
-            logging.info("%s finished at step %d already: %s", workdir, start, finished)
-            return finished
+        with _workdir_lock(workdir, strategy):
+            return _run(config, workdir, strategy, data_override, stop)
+
+
+def _on_chief(strategy, function) -> None:
+    """Run `function` on the chief; a ConfigError it raises stops every worker (through an
+    all-gather: the others would otherwise wait for the chief forever)."""
+    error = None
+    if cluster.is_chief(strategy):
+        try:
+            function()
+        except ConfigError as raised:
+            error = raised
+    if cluster.is_multi_worker(strategy) and any(cluster.all_workers(strategy, error is not None)):
+        raise error or ConfigError("The chief refused to start (see its log); fix that, then "
+                                   "start every worker again.")
+    if error:
+        raise error
+
+
+@contextlib.contextmanager
+def _workdir_lock(workdir: str, strategy):
+    """The workdir's run lock, held by the chief for the whole cluster."""
+    held = lock.RunLock(workdir, "--workdir") if cluster.is_chief(strategy) else None
+    _on_chief(strategy, held.acquire if held else None)
+    try:
+        yield
+    finally:
+        if held:
+            held.release()
+
+
+def _start(config, workdir, strategy, image_shape, total_steps) -> dict:
+    """The run's record (checkpoints.check_run_record), checked before anything is written:
+    the export it will write must not be another run's (chief only). Then the record saved."""
+    record = checkpoints.check_run_record(workdir, config, image_shape, write=False)
+
+    def check_and_save():
+        if config.export:
+            saved_model.check_export_owner(
+                os.path.join(_export_base(config, workdir), str(total_steps)), record)
+        checkpoints.save_run_record(workdir, record)
+    _on_chief(strategy, check_and_save)
+    return record
+
+
+def _run(config, workdir, strategy, data_override, stop) -> dict:
+    """train_and_evaluate's body, inside the stop signals and the lock."""
+    hardware.warn_if_slow_mixed_precision(config.mixed_precision)
+    train, test = _load_data(config, data_override)
+    _check_batch(config, strategy, train)
+    steps_per_epoch = data.steps_per_epoch(train.num_examples, config.batch_size)
+    total_steps = _total_steps(config, steps_per_epoch)
+    record = _start(config, workdir, strategy, train.image_shape, total_steps)
+    with strategy.scope():
+        state = step_lib.create_state(config, train.image_shape, steps_per_epoch,
+                                      config.epochs or -(-total_steps // steps_per_epoch),
+                                      fast_layers.training_layers(config))
+    if summary := convs.tuning_summary():  # the conv forms timed while building
+        logging.info(summary)
+    manager = checkpoints.create_manager(state.checkpoint(), workdir, config, strategy)
+    checkpoints.restore_latest(manager, os.path.join(workdir, "checkpoints"))  # the chief's
+    start = int(state.step.numpy())
+    cluster.check_workers_agree(strategy, start)
+    results = _finished_results(workdir, start, total_steps)
+    if not results:
         logging.info("%s; %d steps/epoch, from step %d to %d on %d replica(s).",
                      describe_data(train, test), steps_per_epoch, start, total_steps,
                      strategy.num_replicas_in_sync)
@@ -164,13 +211,15 @@ def train_and_evaluate(config: Config, workdir: str, strategy=None, data_overrid
         iterator = iter(data.distribute(strategy, train, config.batch_size, config.seed, start))
         results = _train_then_test(config, state, strategy, iterator, manager, total_steps,
                                    make_test_set(state, test), stop, workdir)
-        _finish(config, state, strategy, workdir, train.image_shape, results, train)
+    _after_training(stop, results["step"])
+    if not _finish(config, state, strategy, workdir, train, results, record):
+        logging.info("%s finished at step %d already: %s", workdir, start, results)
     return results
 
 
 def _train_then_test(config, state, strategy, iterator, manager, total_steps, test_set, stop,
                      workdir) -> dict:
-    """The loop (signals deferred to it), the last checkpoint, then the test metrics and
+    """The loop (signals deferred to it) and the last checkpoint, then the test metrics and
     images, all logged to TensorBoard (the chief's); returns test and train metrics."""
     chief = cluster.is_chief(strategy)
     if chief:  # the run's hparams session, for TensorBoard's HParams tab
@@ -183,8 +232,12 @@ def _train_then_test(config, state, strategy, iterator, manager, total_steps, te
                     config.progress, int(state.step.numpy()), total_steps, chief) as show:
                 train_metrics = _run_loop(config, state, strategy, iterator, manager,
                                           total_steps, test_set, stop, show)
-            step = int(state.step.numpy())
-            checkpoints.save(manager, step)  # a no-op when the loop saved this step
+                step = int(state.step.numpy())
+                checkpoints.save(manager, step)  # a no-op when the loop saved this step
+            _after_training(stop, step)
+            signum = int(max(cluster.all_workers(strategy, stop.received)))
+            if signum:  # received during the last steps: stop now
+                raise Preempted(f"{signal.Signals(signum).name} {stop.when}", signum)
             results = test_set.metrics(config)
             for name, value in results.items():
                 tf.summary.scalar(f"test/{name}", value, step=step)
@@ -195,8 +248,14 @@ def _train_then_test(config, state, strategy, iterator, manager, total_steps, te
     return results
 
 
+def _after_training(stop, step: int) -> None:
+    """What a signal says from now on: it stops the run at once (saved checkpoint: `step`)."""
+    stop.when = (f"after training, while testing and exporting (checkpoint {step} is saved); "
+                 "rerun the same command to finish.")
+
+
 def _finished_results(workdir: str, start: int, total_steps: int) -> dict:
-    """The results.json of a run that already ended at `start` >= `total_steps`, else {}.
+    """The results.json of a run whose training ended at `start` >= `total_steps`, else {}.
 
     Rerunning a finished run then rewrites nothing (its train losses are not recomputed).
     """
@@ -205,6 +264,10 @@ def _finished_results(workdir: str, start: int, total_steps: int) -> dict:
         return {}
     results = fileio.read_json(path)
     return results if results.get("step") == start else {}
+
+
+def _export_base(config: Config, workdir: str) -> str:
+    return config.export_dir or os.path.join(workdir, "export")
 
 
 def _pretrain(config: Config, state: step_lib.TrainState, strategy, train) -> None:
@@ -250,21 +313,55 @@ def fit_latent_sampler(config: Config, encoder, train, workdir: str, step: int):
     return mixture
 
 
-def _finish(config, state, strategy, workdir, image_shape, results, train) -> None:
-    """results.json, the fitted latent sampler and the export (the chief's), then the other
-    workers' copies removed."""
-    logging.info("Finished at step %d: %s", results["step"], json.dumps(results))
-    mixture = None
-    if cluster.is_chief(strategy):
+def _finish(config, state, strategy, workdir, train, results, record) -> list:
+    """What a finished run keeps, each made unless there already: results.json, the fitted
+    latent sampler (the chief's), the export; then the other workers' copies removed. A rerun
+    after an interrupted finish so makes only what is missing. Returns the names of what it
+    made."""
+    step, chief, made = results["step"], cluster.is_chief(strategy), []
+    if chief and not _finished_results(workdir, step, step):
+        logging.info("Finished at step %d: %s", step, json.dumps(results))
         fileio.write_json(os.path.join(workdir, "results.json"), results)
-        if config.sampler_components:
-            mixture = fit_latent_sampler(config, state.encoder, train, workdir, results["step"])
-    export_base = config.export_dir or os.path.join(workdir, "export")
-    if config.export:
-        saved_model.export_saved_model(state.encoder, state.decoder, config, image_shape,
-                                   cluster.write_dir(export_base, strategy), results["step"],
-                                   mixture, state.discriminator)
+        made.append("results")
+    mixture = None
+    if chief and config.sampler_components:
+        mixture, fitted = _fitted_sampler(config, state.encoder, train, workdir, step)
+        made += ["latent sampler"] if fitted else []
+    export_base = _export_base(config, workdir)
+    # Every worker takes part in saving: the chief's answer decides for all.
+    missing = config.export and not (chief and saved_model.check_export_owner(
+        os.path.join(export_base, str(step)), record))
+    if all(cluster.all_workers(strategy, missing)):
+        saved_model.export_saved_model(
+            state.encoder, state.decoder, config, train.image_shape,
+            cluster.write_dir(export_base, strategy), step, mixture,
+            state.discriminator, record=record if chief else None)
+        made.append("export")
     cluster.cleanup_worker_dirs([os.path.join(workdir, "checkpoints"), export_base], strategy)
+    return made
+
+
+def _sampler_saved_at(workdir: str, step: int) -> bool:
+    path = os.path.join(workdir, latent_sampler.FILE)
+    return tf.io.gfile.exists(path) and fileio.read_json(path).get("step") == step
+
+
+def _fitted_sampler(config, encoder, train, workdir, step):
+    """(mixture, fitted now): the latent sampler saved at `step`, else one fitted now."""
+    if _sampler_saved_at(workdir, step):
+        return latent_sampler.maybe_load(os.path.join(workdir, latent_sampler.FILE)), False
+    return fit_latent_sampler(config, encoder, train, workdir, step), True
+
+
+def missing_outputs(config: Config, workdir: str, step: int) -> list:
+    """What a run finished at `step` keeps (_finish) but `workdir` lacks, by name."""
+    missing = [] if _finished_results(workdir, step, step) else ["results"]
+    if config.sampler_components and not _sampler_saved_at(workdir, step):
+        missing.append("latent sampler")
+    version = os.path.join(_export_base(config, workdir), str(step))
+    if config.export and not tf.io.gfile.exists(os.path.join(version, "saved_model.pb")):
+        missing.append("export")
+    return missing
 
 
 def _call(train_fn, iterator, num: int) -> dict:

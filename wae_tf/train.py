@@ -4,7 +4,6 @@ Rerunning with the same --workdir resumes; the run's flags come from DIR/config.
 flag given on the command line (or in a flagfile) taking precedence.
 """
 
-import os
 import sys
 
 from absl import app, flags
@@ -23,13 +22,15 @@ def _train(workdir):
     tf = cli.import_tensorflow()  # after the flags are parsed, without its start-up noise
     # pylint: disable=import-outside-toplevel
 
+    from wae_tf import config as config_lib
     from wae_tf import loop
     from wae_tf.runtime import checkpoints, cluster
     if not workdir:
         raise ConfigError("--workdir is empty: name the run's directory.")
-    record = os.path.join(workdir, checkpoints.RECORD_FILE)
-    config = (cli.config_from_dict_with_flags(checkpoints.read_run_record(workdir)[0])
-              if tf.io.gfile.exists(record) else cli.config_from_flags())
+    # The run's record (config.json, or a copy when it is lost; None for a new run).
+    record = checkpoints.find_run_record(workdir)
+    config = (cli.config_from_dict_with_flags(config_lib.from_dict(record)) if record
+              else cli.config_from_flags())
     cluster.configure_cpu_devices(config.cpu_devices)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()

@@ -1,6 +1,6 @@
 """Checkpoint managers, resuming past unreadable checkpoints or a lost `checkpoint` state file,
-saving without leaving partial files, and the run's record (config.json) that a resume must
-match."""
+saving without leaving partial files, and the run's record (config.json, with copies) that a
+resume must match."""
 
 import dataclasses
 import os
@@ -17,6 +17,9 @@ from wae_tf.errors import ConfigError
 from wae_tf.runtime import cluster
 
 RECORD_FILE = "config.json"
+# Copies of the record that survive a lost config.json: beside the checkpoints, in each export.
+RECORD_COPY = os.path.join("checkpoints", "run_record.json")
+EXPORT_RECORD = os.path.join("assets.extra", "wae_config.json")
 STATE_FILE = "checkpoint"  # tf.train.CheckpointManager's list of checkpoints
 _INDEX_RE = re.compile(r"^ckpt-(\d+)\.index$")
 # Truncated files raise IndexError ("Read less bytes than requested") or DataLossError.
@@ -151,23 +154,64 @@ def _remove_partial_checkpoint(directory: str, step: int) -> None:
                 logging.error("Could not remove %s: %s", path, error)
 
 
-def check_run_record(workdir: str, config: Config, image_shape, write: bool) -> None:
-    """Refuse to resume a workdir whose checkpoints were made with other flags or data.
+def has_checkpoints(workdir: str) -> bool:
+    return bool(list_checkpoints(os.path.join(workdir, "checkpoints")))
+
+
+def _record_copies(workdir: str) -> list:
+    """Where else a run's record is kept: beside its checkpoints, then in its exports (default
+    place, newest version first)."""
+    export = os.path.join(workdir, "export")
+    versions = sorted((int(n.rstrip("/")) for n in tf.io.gfile.listdir(export)
+                       if n.rstrip("/").isdigit()), reverse=True) \
+        if tf.io.gfile.isdir(export) else []
+    return [os.path.join(workdir, RECORD_COPY)] + [
+        os.path.join(export, str(v), EXPORT_RECORD) for v in versions]
+
+
+def find_run_record(workdir: str):
+    """The record binding `workdir` (a dict), or None for a workdir without one and without
+    checkpoints. A lost config.json is recovered from a copy (_record_copies); ConfigError
+    when checkpoints exist and no copy is left: never guess the flags they were trained with."""
+    path = os.path.join(workdir, RECORD_FILE)
+    if tf.io.gfile.exists(path):
+        return fileio.read_json(path)
+    if not has_checkpoints(workdir):
+        return None
+    for copy in _record_copies(workdir):
+        if tf.io.gfile.exists(copy):
+            logging.warning("%s is missing: the run's record is read from %s.", path, copy)
+            return fileio.read_json(copy)
+    raise ConfigError(
+        f"{workdir} holds checkpoints but not {RECORD_FILE}, the record of the flags they were "
+        f"trained with, nor a copy of it: restore {path} from a backup (or copy the run's "
+        f"export's {EXPORT_RECORD} there), or start a new run with another --workdir.")
+
+
+def check_run_record(workdir: str, config: Config, image_shape, write: bool) -> dict:
+    """Refuse to resume a workdir whose checkpoints were made with other flags or data; return
+    the run's record (config_lib.run_record of `config` with the run's identity).
 
     Only config_lib.RESUMABLE_FIELDS (training length, logging, saving, how to run) may differ
-    from the record. A new run's record (config_lib.run_record) is written once, to
-    <workdir>/config.json; a record without any checkpoint beside it (a start that failed)
-    binds nothing and is replaced.
+    from the record (find_run_record: config.json or a copy). A record without any checkpoint
+    beside it (a start that failed) binds nothing: a new run's record replaces it. `write`:
+    save_run_record.
     """
-    path = os.path.join(workdir, RECORD_FILE)
     expected = config_lib.run_record(config, image_shape)
-    has_checkpoints = bool(list_checkpoints(os.path.join(workdir, "checkpoints")))
-    if not tf.io.gfile.exists(path) or not has_checkpoints:
-        if write:
-            fileio.write_json(path, expected)
-        return
-    # A field missing from an older record had its default then.
-    found = {**dataclasses.asdict(Config()), **fileio.read_json(path)}
+    found = find_run_record(workdir) if has_checkpoints(workdir) else None
+    if found is None:
+        record = dict(expected, **config_lib.new_run_identity(workdir))
+    else:
+        _check_resume(workdir, expected, {**dataclasses.asdict(Config()), **found})
+        record = dict(expected, **{k: found[k] for k in config_lib.RUN_IDENTITY if k in found})
+    if write:
+        save_run_record(workdir, record if found is None else found)
+    return record
+
+
+def _check_resume(workdir: str, expected: dict, found: dict) -> None:
+    """ConfigError if a field outside RESUMABLE_FIELDS differs (a field missing from an older
+    record had its default then); a warning naming the resumable ones that do."""
     fixed = [k for k in expected if k not in config_lib.RESUMABLE_FIELDS]
     diff = [k for k in fixed if k in found and found[k] != expected[k]]
     if diff:
@@ -182,7 +226,23 @@ def check_run_record(workdir: str, config: Config, image_shape, write: bool) -> 
                         ", ".join(f"--{k}={expected[k]} (was {found[k]})" for k in changed))
 
 
+def save_run_record(workdir: str, record: dict) -> None:
+    """Write a new run's record to config.json and beside its checkpoints (RECORD_COPY); for a
+    run with checkpoints, only the missing ones (a record is written once)."""
+    fresh = not has_checkpoints(workdir)
+    for name in (RECORD_FILE, RECORD_COPY):
+        path = os.path.join(workdir, name)
+        if fresh or not tf.io.gfile.exists(path):
+            if not fresh:
+                logging.warning("Restored %s.", path)
+            tf.io.gfile.makedirs(os.path.dirname(path))
+            fileio.write_json(path, record)
+
+
 def read_run_record(workdir: str):
-    """(Config, image_shape) of a training run, from its config.json."""
-    record = fileio.read_json(os.path.join(workdir, RECORD_FILE))
+    """(Config, image_shape) of a training run, from its record (find_run_record)."""
+    record = find_run_record(workdir)
+    if record is None:
+        raise ConfigError(f"{os.path.join(workdir, RECORD_FILE)} not found: expected a training "
+                          "run's directory.")
     return config_lib.from_dict(record), tuple(record["image_shape"])

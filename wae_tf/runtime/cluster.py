@@ -108,7 +108,8 @@ def wait_for_peers(tf_config: dict, timeout: float, poll: float = 0.5) -> None:
     peers = {f"{j}:{i}": address for j, addresses in tf_config["cluster"].items()
              for i, address in enumerate(addresses) if (j, i) != (job, index)}
     deadline = time.monotonic() + timeout
-    with _listening(own), StopSignals("while waiting for the cluster; nothing to save"):
+    waiting = "while waiting for the cluster; nothing to save; rerun the same command to resume."
+    with _listening(own), StopSignals(waiting):
         while True:
             peers = {name: a for name, a in peers.items() if not _reachable(a)}
             if not peers:
@@ -196,14 +197,18 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class StopSignals:
     """While entered (in the main thread), SIGTERM and SIGINT stop the run cleanly.
 
-    By default a signal raises Preempted(signum) at once (start-up, waiting: nothing to save;
-    `when` says where). Inside `deferred()` it only sets `received` (the signal number), which
-    the training loop checks between steps to save a checkpoint first. A SIGINT that the
-    launching shell ignores (a background job) stays ignored.
+    By default a signal raises Preempted(signum) at once, saying "<SIGNAL> <when>" (start-up,
+    waiting: nothing to save; `when` may change as the run goes on). Inside `deferred()` it only
+    sets `received` (the signal number), which the training loop checks between steps to save a
+    checkpoint first. A Preempted raised inside a library call that wraps it (Keras adds the
+    layer's call to the message, and drops the signal number) leaves the block as itself. A
+    SIGINT that the launching shell ignores (a background job) stays ignored.
     """
 
-    def __init__(self, when: str = "during start-up, before training; nothing to save"):
+    def __init__(self, when: str = "during start-up, before training; nothing to save; rerun "
+                                   "the same command to resume."):
         self.received, self.when, self._deferring, self._previous = 0, when, False, {}
+        self._raised = None
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -216,7 +221,8 @@ class StopSignals:
         del frame
         name = signal.Signals(signum).name
         if not self._deferring:
-            raise Preempted(f"{name} {self.when}; rerun the same command to resume.", signum)
+            self._raised = Preempted(f"{name} {self.when}", signum)
+            raise self._raised
         self.received = self.received or signum
         logging.warning("%s received: saving a checkpoint after the current step, then exit.",
                         name)
@@ -230,9 +236,12 @@ class StopSignals:
         finally:
             self._deferring = False
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, exc_type, exc_value, traceback):
         for signum, previous in self._previous.items():
             signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+        if self._raised is not None and exc_value is not None and exc_value is not self._raised:
+            raise self._raised.with_traceback(None) from None
+        return False
 
 
 def all_workers(strategy, value: float) -> list:

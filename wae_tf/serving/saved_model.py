@@ -17,7 +17,7 @@ from wae_tf.model import latent_sampler, networks, regularizers
 from wae_tf.runtime import checkpoints
 from wae_tf.serving import warmup
 
-CONFIG_ASSET = os.path.join("assets.extra", "wae_config.json")
+CONFIG_ASSET = checkpoints.EXPORT_RECORD  # the run record, with the run's identity
 # The plain networks as Keras files, inside the version (written and renamed with it); TF
 # Serving and saved_model_cli read saved_model.pb, variables/ and assets*/ only.
 KERAS_DIR = "keras"
@@ -155,7 +155,7 @@ def save_keras_files(plain: networks.Models, directory: str) -> None:
 
 
 def export_saved_model(encoder, decoder, config: Config, image_shape, base_dir: str,
-                       version: int, mixture=None, discriminator=None,
+                       version: int, mixture=None, discriminator=None, record=None,
                        plain_copies: bool = True) -> str:
     """Save the trained networks as `<base_dir>/<version>` (TF Serving's layout) atomically;
     return its path.
@@ -164,37 +164,71 @@ def export_saved_model(encoder, decoder, config: Config, image_shape, base_dir: 
     the given networks as they are (a user's own, which the paper's cannot copy; their .keras
     files then need their layers to be serializable). It is written to a temporary sibling
     directory and renamed into place, so a crash mid-write never leaves a partial version where
-    TF Serving would load it. With `mixture` (latent_sampler.GaussianMixture) it also serves
-    `sample_fitted`. The version also holds TF Serving's warm-up requests (warmup.FILE) and the
-    networks as .keras files (save_keras_files; the discriminator's of a WAE-GAN run when
-    given).
+    TF Serving would load it; stale temporaries of this version are removed. With `mixture`
+    (latent_sampler.GaussianMixture) it also serves `sample_fitted`. The version also holds TF
+    Serving's warm-up requests (warmup.FILE) and the networks as .keras files
+    (save_keras_files; the discriminator's of a WAE-GAN run when given). `record`: the run's
+    record (checkpoints.check_run_record), written to CONFIG_ASSET; with it, a version of
+    another run is never replaced (check_export_owner).
     """
+    final_dir = os.path.join(base_dir, str(int(version)))
+    if record is not None:
+        check_export_owner(final_dir, record)
+    _remove_stale_temporaries(final_dir)
     plain = serving_networks(encoder, decoder, config, image_shape, discriminator) \
         if plain_copies else networks.Models(encoder, decoder, discriminator)
     module = WAEModule(plain.encoder, plain.decoder, config, image_shape, mixture)
-    final_dir = os.path.join(base_dir, str(int(version)))
     tmp_dir = fileio.temporary_sibling(final_dir)  # not a number: TF Serving ignores it
     try:
-        tf.io.gfile.makedirs(tmp_dir)
-        served = signatures(module)
-        tf.saved_model.save(module, tmp_dir, signatures=served)
-        tf.io.gfile.makedirs(os.path.join(tmp_dir, "assets.extra"))
-        fileio.write_json(os.path.join(tmp_dir, CONFIG_ASSET),
-                          config_lib.run_record(config, image_shape))
-        warmup.write_requests(os.path.join(tmp_dir, warmup.FILE), list(served), config.z_dim,
-                              image_shape)
-        save_keras_files(plain, tmp_dir)
+        try:
+            _write_version(tmp_dir, module, plain, config, image_shape, record)
+        except (tf.errors.OpError, OSError, ConfigError) as error:  # full disk, read-only
+            raise ConfigError(f"Could not export to {final_dir} ({fileio.error_text(error)})"
+                              ": free space or fix permissions, then export the checkpoint "
+                              "again (python -m wae_tf.export).") from None
+        if record is not None:  # another run may have exported this version meanwhile
+            check_export_owner(final_dir, record)
         fileio.replace_directory(tmp_dir, final_dir)
-    except (tf.errors.OpError, OSError, ConfigError) as error:  # full disk, read-only
+    finally:  # gone after the rename; after an error or a signal, partial
         fileio.remove_quietly(tmp_dir)
-        raise ConfigError(f"Could not export to {final_dir} ({fileio.error_text(error)})"
-                          ": free space or fix permissions, then export the checkpoint again "
-                          "(python -m wae_tf.export).") from None
-    except Exception:  # e.g. a user's network that Keras cannot save: no partial files either
-        fileio.remove_quietly(tmp_dir)
-        raise
     logging.info("Exported SavedModel to %s", final_dir)
     return final_dir
+
+
+def _write_version(directory, module, plain, config, image_shape, record) -> None:
+    tf.io.gfile.makedirs(directory)
+    served = signatures(module)
+    tf.saved_model.save(module, directory, signatures=served)
+    tf.io.gfile.makedirs(os.path.join(directory, "assets.extra"))
+    fileio.write_json(os.path.join(directory, CONFIG_ASSET),
+                      record or config_lib.run_record(config, image_shape))
+    warmup.write_requests(os.path.join(directory, warmup.FILE), list(served), config.z_dim,
+                          image_shape)
+    save_keras_files(plain, directory)
+
+
+def _remove_stale_temporaries(final_dir: str) -> None:
+    """What an export of this version killed mid-write left (its temporary directory)."""
+    for path in tf.io.gfile.glob(fileio.temporary_sibling(final_dir).rsplit("-", 1)[0] + "-*"):
+        logging.warning("Removing %s, left by an interrupted export.", path)
+        fileio.remove_quietly(path)
+
+
+def check_export_owner(version_dir: str, record: dict) -> bool:
+    """True if `version_dir` holds this run's export, False if it does not exist; ConfigError
+    if it holds another run's (config_lib.same_run), which an export must not replace."""
+    if not tf.io.gfile.exists(version_dir):
+        return False
+    path = os.path.join(version_dir, CONFIG_ASSET)
+    theirs = fileio.read_json(path) if tf.io.gfile.exists(path) else {}
+    if config_lib.same_run(theirs, record):
+        return True
+    owner = (f"run {theirs.get('run_id')} in {theirs.get('workdir')}" if theirs.get("run_id")
+             else f"a run with seed {theirs.get('seed')}" if theirs else "not a wae_tf run")
+    raise ConfigError(
+        f"{version_dir} holds the export of another run ({owner}); this run "
+        f"({record.get('workdir', 'this --workdir')}) would replace it: pass another "
+        f"--export_dir, or delete {version_dir} if that export is no longer wanted.")
 
 
 TrainedModels = collections.namedtuple(
@@ -226,8 +260,9 @@ def export_from_workdir(workdir: str, export_dir: str = "") -> str:
     run = restore_trained_models(workdir)
     base = export_dir or run.config.export_dir or os.path.join(workdir, "export")
     mixture = latent_sampler.maybe_load(os.path.join(workdir, latent_sampler.FILE))
+    record = dict(checkpoints.find_run_record(workdir))
     return export_saved_model(run.encoder, run.decoder, run.config, run.image_shape, base,
-                              run.step, mixture, run.discriminator)
+                              run.step, mixture, run.discriminator, record=record)
 
 
 def latest_version(path: str) -> str:

@@ -170,13 +170,13 @@ def _read_json(path: str) -> dict:
 
 
 def train_run(config: config_lib.Config, workdir: str, data_override=None) -> dict:
-    """Train (or resume) one run unless its results.json reports the full --train_steps (with
-    --epochs the loop itself returns a finished run's results); returns the timing record
-    {train_wall_time_s, steps}."""
+    """Train (or resume) one run unless it finished the full budget (results.json, and all else
+    it keeps, loop.missing_outputs); returns the timing record {train_wall_time_s, steps}."""
     timing_path = os.path.join(workdir, TIMING_FILE)
     timing = _read_json(timing_path) or {"train_wall_time_s": 0.0, "steps": 0}
     done = _read_json(os.path.join(workdir, "results.json")).get("step", -1)
-    if config.train_steps and done >= config.train_steps:
+    if (config.train_steps and done >= config.train_steps
+            and not loop.missing_outputs(config, workdir, done)):
         logging.info("%s: trained (%d steps), skipping.", workdir, done)
         return timing
     start = time.time()

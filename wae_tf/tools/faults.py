@@ -12,8 +12,11 @@ ckpt-*.index files). Each is followed by a resume; the final losses and every ch
 (weights, optimizer slots, step) must equal the clean run's. A full disk is a separate run in a
 small tmpfs (root only; else skipped with the reason): it must stop in one line with no partial
 checkpoint, and resume from the intact one once there is space. Prints a table (fault, tries,
-survived, steps recomputed, data lost = checkpointed steps not resumed from, must be 0). Exit code
-0 when every check passes.
+survived, steps recomputed, data lost = checkpointed steps not resumed from, must be 0). Then the
+`scenarios`, each in a run of its own, in a second table (fault, expected, observed): SIGTERM and
+SIGKILL during the final export, two runs sharing --export_dir, a deleted config.json, a second
+trainer on a workdir in use and the stale lock its SIGKILL leaves. Exit code 0 when every check
+passes.
 """
 
 import dataclasses
@@ -25,13 +28,14 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 
 from wae_tf.errors import ConfigError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The checkout: the default --flagfile_train is relative to it.
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEP_RE = re.compile(r"\] step (\d+) loss=")
 RESUME_RE = re.compile(r"from step (\d+) to (\d+)")
 
@@ -49,6 +53,7 @@ class Options:
     train_flag: Tuple[str, ...] = ()  # extra flags of the training runs
     timeout: int = 600  # seconds allowed for each training process
     full_disk: bool = True  # the full-disk run in a small tmpfs (root only)
+    scenarios: bool = True  # the export window, a shared export dir, a lost config.json, the lock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,12 +92,12 @@ def _train_command(options: Options, workdir: str) -> list:
             f"--workdir={workdir}", *options.train_flag]
 
 
-def _start(options: Options, workdir: str, log_path: str) -> subprocess.Popen:
+def _start(options: Options, workdir: str, log_path: str, command=None) -> subprocess.Popen:
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     with open(log_path, "w") as log:
         # SIGINT as at a terminal, even if this process was started with it ignored.
-        return subprocess.Popen(_train_command(options, workdir), cwd=REPO, env=env, stdout=log,
-                                stderr=subprocess.STDOUT,
+        return subprocess.Popen(command or _train_command(options, workdir), cwd=REPO, env=env,
+                                stdout=log, stderr=subprocess.STDOUT,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
@@ -151,7 +156,11 @@ def _interrupt(options: Options, workdir: str, log_path: str, rng, fault: Fault,
     process = _start(options, workdir, log_path)
     try:
         if fault.startup:  # start-up (imports, data, restore) usually outlasts this; see in_startup
-            time.sleep(float(rng.uniform(2.0, 15.0)))
+            deadline = time.time() + float(rng.uniform(2.0, 15.0))
+            # At the latest at the first step: a fast machine would otherwise finish the run.
+            while (time.time() < deadline and process.poll() is None
+                   and _last_logged_step(log_path) < 0):
+                time.sleep(0.02)
             in_startup = process.poll() is None and _last_logged_step(log_path) < 0
         else:
             if not _wait_for_step(options, process, log_path, 1):
@@ -318,12 +327,202 @@ def _full_disk(options: Options) -> dict:
         subprocess.run(["umount", "--lazy", workdir], check=False, capture_output=True)
 
 
+# ------------------------------------------------ scenarios: the export, shared paths, the lock
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    """A fault outside the interrupted run, checked by one function of (options, its own
+    directory) that returns what it observed and whether that is what `expected` says."""
+    name: str
+    expected: str
+    check: Callable[[Options, str], Tuple[str, bool]]
+
+
+def _scenario_command(options: Options, workdir: str, *flags: str) -> list:
+    return [sys.executable, "-m", "wae_tf.train", f"--flagfile={options.flagfile_train}",
+            "--deterministic", "--log_every=1", "--image_every=1000000", f"--workdir={workdir}",
+            *options.train_flag, *flags]
+
+
+def _run_command(options: Options, command: list, log_path: str) -> int:
+    process = _start(options, "", log_path, command)
+    try:
+        return process.wait(timeout=options.timeout)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def one_line(log_path: str) -> str:
+    """The one `error: ` or `stopped: ` line a command printed; "" unless exactly one and no
+    traceback."""
+    text = _read(log_path)
+    lines = [line for line in text.splitlines() if line.startswith(("error: ", "stopped: "))]
+    return lines[0] if len(lines) == 1 and "Traceback" not in text else ""
+
+
+def _wait_until(options: Options, process, predicate) -> bool:
+    deadline = time.time() + options.timeout
+    while not predicate():
+        if process.poll() is not None or time.time() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def _export_window(signum: int, codes: Tuple[int, ...]):
+    """Interrupt the final export (as soon as its temporary directory appears), then rerun."""
+    def check(options: Options, root: str) -> Tuple[str, bool]:
+        workdir, flags = os.path.join(root, "run"), ("--train_steps=6", "--export=true")
+        log = os.path.join(root, "interrupted.log")
+        process = _start(options, workdir, log, _scenario_command(options, workdir, *flags))
+        try:
+            seen = _wait_until(options, process, lambda: glob.glob(
+                os.path.join(workdir, "export", ".tmp-*")))
+            process.send_signal(signum)
+            code = process.wait(timeout=options.timeout)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+        line = one_line(log)
+        rerun = _run_command(options, _scenario_command(options, workdir, *flags),
+                             os.path.join(root, "rerun.log"))
+        export = os.path.join(workdir, "export")
+        export = sorted(os.listdir(export)) if os.path.isdir(export) else []
+        said = signum == signal.SIGKILL or line.startswith(
+            "stopped: SIGTERM after training, while testing and exporting")
+        observed = (f"exit {code}{' ' + repr(line[:60]) if line else ''}; rerun exit {rerun}, "
+                    f"export/ holds {export}")
+        return observed, seen and code in codes and said and rerun == 0 and export == ["6"]
+    return check
+
+
+def _record_of(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def _shared_export_dir(options: Options, root: str) -> Tuple[str, bool]:
+    """Two runs, one --export_dir: the second must be refused, the first's export kept."""
+    shared = os.path.join(root, "shared")
+    first, second = os.path.join(root, "a"), os.path.join(root, "b")
+    code_a = _run_command(options, _scenario_command(options, first, "--seed=1",
+                                                     f"--export_dir={shared}"),
+                          os.path.join(root, "a.log"))
+    asset = os.path.join(shared, "6", "assets.extra", "wae_config.json")
+    owner = _record_of(asset).get("run_id") if os.path.exists(asset) else None
+    code_b = _run_command(options, _scenario_command(options, second, "--seed=2",
+                                                     f"--export_dir={shared}"),
+                          os.path.join(root, "b.log"))
+    line = one_line(os.path.join(root, "b.log"))
+    kept = owner is not None and _record_of(asset).get("run_id") == owner
+    observed = (f"exit {code_a}, then {code_b} {line[:60]!r}; the first's export kept: {kept}; "
+                f"the second's workdir made: {os.path.exists(second)}")
+    return observed, (code_a == 0 and code_b == 2 and "export of another run" in line and kept
+                      and not os.path.exists(second))
+
+
+def _lost_config(options: Options, root: str) -> Tuple[str, bool]:
+    """config.json deleted: other flags refused without writing it; the bare command resumes
+    with the run's own flags and restores it."""
+    workdir = os.path.join(root, "run")
+    record = os.path.join(workdir, "config.json")
+    trained = _run_command(options, _scenario_command(options, workdir, "--export=false"),
+                           os.path.join(root, "trained.log"))
+    original = _record_of(record) if os.path.exists(record) else None
+    if original:
+        os.remove(record)
+    log = os.path.join(root, "other_flags.log")
+    changed = _run_command(options, _scenario_command(options, workdir, "--lambda_reg=5",
+                                                      "--seed=7"), log)
+    line, written = one_line(log), os.path.exists(record)
+    bare = _run_command(options, [sys.executable, "-m", "wae_tf.train", f"--workdir={workdir}"],
+                        os.path.join(root, "bare.log"))
+    restored = os.path.exists(record) and _record_of(record) == original
+    observed = (f"other flags: exit {changed} {line[:60]!r}, config.json written: {written}; "
+                f"bare rerun: exit {bare}, config.json restored: {restored}")
+    return observed, (trained == 0 and original is not None and changed == 2
+                      and "trained with other flags" in line and not written and bare == 0
+                      and restored)
+
+
+def _second_trainer(options: Options, root: str) -> Tuple[str, bool]:
+    """A second trainer while the first runs: refused naming it. The first SIGKILLed: its lock
+    is stale, and the rerun takes it over and resumes."""
+    workdir = os.path.join(root, "run")
+    long_run = _scenario_command(options, workdir, "--export=false", "--train_steps=1000000",
+                                 f"--checkpoint_every={options.checkpoint_every}")
+    log = os.path.join(root, "first.log")
+    first = _start(options, workdir, log, long_run)
+    try:
+        started = _wait_for_step(options, first, log, options.checkpoint_every + 1)
+        second_log = os.path.join(root, "second.log")
+        second = _run_command(options, long_run, second_log)
+        line, alive = one_line(second_log), first.poll() is None
+        first.kill()
+        first.wait()
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    saved = _checkpoint_step(workdir)
+    rerun_log = os.path.join(root, "rerun.log")
+    rerun = _run_command(options, _scenario_command(
+        options, workdir, "--export=false", f"--train_steps={saved + 6}"), rerun_log)
+    took_over = "Took over the stale lock" in _read(rerun_log)
+    observed = (f"second: exit {second} {line[:60]!r}, first still running: {alive}; after "
+                f"SIGKILL the rerun took over the lock: {took_over}, exit {rerun}, resumed "
+                f"from {_resumed_step(rerun_log)}")
+    return observed, (started and second == 2 and f"pid {first.pid} " in line and alive
+                      and took_over and rerun == 0 and _resumed_step(rerun_log) == saved > 0)
+
+
+def scenarios() -> list:
+    """The faults checked outside the interrupted run, in order."""
+    return [
+        Scenario("SIGTERM during the export", "exit 143, one line 'stopped: SIGTERM after "
+                 "training'; the rerun exports, no .tmp-*",
+                 _export_window(signal.SIGTERM, (143,))),
+        Scenario("SIGKILL during the export", "the rerun exports (results.json alone is not "
+                 "done), no .tmp-*", _export_window(signal.SIGKILL, (-9,))),
+        Scenario("shared --export_dir", "the second run refused in one line (exit 2) before "
+                 "writing; the first's export kept", _shared_export_dir),
+        Scenario("config.json deleted", "other flags refused (exit 2), nothing written; the bare "
+                 "command resumes and restores it", _lost_config),
+        Scenario("second trainer, then stale lock", "the second refused naming the first's "
+                 "pid; after SIGKILL the rerun takes over the lock and resumes", _second_trainer),
+    ]
+
+
+def _check_scenarios(options: Options) -> list:
+    rows = []
+    for i, scenario in enumerate(scenarios()):
+        root = os.path.join(options.workdir, "scenarios", str(i))
+        os.makedirs(root)
+        observed, ok = scenario.check(options, root)
+        print(f"{scenario.name}: {observed}")
+        rows.append(dict(fault=scenario.name, expected=scenario.expected, observed=observed,
+                         ok=ok))
+    return rows
+
+
+def scenario_table(rows) -> str:
+    lines = ["| fault | expected | observed | ok |", "|---|---|---|---|"]
+    lines += [f"| {r['fault']} | {r['expected']} | {r['observed']} | {'yes' if r['ok'] else 'NO'} |"
+              for r in rows]
+    return "\n".join(lines)
+
+
 def run(options: Options) -> bool:
     """The whole experiment (see the module docstring); True when every check passed."""
     rng = np.random.default_rng(options.seed)
     reference_dir, killed_dir = (os.path.join(options.workdir, name)
                                  for name in ("reference", "killed"))
-    for directory in (reference_dir, killed_dir, os.path.join(options.workdir, "full_disk")):
+    for directory in (reference_dir, killed_dir, os.path.join(options.workdir, "full_disk"),
+                      os.path.join(options.workdir, "scenarios")):
         if os.path.exists(directory):
             raise ConfigError(f"{directory} exists: use a fresh --workdir.")
     for directory in (reference_dir, killed_dir):
@@ -343,8 +542,12 @@ def run(options: Options) -> bool:
     disk_row = _full_disk(options) if options.full_disk else None
     ok = _report(options, interruptions, reference, final, _compare(reference_dir, killed_dir),
                  disk_row)
+    scenario_rows = _check_scenarios(options) if options.scenarios else []
+    if scenario_rows:
+        print(scenario_table(scenario_rows))
+    ok = ok and all(row["ok"] for row in scenario_rows)
     print(f"{'PASS' if ok else 'FAIL'} in {time.time() - start:.0f} s")
     with open(os.path.join(options.workdir, "fault_injection.json"), "w") as f:
         json.dump(dict(interruptions=interruptions, reference=reference, final=final,
-                       full_disk=disk_row, ok=ok), f, indent=2)
+                       full_disk=disk_row, scenarios=scenario_rows, ok=ok), f, indent=2)
     return ok

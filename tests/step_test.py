@@ -250,10 +250,10 @@ def test_learning_rate_schedules_follow_the_paper_code():
 
 def test_workdir_with_other_model_flags_is_refused(tmp_path):
     config = tiny_config()
-    os.makedirs(tmp_path / "checkpoints")  # a checkpoint makes the record binding
-    open(tmp_path / "checkpoints" / "ckpt-1.index", "w").close()
     checkpoints.check_run_record(str(tmp_path), config, (28, 28, 1), write=True)
     assert json.load(open(tmp_path / "config.json"))["z_dim"] == 4
+    os.makedirs(tmp_path / "checkpoints", exist_ok=True)  # a checkpoint makes it binding
+    open(tmp_path / "checkpoints" / "ckpt-1.index", "w").close()
     with pytest.raises(ConfigError, match="z_dim"):
         checkpoints.check_run_record(str(tmp_path), config.replace(z_dim=5), (28, 28, 1),
                                      write=True)

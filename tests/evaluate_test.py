@@ -14,8 +14,9 @@ from wae_tf.evaluation import classifier, evaluator, figures
 METRIC_FIELDS = ("test_recon_cost", "test_mse_per_pixel", "fid", "precision", "recall",
                  "classifier_test_accuracy", "mmd_codes_prior", "sharpness_samples",
                  "sharpness_reconstructions", "sharpness_test_images")
-FIGURES = ("reconstructions.png", "samples.png", "interpolations.png", "latent_scatter.png",
-           "samples_fitted.png")
+# Drawn with axes and captions (tests/plots_test.py); the training curves from the workdir's logs.
+FIGURES = ("interpolations.png", "latent_scatter.png", "reconstructions.png", "samples.png",
+           "samples_fitted.png", "training_curves.png")
 
 
 def _evaluate_workdir(tiny_run, **kwargs):
@@ -43,6 +44,7 @@ def test_metrics_json_has_every_field_with_its_counts(tiny_run):
         fitted = saved[f"{name}_fitted_sampler"]
         assert np.isfinite(fitted["value"]) and fitted["num_samples"] == 20, name
     assert (saved["seed"], saved["num_samples"], saved["step"]) == (3, 20, 2)
+    assert saved["figures"] == list(FIGURES)
     for name in FIGURES:
         assert os.path.getsize(os.path.join(eval_dir, name)) > 0, name
     assert any(n.startswith("events.out.tfevents") for n in os.listdir(eval_dir))
@@ -137,15 +139,6 @@ def test_classifier_is_cached_and_reports_its_accuracy(tiny_run):
 def test_celeba_without_a_classifier_is_a_clear_error(tmp_path):
     with pytest.raises(errors.ConfigError, match="celeb_a"):
         classifier.load_or_train(str(tmp_path), "celeb_a", lambda: pytest.fail("loaded data"))
-
-
-def test_scatter_puts_each_label_colour_where_its_points_are():
-    points = np.array([[0.0, 0.0]] * 50 + [[1.0, 1.0]] * 50)
-    labels = np.array([0] * 50 + [3] * 50)
-    image = figures.scatter_image(points, labels, size=100, margin=10)
-    # Label 0 at the bottom left of the plot area, label 3 at the top right.
-    np.testing.assert_allclose(image[100 - 10 - 10 - 1, 10], figures.PALETTE[0])
-    np.testing.assert_allclose(image[10, 100 - 10 - 10 - 1], figures.PALETTE[3])
 
 
 def test_pca_projection_keeps_the_largest_variance_direction():

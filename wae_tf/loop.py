@@ -14,6 +14,7 @@ from absl import logging
 from wae_tf import data, fileio, visualize
 from wae_tf.config import Config
 from wae_tf.errors import ConfigError, NonFiniteLossError, Preempted
+from wae_tf.evaluation import figures, plots
 from wae_tf.evaluation import metrics as metrics_lib
 from wae_tf.model import latent_sampler, networks, regularizers
 from wae_tf.model import step as step_lib
@@ -45,17 +46,26 @@ class TestSet:
         return tracker.result()
 
     def write_images(self, config: Config, step: int, png_dir: str = "") -> None:
-        """Reconstruction and sample grids to TensorBoard (and as PNG files into png_dir)."""
+        """Reconstruction and sample grids to TensorBoard (and drawn with captions as PNG files
+        into png_dir)."""
         recon = self.reconstruct(self.shown)
         prior_z = regularizers.sample_prior(config.prior, NUM_IMAGES_LOGGED, config.z_dim,
                                             config.prior_scale,
                                             tf.constant([config.seed, _SAMPLES_SEED]))
+        samples = self.decode(prior_z)
         grids = {"reconstructions": visualize.side_by_side(self.shown[:32], recon[:32]),
-                 "samples": visualize.image_grid(self.decode(prior_z))}
+                 "samples": visualize.image_grid(samples)}
         for name, grid in grids.items():
             tf.summary.image(name, grid[None], step=step)
-            if png_dir:
-                visualize.save_png(os.path.join(png_dir, f"{name}.png"), grid)
+        if png_dir:
+            drawn = {"reconstructions": figures.reconstructions_figure(
+                         self.shown[:32].numpy(), np.asarray(recon[:32]),
+                         f"Test images and their reconstructions G(E(x)), step {step}"),
+                     "samples": figures.samples_figure(
+                         np.asarray(samples), f"Decoded prior samples, z ~ "
+                         f"{figures.prior_name(config)}, step {step}")}
+            for name, figure in drawn.items():
+                plots.save_png(figure, os.path.join(png_dir, f"{name}.png"))
 
 
 def make_test_set(state: step_lib.TrainState, test: data.ImageData) -> TestSet:
@@ -251,8 +261,8 @@ def fit_latent_sampler(config: Config, encoder, train, workdir: str, step: int):
 
 
 def _finish(config, state, strategy, workdir, image_shape, results, train) -> None:
-    """results.json, the fitted latent sampler and the export (the chief's), then the other
-    workers' copies removed."""
+    """results.json, the fitted latent sampler and the export (the chief's), the other
+    workers' copies removed, then the chief's training_curves.png."""
     logging.info("Finished at step %d: %s", results["step"], json.dumps(results))
     mixture = None
     if cluster.is_chief(strategy):
@@ -265,6 +275,9 @@ def _finish(config, state, strategy, workdir, image_shape, results, train) -> No
                                    cluster.write_dir(export_base, strategy), results["step"],
                                    mixture, state.discriminator)
     cluster.cleanup_worker_dirs([os.path.join(workdir, "checkpoints"), export_base], strategy)
+    curves = plots.training_curves(workdir) if cluster.is_chief(strategy) else None
+    if curves is not None:  # the losses, penalty and learning rate logged, against steps
+        plots.save_png(curves, os.path.join(workdir, "training_curves.png"))
 
 
 def _call(train_fn, iterator, num: int) -> dict:

@@ -23,11 +23,11 @@ import tensorflow as tf
 from absl import logging
 
 from wae_tf import config as config_lib
-from wae_tf import data, fileio, visualize
+from wae_tf import data, fileio
 from wae_tf.config import Config
 from wae_tf.errors import ConfigError
 from wae_tf.evaluation import classifier as classifier_lib
-from wae_tf.evaluation import figures, metrics
+from wae_tf.evaluation import figures, metrics, plots
 from wae_tf.model import latent_sampler, networks, regularizers
 from wae_tf.model import step as step_lib
 from wae_tf.runtime import tensorboard_logs
@@ -205,11 +205,13 @@ def compute_metrics(model: Autoencoder, test: data.ImageData, classifier, num_sa
     return results, outputs, test_images, labels
 
 
-def write_outputs(results: dict, images: dict, output_dir: str, step: int) -> None:
-    """metrics.json, one PNG per figure, and the same as TensorBoard scalars/images."""
+def write_outputs(results: dict, images: dict, output_dir: str, step: int,
+                  drawn: Optional[dict] = None) -> None:
+    """metrics.json, a PNG per drawn figure ({name: matplotlib Figure}), and the metrics and
+    image arrays ({name: [H, W, C]}) as TensorBoard scalars and images."""
     tf.io.gfile.makedirs(output_dir)
-    for name, grid in images.items():
-        visualize.save_png(os.path.join(output_dir, f"{name}.png"), grid)
+    for name, figure in (drawn or {}).items():
+        plots.save_png(figure, os.path.join(output_dir, f"{name}.png"))
     with tf.io.gfile.GFile(os.path.join(output_dir, "metrics.json"), "w") as f:
         f.write(json.dumps(results, indent=2, sort_keys=True))
     writer = tf.summary.create_file_writer(output_dir)
@@ -223,19 +225,23 @@ def write_outputs(results: dict, images: dict, output_dir: str, step: int) -> No
 
 
 def evaluate(model: Autoencoder, test: data.ImageData, classifier, output_dir: str,
-             num_samples: int = 10000, seed: int = 0) -> dict:
-    """Compute every metric and figure of `model` and write them to `output_dir`."""
+             num_samples: int = 10000, seed: int = 0, training_logs: str = "") -> dict:
+    """Compute every metric and figure of `model` and write them to `output_dir`; with
+    `training_logs` (a workdir) its training curves too."""
     start = time.time()
     results, outputs, test_images, labels = compute_metrics(model, test, classifier,
                                                             num_samples, seed)
-    images = figures.make_figures(model, outputs, test_images, labels)
-    results["figures"] = sorted(f"{name}.png" for name in images)
+    images, drawn = figures.make_figures(model, outputs, test_images, labels, test.class_names)
+    curves = plots.training_curves(training_logs) if training_logs else None
+    if curves is not None:
+        drawn["training_curves"] = curves
+    results["figures"] = sorted(f"{name}.png" for name in drawn)
     results["projector"] = tensorboard_logs.write_projector(
         os.path.join(output_dir, tensorboard_logs.PROJECTOR_DIR), outputs["codes"], test_images,
         labels, subset_index(test.num_examples, num_samples, seed), test.class_names,
         max(model.step, 0), test.name)
     results["eval_wall_time_s"] = time.time() - start
-    write_outputs(results, images, output_dir, max(model.step, 0))
+    write_outputs(results, images, output_dir, max(model.step, 0), drawn)
     logging.info("Evaluated %s in %.0f s: FID %.3f, precision %.3f, recall %.3f.",
                  model.source, results["eval_wall_time_s"], results["fid"]["value"],
                  results["precision"]["value"], results["recall"]["value"])
@@ -257,22 +263,26 @@ def _classifier_for(config: Config, classifier_dir: str, classifier_data=None,
 
 def evaluate_model(model: Autoencoder, output_dir: str, num_samples: int = 10000,
                    seed: int = 0, classifier_dir: str = "", test_data=None,
-                   classifier_data=None, classifier_epochs: int = 2) -> dict:
+                   classifier_data=None, classifier_epochs: int = 2,
+                   training_logs: str = "") -> dict:
     """Evaluate a loaded model; `test_data` (ImageData) and `classifier_data` ((train, test)
-    ImageData for the classifier) replace the data set's own splits, for tests."""
+    ImageData for the classifier) replace the data set's own splits, for tests;
+    `training_logs`: the workdir whose training curves to draw."""
     clf = _classifier_for(model.config, classifier_dir, classifier_data, classifier_epochs)
     if tuple(clf.info["image_shape"]) != tuple(model.image_shape):
         raise ConfigError(f"The classifier in {classifier_dir or 'the default cache'} takes "
                           f"images {tuple(clf.info['image_shape'])}, the model makes "
                           f"{tuple(model.image_shape)}: pass another --classifier_dir.")
     test = test_data if test_data is not None else data.load_split(model.config, "test")
-    return evaluate(model, test, clf, output_dir, num_samples, seed)
+    return evaluate(model, test, clf, output_dir, num_samples, seed, training_logs)
 
 
 def evaluate_workdir(workdir: str, output_dir: str = "", **kwargs) -> dict:
-    """Evaluate the latest checkpoint of a training run into <workdir>/eval (see evaluate_model)."""
+    """Evaluate the latest checkpoint of a training run, with its training curves, into
+    <workdir>/eval (see evaluate_model)."""
     model = load_from_workdir(workdir)
-    return evaluate_model(model, output_dir or os.path.join(workdir, "eval"), **kwargs)
+    return evaluate_model(model, output_dir or os.path.join(workdir, "eval"),
+                          training_logs=workdir, **kwargs)
 
 
 def evaluate_saved_model(path: str, output_dir: str = "", **kwargs) -> dict:

@@ -157,19 +157,24 @@ def test_training_curves_of_a_run_without_logs_is_none(tmp_path):
 @pytest.mark.parametrize("shape", [(28, 28, 1), (64, 64, 3)])
 def test_evaluation_figures_of_gray_and_rgb_images(shape, tmp_path):
     """make_figures: the arrays TensorBoard gets and a drawn figure for each, whose scatter
-    names the classes of the evaluated images (three folders' names)."""
+    names the classes of the evaluated images (three folders' names); the images shown are
+    spread over a split ordered by class, interpolating between its halves."""
     rng = np.random.default_rng(0)
-    images = rng.uniform(size=(20, *shape)).astype(np.float32)
+    images = rng.uniform(size=(30, *shape)).astype(np.float32)
     model = types.SimpleNamespace(config=tiny_config(z_dim=4), step=7,
                                   decode=lambda z: np.zeros((len(z), *shape), np.float32))
-    outputs = dict(codes=rng.normal(size=(20, 4)).astype(np.float32), recon=images,
+    outputs = dict(codes=rng.normal(size=(30, 4)).astype(np.float32), recon=images,
                    samples=images, fitted_samples=images)
-    labels = np.arange(20) % 3
+    labels = np.repeat([0, 1, 2], 10)
     grids, drawn = figures.make_figures(model, outputs, images, labels, ("cats", "dogs", "owls"))
     names = ["interpolations", "latent_scatter", "reconstructions", "samples", "samples_fitted"]
     assert sorted(grids) == sorted(drawn) == names
     assert grids["interpolations"].shape == (8 * shape[0], 12 * shape[1], shape[2])
     assert _legend(drawn["latent_scatter"]) == ["cats", "dogs", "owls"]
     assert grids["latent_scatter"].shape == plots.size_px(drawn["latent_scatter"]) + (3,)
+    # 16 of the 30 images, 0, 2, ..., 14 then 15, 17, ..., 29: the first 8 the pairs' a.
+    assert [t.get_text() for t in drawn["interpolations"].texts][-8:] == (
+        ["cats → dogs"] * 3 + ["cats → owls"] * 2 + ["dogs → owls"] * 3)
+    assert grids["reconstructions"].shape[0] == 4 * shape[0]  # 32 asked, 30 shown: 4 rows
     for name, figure in drawn.items():
         _saved(figure, os.path.join(tmp_path, f"{name}.png"))

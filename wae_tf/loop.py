@@ -75,7 +75,8 @@ def make_test_set(state: step_lib.TrainState, test: data.ImageData) -> TestSet:
         return state.decoder(networks.encoder_mean(state.encoder, images), training=False)
 
     decode = tf.function(lambda z: state.decoder(z, training=False), autograph=False)
-    shown = tf.convert_to_tensor(data.to_float(test.images[:NUM_IMAGES_LOGGED]))
+    shown = tf.convert_to_tensor(data.to_float(
+        test.images[figures.spread(test.num_examples, NUM_IMAGES_LOGGED)]))
     return TestSet(reconstruct, decode, test, shown)
 
 

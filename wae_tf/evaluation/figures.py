@@ -16,6 +16,12 @@ INTERPOLATION_PAIRS = 8
 INTERPOLATION_STEPS = 10
 
 
+def spread(num_images: int, num: int) -> np.ndarray:
+    """Indices [min(num, N)] spread evenly over N images: the ones a figure shows, so a split
+    ordered by class (a folder's) shows every class, not the first one's images only."""
+    return np.unique(np.linspace(0, num_images - 1, min(num, num_images)).round().astype(int))
+
+
 def interpolation_rows(decode, codes, images, pairs: int = INTERPOLATION_PAIRS,
                        steps: int = INTERPOLATION_STEPS) -> np.ndarray:
     """Rows of [x_a, G(z_a), ..., G(z_b), x_b]: linear paths in Z between test images a = 2i and
@@ -101,21 +107,25 @@ def prior_name(config) -> str:
 def make_figures(model, outputs: dict, test_images, labels,
                  class_names: Sequence[str] = ()) -> tuple:
     """The evaluation's figures: ({name: [H, W, C] array in [0, 1]} for TensorBoard, {name:
-    matplotlib Figure} for the PNG files): test images over their reconstructions, prior samples,
-    interpolations, the scatter of the codes (TensorBoard gets its drawn figure), and samples of
-    the fitted latent sampler where there is one."""
+    matplotlib Figure} for the PNG files): test images (spread over the evaluated ones) over
+    their reconstructions, prior samples, interpolations, the scatter of all codes (TensorBoard
+    gets its drawn figure), and samples of the fitted latent sampler where there is one."""
     config, n = model.config, len(test_images)
     at = f"step {model.step}" if model.step >= 0 else "export"
-    rows = interpolation_rows(model.decode, outputs["codes"], test_images)
+    shown = spread(n, NUM_SHOWN)
+    ends = spread(n, 2 * INTERPOLATION_PAIRS)
+    pairs = len(ends) // 2  # a from the first half of the spread, b from the second
+    ends = np.stack([ends[:pairs], ends[pairs:2 * pairs]], axis=1).ravel()  # [a0, b0, a1, ...]
+    rows = interpolation_rows(model.decode, outputs["codes"][ends], test_images[ends])
     points, axis_names = pca_2d(outputs["codes"])
     drawn = {
         "reconstructions": reconstructions_figure(
-            test_images[:NUM_SHOWN], outputs["recon"][:NUM_SHOWN],
+            test_images[shown], outputs["recon"][shown],
             f"Test images and their reconstructions G(E(x)), {at}"),
         "samples": samples_figure(outputs["samples"][:64],
                                   f"Decoded prior samples, z ~ {prior_name(config)}, {at}"),
         "interpolations": interpolations_figure(
-            rows, labels, class_names,
+            rows, np.asarray(labels)[ends], class_names,
             f"Decoded (1 - t)·z_a + t·z_b between the codes of test images a and b, {at}"),
         "latent_scatter": plots.latent_scatter(
             points, labels, class_names,
@@ -123,8 +133,7 @@ def make_figures(model, outputs: dict, test_images, labels,
             f"{at}", axis_names),
     }
     grids = {
-        "reconstructions": visualize.side_by_side(test_images[:NUM_SHOWN],
-                                                  outputs["recon"][:NUM_SHOWN]),
+        "reconstructions": visualize.side_by_side(test_images[shown], outputs["recon"][shown]),
         "samples": visualize.image_grid(outputs["samples"][:64]),
         "interpolations": visualize.image_grid(rows.reshape(-1, *test_images.shape[1:]),
                                                columns=rows.shape[1]),

@@ -167,21 +167,33 @@ def test_an_evaluation_is_reused_only_while_it_answers_the_comparison():
     assert not comparison.is_current(unit_range, symmetric, 10, 0, 5)
 
 
-def test_comparison_figures_put_the_runs_side_by_side(tmp_path):
-    """Each run's samples (and WAE-MMD's fitted sampler's) in the suite's order, 8 pixels apart."""
+def test_comparison_figures_put_the_runs_side_by_side(tmp_path, monkeypatch):
+    """Each run's samples (and WAE-MMD's fitted sampler's) in the suite's order, each under its
+    model's name; the interpolations of the suite's two runs."""
     from wae_tf import visualize  # pylint: disable=import-outside-toplevel
+    from wae_tf.evaluation import plots  # pylint: disable=import-outside-toplevel
     names = ["vae_lambda01", "wae_mmd"]
     for i, name in enumerate(names):
         eval_dir = tmp_path / f"{name}-seed0" / "eval"
         eval_dir.mkdir(parents=True)
         for figure in ("samples.png", "interpolations.png", "samples_fitted.png"):
             visualize.save_png(str(eval_dir / figure), np.full((20, 10, 1), i / 2, np.float32))
+    drawn, panels_figure = {}, plots.panels_figure
+
+    def spy(images, titles, title):  # {the figure's first word: (images, titles, figure)}
+        drawn[title.split()[0]] = (images, titles, panels_figure(images, titles, title))
+        return drawn[title.split()[0]][2]
+    monkeypatch.setattr(plots, "panels_figure", spy)
     comparison.write_figures(str(tmp_path), names, 0)
-    samples = visualize.read_png(str(tmp_path / "compare_samples.png"))
-    assert samples.shape == (20, 3 * 10 + 2 * 8, 1)  # vae_lambda01, wae_mmd, wae_mmd fitted
-    assert (samples[0, 0, 0], samples[0, 10, 0]) == (0, 1)  # a run's pixel, then the white gap
-    assert samples[0, 18, 0] == pytest.approx(0.5, abs=1 / 255)
-    assert visualize.read_png(str(tmp_path / "compare_interpolations.png")).shape == (20, 28, 1)
+    images, titles, figure = drawn["Samples"]
+    assert titles == ["VAE (λ=0.1)", "WAE-MMD", "WAE-MMD + fitted sampler"]
+    assert [float(image[0, 0, 0]) for image in images] == [0, pytest.approx(0.5, abs=1 / 255),
+                                                           pytest.approx(0.5, abs=1 / 255)]
+    assert drawn["Interpolations"][1] == ["VAE (λ=0.1)", "WAE-MMD"]
+    for name in ("compare_samples.png", "compare_interpolations.png"):
+        assert visualize.read_png(str(tmp_path / name)).shape[2] == 3, name
+    assert visualize.read_png(str(tmp_path / "compare_samples.png")).shape[:2] == \
+        plots.size_px(figure)
 
 
 def _celeba_folder(root, partitions):

@@ -29,8 +29,9 @@ METRIC_FIELDS = ("test_recon_cost", "test_mse_per_pixel", "fid_classifier", "kid
                  "precision_classifier", "recall_classifier", "classifier_test_accuracy",
                  "mmd_codes_prior", "sharpness_samples", "sharpness_reconstructions",
                  "sharpness_test_images")
-FIGURES = ("reconstructions.png", "samples.png", "interpolations.png", "latent_scatter.png",
-           "samples_fitted.png")
+# Drawn with axes and captions (tests/plots_test.py); the training curves from the workdir's logs.
+FIGURES = ("interpolations.png", "latent_scatter.png", "reconstructions.png", "samples.png",
+           "samples_fitted.png", "training_curves.png")
 
 
 def _evaluate_workdir(tiny_run, **kwargs):
@@ -70,6 +71,7 @@ def test_metrics_json_has_every_field_with_its_counts(tiny_run):
         assert np.isfinite(fitted["value"]) and fitted["num_samples"] == 20, name
     assert any("on 20 test images are unstable" in w for w in saved["warnings"])
     assert (saved["seed"], saved["num_samples"], saved["step"]) == (3, 20, 2)
+    assert saved["figures"] == list(FIGURES)
     for name in FIGURES:
         assert os.path.getsize(os.path.join(eval_dir, name)) > 0, name
     assert any(n.startswith("events.out.tfevents") for n in os.listdir(eval_dir))
@@ -276,15 +278,6 @@ def test_an_own_data_set_warns_and_stdout_is_the_json_alone(tmp_path):
     assert any("on 16 test images are unstable" in w for w in printed["warnings"])
     assert "on 16 test images are unstable" in result.stderr
     assert "Feature classifier: epoch 1 of 1" in result.stderr
-
-
-def test_scatter_puts_each_label_colour_where_its_points_are():
-    points = np.array([[0.0, 0.0]] * 50 + [[1.0, 1.0]] * 50)
-    labels = np.array([0] * 50 + [3] * 50)
-    image = figures.scatter_image(points, labels, size=100, margin=10)
-    # Label 0 at the bottom left of the plot area, label 3 at the top right.
-    np.testing.assert_allclose(image[100 - 10 - 10 - 1, 10], figures.PALETTE[0])
-    np.testing.assert_allclose(image[10, 100 - 10 - 10 - 1], figures.PALETTE[3])
 
 
 def test_pca_projection_keeps_the_largest_variance_direction():

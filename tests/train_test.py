@@ -30,8 +30,8 @@ def test_train_then_export_on_real_fashion_mnist(tmp_path):
     result = _run("wae_tf.train", "--flagfile=flags/test_tiny.cfg", f"--workdir={workdir}",
                   "--progress=on", "--batch_size=50")
     assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("config.json", "results.json", "samples.png",
-                 "reconstructions.png", "export/6/saved_model.pb", "checkpoints/checkpoint"):
+    for name in ("config.json", "results.json", "samples.png", "reconstructions.png",
+                 "training_curves.png", "export/6/saved_model.pb", "checkpoints/checkpoint"):
         assert os.path.exists(os.path.join(workdir, name)), name
     assert os.listdir(os.path.join(workdir, "train")), "no TensorBoard events"
     results = json.load(open(os.path.join(workdir, "results.json")))

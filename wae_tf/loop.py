@@ -15,6 +15,7 @@ from absl import logging
 from wae_tf import data, fileio, visualize
 from wae_tf.config import Config
 from wae_tf.errors import ConfigError, NonFiniteLossError, Preempted
+from wae_tf.evaluation import figures, plots
 from wae_tf.evaluation import metrics as metrics_lib
 from wae_tf.model import latent_sampler, networks, regularizers
 from wae_tf.model import step as step_lib
@@ -46,17 +47,26 @@ class TestSet:
         return tracker.result()
 
     def write_images(self, config: Config, step: int, png_dir: str = "") -> None:
-        """Reconstruction and sample grids to TensorBoard (and as PNG files into png_dir)."""
+        """Reconstruction and sample grids to TensorBoard (and drawn with captions as PNG files
+        into png_dir)."""
         recon = self.reconstruct(self.shown)
         prior_z = regularizers.sample_prior(config.prior, NUM_IMAGES_LOGGED, config.z_dim,
                                             config.prior_scale,
                                             tf.constant([config.seed, _SAMPLES_SEED]))
+        samples = self.decode(prior_z)
         grids = {"reconstructions": visualize.side_by_side(self.shown[:32], recon[:32]),
-                 "samples": visualize.image_grid(self.decode(prior_z))}
+                 "samples": visualize.image_grid(samples)}
         for name, grid in grids.items():
             tf.summary.image(name, grid[None], step=step)
-            if png_dir:
-                visualize.save_png(os.path.join(png_dir, f"{name}.png"), grid)
+        if png_dir:
+            drawn = {"reconstructions": figures.reconstructions_figure(
+                         self.shown[:32].numpy(), np.asarray(recon[:32]),
+                         f"Test images and their reconstructions G(E(x)), step {step}"),
+                     "samples": figures.samples_figure(
+                         np.asarray(samples), f"Decoded prior samples, z ~ "
+                         f"{figures.prior_name(config)}, step {step}")}
+            for name, figure in drawn.items():
+                plots.save_png(figure, os.path.join(png_dir, f"{name}.png"))
 
 
 def make_test_set(state: step_lib.TrainState, test: data.ImageData) -> TestSet:
@@ -66,7 +76,8 @@ def make_test_set(state: step_lib.TrainState, test: data.ImageData) -> TestSet:
         return state.decoder(networks.encoder_mean(state.encoder, images), training=False)
 
     decode = tf.function(lambda z: state.decoder(z, training=False), autograph=False)
-    shown = tf.convert_to_tensor(data.to_float(test.images[:NUM_IMAGES_LOGGED]))
+    shown = tf.convert_to_tensor(data.to_float(
+        test.images[figures.spread(test.num_examples, NUM_IMAGES_LOGGED)]))
     return TestSet(reconstruct, decode, test, shown)
 
 
@@ -338,6 +349,9 @@ def _finish(config, state, strategy, workdir, train, results, record) -> list:
             state.discriminator, record=record if chief else None)
         made.append("export")
     cluster.cleanup_worker_dirs([os.path.join(workdir, "checkpoints"), export_base], strategy)
+    curves = plots.training_curves(workdir) if cluster.is_chief(strategy) else None
+    if curves is not None:  # the losses, penalty and learning rate logged, against steps
+        plots.save_png(curves, os.path.join(workdir, "training_curves.png"))
     return made
 
 

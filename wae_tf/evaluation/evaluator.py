@@ -27,12 +27,12 @@ import tensorflow as tf
 from absl import logging
 
 from wae_tf import config as config_lib
-from wae_tf import data, fileio, visualize
+from wae_tf import data, fileio
 from wae_tf.config import Config
 from wae_tf.errors import ConfigError
 from wae_tf.evaluation import classifier as classifier_lib
 from wae_tf.evaluation import features as features_lib
-from wae_tf.evaluation import figures, metrics, stats_cache
+from wae_tf.evaluation import figures, metrics, plots, stats_cache
 from wae_tf.model import latent_sampler, networks, regularizers
 from wae_tf.model import step as step_lib
 from wae_tf.runtime import tensorboard_logs
@@ -267,11 +267,13 @@ def compute_metrics(model: Autoencoder, test: data.ImageData, space: features_li
     return results, outputs, test_images, labels
 
 
-def write_outputs(results: dict, images: dict, output_dir: str, step: int) -> None:
-    """metrics.json, one PNG per figure, and the same as TensorBoard scalars/images."""
+def write_outputs(results: dict, images: dict, output_dir: str, step: int,
+                  drawn: Optional[dict] = None) -> None:
+    """metrics.json, a PNG per drawn figure ({name: matplotlib Figure}), and the metrics and
+    image arrays ({name: [H, W, C]}) as TensorBoard scalars and images."""
     tf.io.gfile.makedirs(output_dir)
-    for name, grid in images.items():
-        visualize.save_png(os.path.join(output_dir, f"{name}.png"), grid)
+    for name, figure in (drawn or {}).items():
+        plots.save_png(figure, os.path.join(output_dir, f"{name}.png"))
     with tf.io.gfile.GFile(os.path.join(output_dir, "metrics.json"), "w") as f:
         f.write(json.dumps(results, indent=2, sort_keys=True))
     writer = tf.summary.create_file_writer(output_dir)
@@ -286,19 +288,23 @@ def write_outputs(results: dict, images: dict, output_dir: str, step: int) -> No
 
 def evaluate(model: Autoencoder, test: data.ImageData, space: features_lib.FeatureSpace,
              output_dir: str, num_samples: int = 10000, seed: int = 0,
-             stats_dir: Optional[str] = None) -> dict:
-    """Compute every metric and figure of `model` and write them to `output_dir`."""
+             stats_dir: Optional[str] = None, training_logs: str = "") -> dict:
+    """Compute every metric and figure of `model` and write them to `output_dir`; with
+    `training_logs` (a workdir) its training curves too."""
     start = time.time()
     results, outputs, test_images, labels = compute_metrics(model, test, space, num_samples,
                                                             seed, stats_dir)
-    images = figures.make_figures(model, outputs, test_images, labels)
-    results["figures"] = sorted(f"{name}.png" for name in images)
+    images, drawn = figures.make_figures(model, outputs, test_images, labels, test.class_names)
+    curves = plots.training_curves(training_logs) if training_logs else None
+    if curves is not None:
+        drawn["training_curves"] = curves
+    results["figures"] = sorted(f"{name}.png" for name in drawn)
     results["projector"] = tensorboard_logs.write_projector(
         os.path.join(output_dir, tensorboard_logs.PROJECTOR_DIR), outputs["codes"], test_images,
         labels, subset_index(test.num_examples, num_samples, seed), test.class_names,
         max(model.step, 0), test.name)
     results["eval_wall_time_s"] = time.time() - start
-    write_outputs(results, images, output_dir, max(model.step, 0))
+    write_outputs(results, images, output_dir, max(model.step, 0), drawn)
     name = space.name
     logging.info("Evaluated %s in %.0f s, in the %s feature space: FID %.3f, KID %.4f, "
                  "precision %.3f, recall %.3f (fid_%s, kid_%s, ... in metrics.json).",
@@ -344,11 +350,11 @@ def evaluate_model(model: Autoencoder, output_dir: str, num_samples: int = 10000
                    seed: int = 0, classifier_dir: str = "", test_data=None,
                    classifier_data=None, classifier_epochs: int = 2,
                    fid_features: Optional[str] = None, inception_path: Optional[str] = None,
-                   stats_cache_dir: Optional[str] = None) -> dict:
+                   stats_cache_dir: Optional[str] = None, training_logs: str = "") -> dict:
     """Evaluate a loaded model; `test_data` (ImageData) and `classifier_data` ((train, test)
     ImageData for the classifier) replace the data set's own splits, for tests. The feature
     settings left None are the model's config's (--fid_features, --inception_path,
-    --stats_cache_dir)."""
+    --stats_cache_dir); `training_logs`: the workdir whose training curves to draw."""
     overrides = dict(fid_features=fid_features, inception_path=inception_path,
                      stats_cache_dir=stats_cache_dir)
     config = model.config.replace(**{k: v for k, v in overrides.items() if v is not None})
@@ -358,13 +364,15 @@ def evaluate_model(model: Autoencoder, output_dir: str, num_samples: int = 10000
                           config.inception_path, classifier_dir, classifier_data,
                           classifier_epochs)
     stats_dir = stats_cache.resolve(config.stats_cache_dir, features_lib.cache_root())
-    return evaluate(model, test, space, output_dir, num_samples, seed, stats_dir)
+    return evaluate(model, test, space, output_dir, num_samples, seed, stats_dir, training_logs)
 
 
 def evaluate_workdir(workdir: str, output_dir: str = "", **kwargs) -> dict:
-    """Evaluate the latest checkpoint of a training run into <workdir>/eval (see evaluate_model)."""
+    """Evaluate the latest checkpoint of a training run, with its training curves, into
+    <workdir>/eval (see evaluate_model)."""
     model = load_from_workdir(workdir)
-    return evaluate_model(model, output_dir or os.path.join(workdir, "eval"), **kwargs)
+    return evaluate_model(model, output_dir or os.path.join(workdir, "eval"),
+                          training_logs=workdir, **kwargs)
 
 
 def evaluate_saved_model(path: str, output_dir: str = "", **kwargs) -> dict:

@@ -29,7 +29,7 @@ from absl import flags, logging
 from wae_tf import cli, fileio, loop, visualize
 from wae_tf import config as config_lib
 from wae_tf.errors import ConfigError
-from wae_tf.evaluation import evaluator
+from wae_tf.evaluation import evaluator, plots
 
 TIMING_FILE = "compare_timing.json"
 NO_VALUE = "—"
@@ -447,18 +447,26 @@ def run_comparison(workdir_root: str, num_samples: int, seed: int, classifier_di
 
 def write_figures(workdir_root: str, names, train_seed: int, suite: str = DEFAULT_SUITE) -> None:
     """compare_samples.png (each model's samples.png at one training seed, in the suite's order,
-    then its fitted sampler's) and compare_interpolations.png (the suite's interpolations)."""
+    then its fitted sampler's) and compare_interpolations.png (the suite's interpolations), each
+    panel under its model's name."""
     spec = get_suite(suite)
+    labels = {run.name: run.label for run in spec.runs}
 
     def eval_png(name, figure):
         return os.path.join(run_dir(workdir_root, name, train_seed), "eval", figure)
-    samples = [eval_png(run.name, "samples.png") for run in spec.runs if run.name in names]
+    samples = [(labels[run.name], eval_png(run.name, "samples.png"))
+               for run in spec.runs if run.name in names]
     if spec.fitted in names:
-        samples.append(eval_png(spec.fitted, "samples_fitted.png"))
-    interpolations = [eval_png(n, "interpolations.png") for n in spec.interpolations
-                      if n in names]
-    for out, paths in (("compare_samples.png", samples),
-                       ("compare_interpolations.png", interpolations)):
-        found = [visualize.read_png(p) for p in paths if tf.io.gfile.exists(p)]
+        samples.append((f"{labels[spec.fitted]} + fitted sampler",
+                        eval_png(spec.fitted, "samples_fitted.png")))
+    interpolations = [(labels[n], eval_png(n, "interpolations.png"))
+                      for n in spec.interpolations if n in names]
+    for out, panels, title in (
+            ("compare_samples.png", samples, "Samples"),
+            ("compare_interpolations.png", interpolations, "Interpolations")):
+        found = [(label, visualize.read_png(p)) for label, p in panels if tf.io.gfile.exists(p)]
         if found:
-            visualize.save_png(os.path.join(workdir_root, out), visualize.hstack(found))
+            figure = plots.panels_figure(
+                [image for _, image in found], [label for label, _ in found],
+                f"{title} of the {suite} comparison's models (training seed {train_seed})")
+            plots.save_png(figure, os.path.join(workdir_root, out))

@@ -25,6 +25,7 @@ from wae_tf.errors import ConfigError
 from wae_tf.model import step as step_lib
 from wae_tf.runtime import checkpoints, cluster
 from wae_tf.serving import saved_model
+from wae_tf.tools import faults
 
 CONFIG = tiny_config(train_steps=4, checkpoint_every=2)
 
@@ -404,9 +405,7 @@ def test_train_stopped_during_its_export_says_so_and_the_rerun_exports(tmp_path)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=300) == 143
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        faults.kill_if_running(process)
     text = open(log).read()
     assert "Traceback" not in text and "Exception encountered" not in text
     assert [line for line in text.splitlines() if line.startswith("stopped: ")] == [

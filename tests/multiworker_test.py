@@ -19,6 +19,7 @@ from wae_tf import data, loop
 from wae_tf.config import Config
 from wae_tf.errors import ConfigError
 from wae_tf.runtime import cluster, lock
+from wae_tf.tools import faults
 
 FLAGS = dict(width_divisor=32, z_dim=4, batch_size=8, train_steps=3, checkpoint_every=2,
              log_every=1, image_every=1000, seed=3, deterministic=True)
@@ -91,9 +92,7 @@ def test_two_workers_finish_and_match_a_single_process_run(tmp_path, kind):
             assert process.wait(timeout=TIMEOUT_S) == 0, _tail(log)
     finally:
         for process, _ in workers:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+            faults.kill_if_running(process)
     assert "on 2 replica(s)" in _tail(workers[0][1], 100000)
     with open(os.path.join(workdir, "results.json")) as f:
         results = json.load(f)
@@ -124,9 +123,7 @@ def test_a_workdir_in_use_stops_every_worker_through_the_chief(tmp_path):
         codes = [process.wait(timeout=TIMEOUT_S) for process, _ in workers]
     finally:
         for process, _ in workers:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+            faults.kill_if_running(process)
     assert codes == [2, 2], [_tail(log) for _, log in workers]
     errors = [[line for line in _tail(log).splitlines() if line.startswith("error: ")]
               for _, log in workers]
@@ -196,9 +193,7 @@ def test_a_signal_stops_a_worker_waiting_for_its_peer(tmp_path, signum, code):
         process.send_signal(signum)
         assert process.wait(timeout=30) == code, _tail(log)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        faults.kill_if_running(process)
     text = _tail(log)
     assert "Traceback" not in text and "while waiting for the cluster" in text, text
     assert not os.path.exists(tmp_path / "run")

@@ -19,6 +19,7 @@ import pytest
 from tests.conftest import REPO, idx_bytes, make_idx_dir, tiny_config
 from wae_tf import config as config_lib
 from wae_tf.runtime import checkpoints, lock
+from wae_tf.tools import faults
 
 FLAGS = ["--width_divisor=32", "--z_dim=4", "--batch_size=8", "--train_steps=1", "--export=false"]
 
@@ -100,9 +101,7 @@ def results(tmp_path_factory):
                              (before[name], _listing(processes_dirs[name])))
     finally:
         for process in processes.values():
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+            faults.kill_if_running(process)
     return outputs
 
 
@@ -160,9 +159,7 @@ def test_a_second_trainer_on_a_workdir_in_use_is_refused_at_once(tmp_path):
         first.send_signal(signal.SIGTERM)
         assert first.wait(timeout=300) == 143
     finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
+        faults.kill_if_running(first)
     assert second.returncode == 2, second.stderr[-3000:]
     errors = [line for line in second.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "Traceback" not in second.stderr

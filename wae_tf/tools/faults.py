@@ -66,6 +66,13 @@ class Fault:
     exit_codes: Tuple[int, ...] = ()  # what the interrupted process must exit with
 
 
+def kill_if_running(process) -> None:
+    """SIGKILL `process` (a subprocess.Popen) and reap it, unless it has exited."""
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
 def faults(kills: int, sigterm: bool = True) -> list:
     """The interruptions of one run, in order."""
     kill = Fault("SIGKILL", signal.SIGKILL, exit_codes=(-9,))
@@ -172,9 +179,7 @@ def _interrupt(options: Options, workdir: str, log_path: str, rng, fault: Fault,
         process.send_signal(fault.signum)
         code = process.wait(timeout=options.timeout)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        kill_if_running(process)
     on_disk = _checkpoint_step(workdir)
     if fault.damage:
         on_disk = _highest_index(workdir)  # what the rerun must find without the state file
@@ -191,9 +196,7 @@ def _run_to_end(options: Options, workdir: str, log_path: str) -> dict:
     try:
         code = process.wait(timeout=options.timeout)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        kill_if_running(process)
     if code != 0:
         raise RuntimeError(f"training failed ({code}): see {log_path}")
     with open(os.path.join(workdir, "results.json")) as f:
@@ -350,9 +353,7 @@ def _run_command(options: Options, command: list, log_path: str) -> int:
     try:
         return process.wait(timeout=options.timeout)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        kill_if_running(process)
 
 
 def one_line(log_path: str) -> str:
@@ -384,9 +385,7 @@ def _export_window(signum: int, codes: Tuple[int, ...]):
             process.send_signal(signum)
             code = process.wait(timeout=options.timeout)
         finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+            kill_if_running(process)
         line = one_line(log)
         rerun = _run_command(options, _scenario_command(options, workdir, *flags),
                              os.path.join(root, "rerun.log"))
@@ -465,9 +464,7 @@ def _second_trainer(options: Options, root: str) -> Tuple[str, bool]:
         first.kill()
         first.wait()
     finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
+        kill_if_running(first)
     saved = _checkpoint_step(workdir)
     rerun_log = os.path.join(root, "rerun.log")
     rerun = _run_command(options, _scenario_command(

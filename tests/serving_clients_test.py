@@ -1,11 +1,15 @@
-"""The serving clients, offline: the README's REST (curl) and gRPC examples and wae-reconstruct
-(wae_tf.serving.rest_client) against stand-ins of TensorFlow Serving's REST and gRPC APIs that
-answer with an exported SavedModel's signatures and refuse what TF Serving would not accept."""
+"""The serving clients, offline: the README's REST (curl, Python) and gRPC examples for a 64x64
+RGB model and wae-reconstruct (wae_tf.serving.rest_client) against stand-ins of TensorFlow
+Serving's REST and gRPC APIs that answer with an exported SavedModel's signatures and refuse what
+TF Serving would not accept. `serve_forever` runs both stand-ins for tests/serving_check_test.py."""
 
 import concurrent.futures
 import http.server
 import json
 import os
+import re
+import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -29,15 +33,25 @@ with open(os.path.join(REPO, "README.md")) as _f:
     README = _f.read()
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """A tiny export of the README's model shape: 28x28x1 images, z_dim 8."""
+def _export(base: str, image_shape) -> tuple:
+    """A tiny export with z_dim 8, as version 7 of `base`, and the SavedModel loaded."""
     config = tiny_config(z_dim=8)
-    state = step_lib.create_state(config, (28, 28, 1), steps_per_epoch=1, num_epochs=1)
-    base = str(tmp_path_factory.mktemp("export"))
-    path = saved_model.export_saved_model(state.encoder, state.decoder, config, (28, 28, 1),
+    state = step_lib.create_state(config, image_shape, steps_per_epoch=1, num_epochs=1)
+    path = saved_model.export_saved_model(state.encoder, state.decoder, config, image_shape,
                                           base, 7)
     return path, tf.saved_model.load(path)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Fashion-MNIST's shape: 28x28x1 images."""
+    return _export(str(tmp_path_factory.mktemp("export")), (28, 28, 1))
+
+
+@pytest.fixture(scope="module")
+def exported_rgb64(tmp_path_factory):
+    """The README's model: a 64x64 RGB folder's."""
+    return _export(str(tmp_path_factory.mktemp("export_rgb64")), (64, 64, 3))
 
 
 def _run_signature(model, name: str, inputs: dict) -> dict:
@@ -50,7 +64,7 @@ def _run_signature(model, name: str, inputs: dict) -> dict:
     return {k: v.numpy() for k, v in outputs.items()}
 
 
-def _metadata(path: str) -> dict:
+def _metadata(path: str, version: str) -> dict:
     """GET /v1/models/<model>/metadata as TF Serving answers it: the SignatureDefMap printed with
     the proto field names and every field."""
     saved_model = saved_model_pb2.SavedModel()
@@ -59,16 +73,20 @@ def _metadata(path: str) -> dict:
     signature_defs = {name: json_format.MessageToDict(
         definition, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
         for name, definition in saved_model.meta_graphs[0].signature_def.items()}
-    return {"model_spec": {"name": MODEL, "signature_name": "", "version": "7"},
+    return {"model_spec": {"name": MODEL, "signature_name": "", "version": version},
             "metadata": {"signature_def": {"signature_def": signature_defs}}}
 
 
 class _RestHandler(http.server.BaseHTTPRequestHandler):
-    """TF Serving's REST API for one model: metadata, and predict in the columnar format
-    ({"signature_name", "inputs"}), with {"error": ...} and 400/404 for anything else."""
+    """TF Serving's REST API for one model: its status, metadata, and predict in the columnar
+    format ({"signature_name", "inputs"}), with {"error": ...} and 400/404 for anything else."""
 
     def do_GET(self):  # noqa: N802 (http.server's name)
         self.server.requests.append(("GET", self.path, None, self.headers.get("Content-Type")))
+        if self.path == f"/v1/models/{MODEL}":
+            return self._answer(200, {"model_version_status": [
+                {"version": self.server.version, "state": "AVAILABLE",
+                 "status": {"error_code": "OK", "error_message": ""}}]})
         if self.path != f"/v1/models/{MODEL}/metadata":
             return self._answer(404, {"error": f"Servable not found for request: {self.path}"})
         return self._answer(200, self.server.metadata)
@@ -103,13 +121,26 @@ class _RestHandler(http.server.BaseHTTPRequestHandler):
         del args
 
 
+def _rest_server(path: str, model, version: str = "7", port: int = 0):
+    """A started stand-in of TF Serving's REST API serving `model` (loaded from `path`)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), _RestHandler)
+    server.model, server.metadata, server.requests = model, _metadata(path, version), []
+    server.version = version
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 @pytest.fixture(scope="module")
 def rest_server(exported):
-    path, model = exported
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RestHandler)
-    server.model, server.metadata, server.requests = model, _metadata(path), []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = _rest_server(*exported)
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def rest_server_rgb64(exported_rgb64):
+    server = _rest_server(*exported_rgb64)
     yield server
     server.shutdown()
     server.server_close()
@@ -167,20 +198,6 @@ def test_client_errors_say_what_is_wrong(rest_server, tmp_path):
     assert not os.path.exists(out)
 
 
-@pytest.mark.slow
-def test_the_entry_point_writes_the_png_and_prints_what_it_did(rest_server, tmp_path):
-    image = _png(tmp_path / "x.png", np.full((28, 28, 1), 128, np.uint8))
-    out = str(tmp_path / "out.png")
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
-    result = subprocess.run(
-        [sys.executable, "-m", "wae_tf.reconstruct", f"--image={image}", f"--out={out}",
-         f"--server={_url(rest_server)}"], cwd=REPO, env=env, capture_output=True, text=True,
-        timeout=300, check=False)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert json.loads(result.stdout.strip().splitlines()[-1])["out"] == out
-    assert visualize.read_png(out).shape == (28, 28, 1)
-
-
 def _readme_block(first_line_start: str) -> list:
     """The lines of the README's indented code block whose first line starts so, dedented."""
     lines = README.splitlines()
@@ -193,28 +210,69 @@ def _readme_block(first_line_start: str) -> list:
     return block
 
 
-def test_the_readme_rest_examples_are_answered(rest_server):
-    commands = []  # one per line, continued after a trailing backslash
+def _readme_rest_commands() -> list:
+    """The README's REST examples: one command per line, continued after a trailing backslash."""
+    commands = []
     for line in _readme_block("curl -s localhost:8501"):
         if commands and commands[-1].endswith("\\"):
             commands[-1] += "\n" + line
         elif line.strip():
             commands.append(line)
-    assert len(commands) == 4, commands  # sample, decode, encode, reconstruct
+    return commands
+
+
+def test_the_readme_rest_examples_are_answered(rest_server_rgb64):
+    commands = [c for c in _readme_rest_commands() if "curl" in c]
+    assert len(commands) == 3, commands  # sample, decode, encode
     answers = []
     for command in commands:
-        command = command.replace("localhost:8501", f"127.0.0.1:{rest_server.server_address[1]}")
+        command = command.replace("localhost:8501", _url(rest_server_rgb64)[len("http://"):])
         result = subprocess.run(["bash", "-c", command], capture_output=True, text=True,
                                 timeout=120, check=True)
         answers.append(json.loads(result.stdout)["outputs"])
-    sample, decode, encode, reconstruct = answers
-    assert np.shape(sample) == (3, 28, 28, 1) and np.shape(decode) == (1, 28, 28, 1)
+    sample, decode, encode = answers  # sole outputs, unnamed
+    assert np.shape(sample) == (3, 64, 64, 3) and np.shape(decode) == (1, 64, 64, 3)
     assert np.shape(encode) == (1, 8)
-    assert np.shape(reconstruct["images"]) == (1, 28, 28, 1)
-    assert np.shape(reconstruct["z"]) == (1, 8)
 
 
-def _grpc_server(model):
+def test_the_readme_python_request_from_a_png_is_answered(rest_server_rgb64, exported_rgb64,
+                                                          tmp_path):
+    code = re.search(r"```python\n(from wae_tf.serving import rest_client\n.*?)```", README,
+                     re.S).group(1)
+    photo = np.random.default_rng(1).integers(0, 256, (80, 100, 3), np.uint8)
+    code = code.replace('"photo.png"', repr(_png(tmp_path / "photo.png", photo))).replace(
+        "http://localhost:8501", _url(rest_server_rgb64))
+    namespace = {}
+    exec(compile(code, "README.md (REST from a PNG)", "exec"), namespace)  # noqa: S102
+    sent = np.asarray(namespace["body"]["inputs"]["images"], np.float32)  # [1, 64, 64, 3]
+    prepared = images.preprocess(64, 3, 0)(tf.io.encode_png(photo)).numpy() / 255.0
+    np.testing.assert_allclose(sent[0], prepared, atol=1e-7)
+    expected = _run_signature(exported_rgb64[1], "reconstruct", {"images": sent})
+    outputs = namespace["outputs"]
+    assert sorted(outputs) == ["images", "z"]
+    np.testing.assert_allclose(outputs["images"], expected["images"], atol=1e-6)
+    np.testing.assert_allclose(outputs["z"], expected["z"], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_the_readme_wae_reconstruct_command_writes_the_png(rest_server_rgb64, tmp_path):
+    (command,) = [c for c in _readme_rest_commands() if c.startswith("wae-reconstruct")]
+    photo = np.random.default_rng(2).integers(0, 256, (50, 70, 3), np.uint8)
+    with open(tmp_path / "photo.jpg", "wb") as f:
+        f.write(tf.io.encode_jpeg(photo).numpy())
+    out = str(tmp_path / "photo_reconstruction.png")
+    command = command.replace("photo.jpg", str(tmp_path / "photo.jpg")).replace(
+        "photo_reconstruction.png", out).replace("http://localhost:8501", _url(rest_server_rgb64))
+    args = [sys.executable, "-m", "wae_tf.reconstruct", *shlex.split(command)[1:]]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["out"] == out
+    assert visualize.read_png(out).shape == (64, 64, 3)
+
+
+def _grpc_server(model, port: int = 0):
     """A started gRPC server answering TF Serving's PredictionService.Predict for `model`, and
     its port (skips the test without tensorflow-serving-api)."""
     grpc = pytest.importorskip("grpc")
@@ -240,13 +298,13 @@ def _grpc_server(model):
 
     server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=2))
     services.add_PredictionServiceServicer_to_server(PredictionService(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
     return server, port
 
 
-def test_the_readme_grpc_example_is_answered(exported):
-    server, port = _grpc_server(exported[1])
+def test_the_readme_grpc_example_is_answered(exported_rgb64):
+    server, port = _grpc_server(exported_rgb64[1])
     try:
         code = "\n".join(_readme_block("import grpc")).replace("localhost:8500",
                                                                  f"127.0.0.1:{port}")
@@ -255,6 +313,18 @@ def test_the_readme_grpc_example_is_answered(exported):
     finally:
         server.stop(None)
     samples, codes = namespace["samples"], namespace["codes"]
-    expected = _run_signature(exported[1], "sample", {"seed": np.array([1, 2, 3])})["images"]
-    assert samples.shape == (3, 28, 28, 1) and codes.shape == (3, 8)
-    np.testing.assert_allclose(samples, expected, atol=1e-6)
+    expected = _run_signature(exported_rgb64[1], "sample", {"seed": np.array([1, 2, 3])})
+    assert samples.shape == (3, 64, 64, 3) and codes.shape == (3, 8)
+    np.testing.assert_allclose(samples, expected["images"], atol=1e-6)
+
+
+def serve_forever(path: str, version: str, rest_port: str, grpc_port: str) -> None:
+    """Both stand-ins on 127.0.0.1 for the SavedModel at `path` as `version` of model "wae",
+    until killed: the fake `docker run` of tests/serving_check_test.py."""
+    # Importing conftest made a cache directory that no pytest_unconfigure removes here.
+    shutil.rmtree(os.environ["XDG_CACHE_HOME"], ignore_errors=True)
+    model = tf.saved_model.load(path)
+    servers = _rest_server(path, model, version, int(rest_port)), _grpc_server(model,
+                                                                               int(grpc_port))
+    threading.Event().wait()
+    del servers  # kept until killed: a gRPC server no longer referenced stops

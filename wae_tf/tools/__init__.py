@@ -1,1 +1,1 @@
-"""Developer tools: the benchmark, fault injection, the paper's comparison."""
+"""Developer tools: the benchmark, fault injection, the paper's comparison, the serving check."""

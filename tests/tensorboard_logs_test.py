@@ -14,7 +14,7 @@ from tensorboard.plugins.hparams import metadata as hparams_metadata
 
 from tests.conftest import make_images
 from wae_tf import config as config_lib
-from wae_tf import fileio, visualize
+from wae_tf import data, fileio, visualize
 from wae_tf.evaluation import evaluator
 from wae_tf.runtime import tensorboard_logs
 
@@ -110,7 +110,7 @@ def test_evaluate_writes_the_codes_labels_and_sprite_to_the_projector(evaluated)
     sprite = visualize.read_png(os.path.join(directory, embedding.sprite.image_path))
     assert sprite.shape == (5 * 28, 5 * 28, 1)
     lines = open(os.path.join(directory, embedding.metadata_path)).read().splitlines()
-    index = evaluator.subset_index(24, 20, seed=3)
+    index = data.subset_indices(24, 20, seed=3)
     labels = evaluated["test"].labels[index]  # synthetic labels: test index mod 10
     assert lines == ["test_index\tlabel"] + [f"{i}\t{label}" for i, label in zip(index, labels)]
     np.testing.assert_array_equal(np.round(sprite[:28, 28:56] * 255),  # the second image

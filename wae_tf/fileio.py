@@ -97,3 +97,9 @@ def remove_if_empty(directory: str) -> None:
     """Delete `directory` if it exists and holds nothing."""
     if tf.io.gfile.isdir(directory) and not tf.io.gfile.listdir(directory):
         tf.io.gfile.rmtree(directory)
+
+
+def cache_root() -> str:
+    """wae_tf's cache directory: $XDG_CACHE_HOME/wae_tf, ~/.cache/wae_tf without it."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "wae_tf")

@@ -14,6 +14,7 @@ from wae_tf.data.folders import (
     class_labels,
     class_names,
     crop_of,
+    has_split_folders,
     image_dataset,
     in_test_split,
     list_images,
@@ -31,7 +32,7 @@ from wae_tf.data.pipeline import (
 from wae_tf.data.sources import ImageData, ImageFiles, ImageRows, load_split, read_idx
 
 __all__ = ["EXTENSIONS", "ImageData", "ImageFiles", "ImageRows", "center_crop_and_resize",
-           "class_labels", "class_names", "crop_of", "distribute", "image_dataset",
-           "in_test_split", "list_images", "load_split", "make_eval_dataset",
+           "class_labels", "class_names", "crop_of", "distribute", "has_split_folders",
+           "image_dataset", "in_test_split", "list_images", "load_split", "make_eval_dataset",
            "make_subset_dataset", "make_train_dataset", "materialize", "preprocess", "read_idx",
            "steps_per_epoch", "subset_indices", "to_float"]

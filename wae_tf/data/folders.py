@@ -40,10 +40,15 @@ def in_test_split(relative_path: str, seed: int, test_fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") % _HASH_BUCKETS < test_fraction * _HASH_BUCKETS
 
 
+def has_split_folders(root: str) -> bool:
+    """Whether `root` holds train/ and test/, which then are the splits."""
+    return all(tf.io.gfile.isdir(os.path.join(root, name)) for name in ("train", "test"))
+
+
 def split_files(config: Config, split: str) -> Tuple[str, List[str]]:
     """(the directory labels are relative to, the files of `split`)."""
     root = config.data_dir
-    if all(tf.io.gfile.isdir(os.path.join(root, name)) for name in ("train", "test")):
+    if has_split_folders(root):
         base = os.path.join(root, split)
         return base, list_images(base)
     files = list_images(root)

@@ -116,20 +116,6 @@ def prior_samples(config: Config, num: int, seed: int, tag: int) -> np.ndarray:
                                      tf.constant([seed, tag], tf.int64)).numpy()
 
 
-def subset_index(num_examples: int, num: int, seed: int) -> np.ndarray:
-    """Indices [n] of the min(num, N) test images evaluated: all, in order, if num >= N; else a
-    seeded random subset, sorted."""
-    if num >= num_examples:
-        return np.arange(num_examples)
-    return np.sort(np.random.default_rng(seed).choice(num_examples, num, replace=False))
-
-
-def select_test(test: data.ImageData, num: int, seed: int):
-    """The test images of subset_index: float32 images [n, H, W, C] in [0, 1] and labels [n]."""
-    index = subset_index(test.num_examples, num, seed)
-    return test.images[index].astype(np.float32) / 255.0, test.labels[index]
-
-
 def real_features(config: Config, test: data.ImageData, index: np.ndarray,
                   space: features_lib.FeatureSpace, seed: int,
                   cache_dir: Optional[str]) -> stats_cache.RealFeatures:
@@ -244,7 +230,7 @@ def compute_metrics(model: Autoencoder, test: data.ImageData, space: features_li
                     num_samples: int, seed: int, stats_dir: Optional[str] = None) -> tuple:
     """(metrics dict, model outputs, test images, labels) on min(num_samples, N) test images;
     `stats_dir` caches the test images' features (None: not cached)."""
-    index = subset_index(test.num_examples, num_samples, seed)
+    index = data.subset_indices(test.num_examples, num_samples, seed)
     test_images = test.images[index].astype(np.float32) / 255.0  # [n, H, W, C]
     labels = test.labels[index]
     outputs = run_model(model, test_images, num_samples, seed)
@@ -301,7 +287,7 @@ def evaluate(model: Autoencoder, test: data.ImageData, space: features_lib.Featu
     results["figures"] = sorted(f"{name}.png" for name in drawn)
     results["projector"] = tensorboard_logs.write_projector(
         os.path.join(output_dir, tensorboard_logs.PROJECTOR_DIR), outputs["codes"], test_images,
-        labels, subset_index(test.num_examples, num_samples, seed), test.class_names,
+        labels, data.subset_indices(test.num_examples, num_samples, seed), test.class_names,
         max(model.step, 0), test.name)
     results["eval_wall_time_s"] = time.time() - start
     write_outputs(results, images, output_dir, max(model.step, 0), drawn)
@@ -363,7 +349,7 @@ def evaluate_model(model: Autoencoder, output_dir: str, num_samples: int = 10000
     space = feature_space(config, model.image_shape, test, config.fid_features,
                           config.inception_path, classifier_dir, classifier_data,
                           classifier_epochs)
-    stats_dir = stats_cache.resolve(config.stats_cache_dir, features_lib.cache_root())
+    stats_dir = stats_cache.resolve(config.stats_cache_dir, fileio.cache_root())
     return evaluate(model, test, space, output_dir, num_samples, seed, stats_dir, training_logs)
 
 

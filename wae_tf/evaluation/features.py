@@ -3,7 +3,7 @@ TTUR feeds it, wae_tf's own classifier, or a user's SavedModel, each seen as a F
 
 `inception` is the standard: pool3 (2048-d) of the 2015-12-05 Inception graph, the features of
 TTUR's fid.py, which pytorch-fid, clean-fid's legacy mode and torch-fidelity port. The graph is
-fetched once into the cache (`cache_root()`/inception) and its checksum checked, or read from
+fetched once into the cache (`fileio.cache_root()`/inception) and its checksum checked, or read from
 --inception_path. `classifier` (wae_tf.evaluation.classifier) is fast and offline, but its
 numbers compare only within wae_tf. A SavedModel maps float32 images [N, H, W, C] in [0, 1] to
 features [N, D] for a domain of the user's own.
@@ -70,12 +70,6 @@ class FeatureSpace:
         """metrics.json's "feature_space"."""
         return dict(name=self.name, dim=int(dim), preprocessing=self.preprocessing,
                     source=self.source)
-
-
-def cache_root() -> str:
-    """$XDG_CACHE_HOME/wae_tf, ~/.cache/wae_tf without it."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(root, "wae_tf")
 
 
 def space_name(fid_features: str, has_labels: bool) -> str:
@@ -145,10 +139,10 @@ def inception_graph_path(inception_path: str = "", cache_dir: str = "", url: str
     """The checked classify_image_graph_def.pb: --inception_path's (a .pb, or a .tgz extracted
     into the cache), else the cache's, else fetched from `url` into the cache once.
 
-    Defaults: `cache_dir` cache_root()/inception (a .tgz put there is extracted too), `url`
+    Defaults: `cache_dir` fileio.cache_root()/inception (a .tgz put there is extracted too), `url`
     INCEPTION_URL, `md5` INCEPTION_MD5 (read when called, so tests can replace them).
     """
-    cache_dir = cache_dir or os.path.join(cache_root(), "inception")
+    cache_dir = cache_dir or os.path.join(fileio.cache_root(), "inception")
     url, md5 = url or INCEPTION_URL, md5 or INCEPTION_MD5
     cached = os.path.join(cache_dir, INCEPTION_PB)
     if inception_path:

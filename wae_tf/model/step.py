@@ -103,7 +103,7 @@ def create_state(config: Config, image_shape, steps_per_epoch: int, num_epochs: 
     """Models (see create_models), optimizers and step counter; call inside `strategy.scope()`.
 
     The optimizers are built eagerly here: a Keras optimizer first built inside `strategy.run`
-    fails in graph mode (keras issue 23085).
+    fails in graph mode (keras-team/keras#23085).
     """
     models = create_models(config, image_shape, layer_set)
     ae_opt, disc_opt = create_optimizers(config, steps_per_epoch, num_epochs)
@@ -304,7 +304,7 @@ def make_pretrain_fn(config: Config, state: TrainState, strategy) -> Callable:
     with strategy.scope():
         optimizer = keras.optimizers.Adam(config.learning_rate, beta_1=config.adam_beta1,
                                           beta_2=config.adam_beta2, name="pretrain_adam")
-        optimizer.build(variables)  # eagerly, in scope (keras issue 23085)
+        optimizer.build(variables)  # eagerly, in scope (keras-team/keras#23085)
 
     def replica_step(images, step):
         ctx = tf.distribute.get_replica_context()

@@ -32,9 +32,8 @@ _SOURCES = ("convs.py", "winograd.py")
 
 
 def default_path() -> str:
-    """$XDG_CACHE_HOME/wae_tf/conv_plans.json, ~/.cache/... without it."""
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(root, "wae_tf", "conv_plans.json")
+    """fileio.cache_root()/conv_plans.json."""
+    return os.path.join(fileio.cache_root(), "conv_plans.json")
 
 
 def resolve(flag: str) -> Optional[str]:

@@ -80,7 +80,7 @@ def labels_and_splits(images_dir: str, paths: List[str], config: config_lib.Conf
     """(labels int64 [N], splits [N] of "train"/"test", class names) of the files as training on
     this folder saw them: DIR/train and DIR/test are the splits if both exist, otherwise the hash
     of (--seed, path) the export's run used; labels index the first-level class folders."""
-    if all(os.path.isdir(os.path.join(images_dir, s)) for s in ("train", "test")):
+    if data.has_split_folders(images_dir):
         splits = [os.path.relpath(p, images_dir).split(os.sep)[0] for p in paths]
         labels, classes = np.zeros(len(paths), np.int64), ()
         for split in ("train", "test"):

@@ -115,3 +115,46 @@ def test_tuned_conv_refuses_what_it_cannot_compute():
         fast_layers.TunedConv2D(4, 3, padding="valid", plan=convs.ALL_NATIVE)
     with pytest.raises(ValueError, match="plan or a planner"):
         fast_layers.TunedConv2D(4, 3)
+
+
+def _fake_timing(monkeypatch):
+    """Every layer is timed (MIN_TUNED_FLOPS 0) by a stand-in that picks matmuls at once;
+    returns the list of the shapes it timed."""
+    timed = []
+    monkeypatch.setattr(convs, "_PLANS", {})
+    monkeypatch.setattr(convs, "_TUNED", [])
+    monkeypatch.setattr(convs, "MIN_TUNED_FLOPS", 0)
+    monkeypatch.setattr(convs, "_time_parts", lambda shape, dtype: (
+        timed.append(shape) or convs.matmul_plan(shape), {}))
+    return timed
+
+
+def test_deferred_tuning_starts_on_the_rule_and_times_later(monkeypatch, tmp_path):
+    """With defer_tuning, untimed layers start on convs.rule_plan (nothing timed while
+    building); time_untimed times them, stops between layers when asked, and the plans it timed
+    serve later models from this process and from the plan cache file."""
+    timed = _fake_timing(monkeypatch)
+    config = tiny_config(conv_plan_cache=str(tmp_path / "plans.json"))
+    build = lambda: networks.make_encoder(  # noqa: E731
+        config, (28, 28, 1), fast_layers.training_layers(config, defer_tuning=True))
+    encoder = build()
+    rule = [str(convs.ALL_NATIVE)] * 3 + [str(convs.ALL_MATMUL)]  # the last conv: to 2x2
+    assert _conv_plans(encoder) == rule and not timed
+    assert len(fast_layers.untimed(config, [encoder])) == 4
+    assert fast_layers.time_untimed(config, [encoder], should_stop=lambda: len(timed) == 2) == 2
+    assert len(timed) == 2 and len(fast_layers.untimed(config, [encoder])) == 2
+    assert fast_layers.time_untimed(config, [encoder]) == 1  # the 2x2 conv had matmuls already
+    assert _conv_plans(encoder) == [str(convs.ALL_MATMUL)] * 4 and len(timed) == 4
+    assert not fast_layers.untimed(config, [encoder])
+    assert _conv_plans(build()) == [str(convs.ALL_MATMUL)] * 4 and len(timed) == 4
+    monkeypatch.setattr(convs, "_PLANS", {})  # as a new process: the file has them
+    assert _conv_plans(build()) == [str(convs.ALL_MATMUL)] * 4 and len(timed) == 4
+
+
+@pytest.mark.parametrize("overrides", [dict(deterministic=True), dict(conv_impl="native")])
+def test_nothing_is_left_to_time_where_auto_does_not_time(monkeypatch, overrides):
+    _fake_timing(monkeypatch)
+    config = tiny_config(conv_plan_cache="", **overrides)
+    encoder = networks.make_encoder(config, (28, 28, 1),
+                                    fast_layers.training_layers(config, defer_tuning=True))
+    assert not fast_layers.untimed(config, [encoder])

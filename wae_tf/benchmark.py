@@ -1,6 +1,6 @@
 """Entry point: python -m wae_tf.benchmark [--width_divisors=1,4] [--regularizers=mmd,gan]
 [--quick] times training and serving against this machine's matmul speed
-(wae_tf.tools.benchmarking)."""
+(wae_tf.tools.benchmarking); --startup times the start of training (wae_tf.tools.startup)."""
 
 import json
 import sys
@@ -10,7 +10,8 @@ from absl import app, flags
 
 from wae_tf import cli
 from wae_tf.config import CHOICES
-from wae_tf.tools import benchmarking
+from wae_tf.perf import hardware
+from wae_tf.tools import benchmarking, startup
 
 
 def define_flags() -> None:
@@ -47,6 +48,9 @@ def define_flags() -> None:
                          "and print where the time goes: each conv layer part against the "
                          "limit, the other op types (wae_tf.perf.op_profile). 0 = no profile.")
     flags.DEFINE_bool("quick", False, "A tiny network and few steps: checks that everything runs.")
+    flags.DEFINE_bool("startup", False, "Instead: time to first step of the main command and of "
+                      "a 64x64 folder at width 4 (--input_dir, else synthetic images) with an "
+                      "empty conv plan cache, and the steady speed after (wae_tf.tools.startup).")
 
 
 def options_from_flags() -> benchmarking.Options:
@@ -73,6 +77,10 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     tf.config.threading.set_inter_op_parallelism_threads(flags.FLAGS.inter_op_threads)
     tf.config.threading.set_intra_op_parallelism_threads(flags.FLAGS.intra_op_threads)
+    if flags.FLAGS.startup:
+        print(f"CPU: {hardware.cpu_isa()}; load average {benchmarking.machine_load()}")
+        print(startup.run(flags.FLAGS.input_dir))
+        return
     if flags.FLAGS.write_images:
         benchmarking.write_synthetic_images(flags.FLAGS.input_dir, flags.FLAGS.write_images)
     results = benchmarking.run(options_from_flags())

@@ -38,8 +38,8 @@ PATH_FIELDS = ("data_dir", "cache_dir", "tfds_data_dir", "conv_plan_cache", "exp
 RESUMABLE_FIELDS = ("train_steps", "epochs", "data_dir", "in_memory", "cache_dir",
                     "skip_bad_images", "tfds_data_dir", "tfds_download", "shuffle_buffer",
                     "steps_per_loop", "jit_compile", "conv_impl", "conv_plan_cache",
-                    "deterministic", "strategy", "cpu_devices", "cluster_timeout",
-                    "checkpoint_every", "keep_checkpoints",
+                    "conv_tune_min_steps", "deterministic", "strategy", "cpu_devices",
+                    "cluster_timeout", "checkpoint_every", "keep_checkpoints",
                     "log_every", "progress", "image_every", "export_dir", "export",
                     "sampler_components", "fid_features", "inception_path", "stats_cache_dir")
 
@@ -153,12 +153,17 @@ class Config:
                                "measured).")
     conv_impl: str = _field("auto", "How the stride-2 convs, transposed convs and the decoder's "
                             "output layer compute their forward pass and gradients: auto (TF's "
-                            "kernels with a GPU; on CPUs each part timed as TF's kernel, matmul, "
-                            "sub-pixel and Winograd forms on the layer's shapes and the fastest "
-                            "kept, in --conv_plan_cache for later runs; with "
-                            "--deterministic a fixed rule: matmuls for convs to 2x2 outputs) | "
-                            "native (TF's kernels) | patches (matmuls wherever there is a form). "
-                            "Same variables either way.")
+                            "kernels with a GPU; on CPUs a fixed rule (matmuls for convs to 2x2 "
+                            "outputs, else TF's kernels) until each part has been timed as TF's "
+                            "kernel, matmul, sub-pixel and Winograd forms on the layer's shapes: "
+                            "after the first step in runs of --conv_tune_min_steps or more, then "
+                            "kept in --conv_plan_cache for every later run; --deterministic keeps "
+                            "the rule) | native (TF's kernels) | patches (matmuls wherever there "
+                            "is a form). Same variables either way.")
+    conv_tune_min_steps: int = _field(2000, "With --conv_impl=auto: time the conv forms only in "
+                                      "runs with at least this many steps left (timing costs "
+                                      "about 100 steps' worth, more than a short run gains); 0 = "
+                                      "in every run.")
     conv_plan_cache: str = _field("auto", "The JSON file that keeps --conv_impl=auto's timings "
                                   "across processes, reused on the same machine, TF and code "
                                   "(timing the 64x64 networks' layers takes minutes on a CPU): "
@@ -246,7 +251,7 @@ class Config:
                 raise ConfigError(f"--{name} must be positive, got {getattr(self, name)}.")
         for name in ("lambda_reg", "input_noise", "rbf_sigma2", "train_steps", "epochs",
                      "cpu_devices", "image_size", "init_std", "encoder_pretrain_steps",
-                     "sampler_components"):
+                     "sampler_components", "conv_tune_min_steps"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}.")
         if not 0 < self.batchnorm_epsilon < 1:

@@ -205,8 +205,8 @@ def _run(config, workdir, strategy, data_override, stop) -> dict:
     with strategy.scope():
         state = step_lib.create_state(config, train.image_shape, steps_per_epoch,
                                       config.epochs or -(-total_steps // steps_per_epoch),
-                                      fast_layers.training_layers(config))
-    if summary := convs.tuning_summary():  # the conv forms timed while building
+                                      fast_layers.training_layers(config, defer_tuning=True))
+    if summary := convs.tuning_summary():  # the conv forms found in the plan cache
         logging.info(summary)
     manager = checkpoints.create_manager(state.checkpoint(), workdir, config, strategy)
     checkpoints.restore_latest(manager, os.path.join(workdir, "checkpoints"))  # the chief's
@@ -392,6 +392,23 @@ def _call(train_fn, iterator, num: int) -> dict:
                           "them out), or fix the files.") from None
 
 
+def _models_to_time(config, state, steps_left: int) -> tuple:
+    """The models whose conv layers --conv_impl=auto times after the first step (none in runs
+    shorter than --conv_tune_min_steps: they keep the fixed rule), said in one line."""
+    models = (state.encoder, state.decoder)
+    untimed = fast_layers.untimed(config, models)
+    if not untimed:
+        return ()
+    if steps_left < config.conv_tune_min_steps:
+        logging.info("Conv forms of %d layers: a fixed rule, untimed (%d steps left, "
+                     "--conv_tune_min_steps=%d).", len(untimed), steps_left,
+                     config.conv_tune_min_steps)
+        return ()
+    logging.info("Conv forms of %d layers: timed after the first step (%d steps left), then "
+                 "kept in the plan cache.", len(untimed), steps_left)
+    return models
+
+
 def _run_loop(config, state, strategy, iterator, manager, total_steps, test_set, stop,
               show_progress) -> dict:
     """Call the compiled steps until `total_steps`, logging, drawing and checkpointing;
@@ -403,6 +420,7 @@ def _run_loop(config, state, strategy, iterator, manager, total_steps, test_set,
     train_fn = step_lib.make_train_fn(config, state, strategy)
     step, metrics = int(state.step.numpy()), {}
     first, window_start, window_step = step, time.time(), step
+    to_time = _models_to_time(config, state, total_steps - step)
     signums = [0]
     while step < total_steps:
         signums = cluster.all_workers(strategy, stop.received)
@@ -420,6 +438,13 @@ def _run_loop(config, state, strategy, iterator, manager, total_steps, test_set,
             _log_scalars(metrics, lr, step, rate,
                          (total_steps - step) * config.batch_size / rate)
             window_start, window_step = time.time(), step
+        if to_time and previous == first:  # after the first step, not before it
+            changed = fast_layers.time_untimed(config, to_time, lambda: stop.received)
+            if changed:
+                train_fn = step_lib.make_train_fn(config, state, strategy)  # the new forms
+            logging.info("%s%s", convs.tuning_summary(), f" {changed} changed form: the next "
+                         "step traces them." if changed else "")
+            window_start = time.time()
         if crossed(config.image_every):
             test_set.write_images(config, step)
         if crossed(config.checkpoint_every):

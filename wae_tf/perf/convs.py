@@ -552,6 +552,32 @@ def _cached_plan(shape: LayerShape, dtype, entry: Optional[dict]) -> Optional[Co
     return ConvPlan(**plan) if valid else None
 
 
+def rule_plan(shape: LayerShape) -> ConvPlan:
+    """The plan of a fixed rule, for layers not timed: matmuls for stride-2 convs to outputs of
+    2x2 or less, whose TF kernels were several times slower on every CPU measured
+    (docs/performance.md), TF's kernels otherwise."""
+    small = not shape.transpose and shape.stride == 2 and shape.out <= 2
+    return matmul_plan(shape) if small else ALL_NATIVE
+
+
+def known_plan(shape: LayerShape, dtype=tf.float32,
+               cache: Optional[str] = None) -> Optional[ConvPlan]:
+    """What tune(shape, dtype, cache) returns without timing anything: TF's kernels for layers
+    under MIN_TUNED_FLOPS or inside a graph, a plan timed before in this process or found in
+    the plan cache file; None if the layer still has to be timed."""
+    if shape.forward_flops < MIN_TUNED_FLOPS or not tf.executing_eagerly():
+        return ALL_NATIVE
+    key = (shape, tf.as_dtype(dtype).name)
+    if key not in _PLANS and cache:
+        plan = _cached_plan(shape, dtype, plan_cache.lookup(cache, plan_cache.entry_key(
+            shape, key[1])))
+        if plan is not None:
+            logging.debug("%s: %s [timed before, from %s]", _describe(shape), plan, cache)
+            _TUNED.append(None)
+            _PLANS[key] = plan
+    return _PLANS.get(key)
+
+
 def tune(shape: LayerShape, dtype=tf.float32, cache: Optional[str] = None) -> ConvPlan:
     """The faster form of each part of one layer on this machine, timed on its own shapes;
     parts without a matmul form stay native. Cached per process, and in the JSON file `cache`
@@ -560,25 +586,17 @@ def tune(shape: LayerShape, dtype=tf.float32, cache: Optional[str] = None) -> Co
     Layers under MIN_TUNED_FLOPS, and calls that cannot run ops eagerly (inside a graph), get
     TF's kernels.
     """
-    if shape.forward_flops < MIN_TUNED_FLOPS or not tf.executing_eagerly():
-        return ALL_NATIVE
-    key = (shape, tf.as_dtype(dtype).name)
-    if key not in _PLANS:
-        entry_key = plan_cache.entry_key(shape, key[1]) if cache else None
-        plan = _cached_plan(shape, dtype, plan_cache.lookup(cache, entry_key)) if cache else None
-        if plan is not None:
-            logging.debug("%s: %s [timed before, from %s]", _describe(shape), plan, cache)
-            _TUNED.append(None)
-        else:
-            start = time.perf_counter()
-            plan, seconds = _time_parts(shape, dtype)
-            timings = "; ".join(f"{part} " + " ".join(f"{impl} {1e3 * s:.1f} ms" for impl, s in
-                                                        t.items()) for part, t in seconds.items())
-            _TUNED.append(time.perf_counter() - start)
-            logging.debug("%s: %s [%s; tuned in %.1f s]", _describe(shape), plan, timings,
-                          _TUNED[-1])
-            if cache:
-                plan_cache.store(cache, entry_key, dataclasses.asdict(plan), seconds,
-                                 _describe(shape))
-        _PLANS[key] = plan
-    return _PLANS[key]
+    plan = known_plan(shape, dtype, cache)
+    if plan is not None:
+        return plan
+    start = time.perf_counter()
+    plan, seconds = _time_parts(shape, dtype)
+    timings = "; ".join(f"{part} " + " ".join(f"{impl} {1e3 * s:.1f} ms" for impl, s in
+                                                t.items()) for part, t in seconds.items())
+    _TUNED.append(time.perf_counter() - start)
+    logging.debug("%s: %s [%s; tuned in %.1f s]", _describe(shape), plan, timings, _TUNED[-1])
+    if cache:
+        plan_cache.store(cache, plan_cache.entry_key(shape, tf.as_dtype(dtype).name),
+                         dataclasses.asdict(plan), seconds, _describe(shape))
+    _PLANS[(shape, tf.as_dtype(dtype).name)] = plan
+    return plan

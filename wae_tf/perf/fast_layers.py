@@ -20,12 +20,23 @@ from wae_tf.model import networks
 from wae_tf.perf import convs, plan_cache
 
 
-def conv_plan(config: Config, shape: convs.LayerShape) -> convs.ConvPlan:
+def _timed_on_this_machine(config: Config) -> bool:
+    """Whether --conv_impl=auto times the layers: on CPUs, unless --deterministic."""
+    return (config.conv_impl == "auto" and not config.deterministic
+            and not tf.config.list_logical_devices("GPU"))
+
+
+def _tuning_args(config: Config):
+    """convs.tune's dtype and cache file arguments under `config`."""
+    return keras.config.dtype_policy().compute_dtype, plan_cache.resolve(config.conv_plan_cache)
+
+
+def conv_plan(config: Config, shape: convs.LayerShape, defer: bool = False) -> convs.ConvPlan:
     """--conv_impl for one layer.
 
     auto: TF's kernels with a GPU; on CPUs each part timed on this machine (convs.tune), or,
-    with --deterministic (a rerun must compute the same), matmuls only for convs to 2x2 outputs,
-    whose TF kernels were several times slower on every CPU measured (docs/performance.md).
+    with `defer`, a plan timed before (this process or the plan cache) else convs.rule_plan
+    until time_untimed; with --deterministic (a rerun must compute the same) the rule always.
     """
     if config.conv_impl == "native" or (config.conv_impl == "auto"
                                         and tf.config.list_logical_devices("GPU")):
@@ -33,10 +44,35 @@ def conv_plan(config: Config, shape: convs.LayerShape) -> convs.ConvPlan:
     if config.conv_impl == "patches":
         return convs.matmul_plan(shape)
     if config.deterministic:
-        small = not shape.transpose and shape.stride == 2 and shape.out <= 2
-        return convs.matmul_plan(shape) if small else convs.ALL_NATIVE
-    return convs.tune(shape, keras.config.dtype_policy().compute_dtype,
-                      plan_cache.resolve(config.conv_plan_cache))
+        return convs.rule_plan(shape)
+    if defer:
+        return convs.known_plan(shape, *_tuning_args(config)) or convs.rule_plan(shape)
+    return convs.tune(shape, *_tuning_args(config))
+
+
+def untimed(config: Config, models) -> list:
+    """The conv layers of `models` that --conv_impl=auto left on convs.rule_plan because they
+    have not been timed on this machine yet (training_layers(defer_tuning=True))."""
+    if not _timed_on_this_machine(config):
+        return []
+    layers_ = [layer for model in models for layer in model._flatten_layers(include_self=False)
+               if isinstance(layer, _TunedConv) and layer.conv_shape is not None]
+    return [layer for layer in layers_
+            if convs.known_plan(layer.conv_shape, *_tuning_args(config)) is None]
+
+
+def time_untimed(config: Config, models, should_stop=lambda: False) -> int:
+    """Time the layers untimed() lists (convs.tune: kept in the plan cache for later runs) and
+    switch each to its faster forms, stopping between layers once should_stop(); returns how
+    many plans changed. A tf.function traced before keeps the old forms: trace it again."""
+    changed = 0
+    for layer in untimed(config, models):
+        if should_stop():
+            break
+        plan = convs.tune(layer.conv_shape, *_tuning_args(config))
+        changed += plan != layer.plan
+        layer.plan = plan
+    return changed
 
 
 class _TunedConv(layers.Layer):
@@ -62,6 +98,7 @@ class _TunedConv(layers.Layer):
         self.strides, self.use_bias, self.batch_size = strides, use_bias, batch_size
         self.plan = convs.ConvPlan(**plan) if isinstance(plan, dict) else plan  # dict: from_config
         self._planner = planner
+        self.conv_shape = None  # the convs.LayerShape a planner chose the plan for
 
     def _add_kernel(self, cin):
         raise NotImplementedError
@@ -72,9 +109,9 @@ class _TunedConv(layers.Layer):
         if self.use_bias:  # `bias`, as in the Keras layers
             self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
         if self.plan is None:
-            self.plan = self._planner(convs.LayerShape(
-                self.transpose, self.batch_size, input_shape[1], cin, self.filters,
-                self.kernel_size, self.strides))
+            self.conv_shape = convs.LayerShape(self.transpose, self.batch_size, input_shape[1],
+                                               cin, self.filters, self.kernel_size, self.strides)
+            self.plan = self._planner(self.conv_shape)
 
     def call(self, x):
         kernel = tf.cast(self.kernel, x.dtype)
@@ -153,16 +190,20 @@ class FusedBatchNorm(layers.BatchNormalization):
         return tf.cast(y, self.compute_dtype)
 
 
-def tuned_convs(config: Config, batch_norm=layers.BatchNormalization) -> networks.LayerSet:
+def tuned_convs(config: Config, batch_norm=layers.BatchNormalization,
+                defer_tuning: bool = False) -> networks.LayerSet:
     """Convs planned per layer by --conv_impl (timed at the global --batch_size, so the choice
-    does not depend on the replica count), with the given BatchNorm."""
-    planner = functools.partial(conv_plan, config)
+    does not depend on the replica count; with `defer_tuning`, see conv_plan), with the given
+    BatchNorm."""
+    planner = functools.partial(conv_plan, config, defer=defer_tuning)
     make = lambda cls: functools.partial(cls, planner=planner,  # noqa: E731
                                          batch_size=config.batch_size)
     return networks.LayerSet(conv=make(TunedConv2D), conv_transpose=make(TunedConv2DTranspose),
                              batch_norm=batch_norm)
 
 
-def training_layers(config: Config) -> networks.LayerSet:
-    """The fastest layers for training on this machine: tuned convs and the fused BatchNorm."""
-    return tuned_convs(config, batch_norm=FusedBatchNorm)
+def training_layers(config: Config, defer_tuning: bool = False) -> networks.LayerSet:
+    """The fastest layers for training on this machine: tuned convs and the fused BatchNorm.
+    With `defer_tuning` the layers not timed before start on a fixed rule (untimed,
+    time_untimed): the first step comes without waiting for the timing."""
+    return tuned_convs(config, batch_norm=FusedBatchNorm, defer_tuning=defer_tuning)

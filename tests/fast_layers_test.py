@@ -151,7 +151,8 @@ def test_deferred_tuning_starts_on_the_rule_and_times_later(monkeypatch, tmp_pat
     assert _conv_plans(build()) == [str(convs.ALL_MATMUL)] * 4 and len(timed) == 4
 
 
-@pytest.mark.parametrize("overrides", [dict(deterministic=True), dict(conv_impl="native")])
+@pytest.mark.parametrize("overrides", [dict(deterministic=True), dict(conv_impl="native"),
+                                       dict(conv_impl="rule")])
 def test_nothing_is_left_to_time_where_auto_does_not_time(monkeypatch, overrides):
     _fake_timing(monkeypatch)
     config = tiny_config(conv_plan_cache="", **overrides)

@@ -19,7 +19,7 @@ CHOICES = {
     "lr_schedule": ("constant", "manual", "smooth"),
     "strategy": ("auto", "default", "mirrored", "multi_worker"),
     "mixed_precision": ("none", "mixed_float16", "mixed_bfloat16"),
-    "conv_impl": ("auto", "native", "patches"),
+    "conv_impl": ("auto", "rule", "native", "patches"),
     "in_memory": ("auto", "true", "false"),
     "progress": ("auto", "on", "off"),
 }
@@ -158,8 +158,9 @@ class Config:
                             "kernel, matmul, sub-pixel and Winograd forms on the layer's shapes: "
                             "after the first step in runs of --conv_tune_min_steps or more, then "
                             "kept in --conv_plan_cache for every later run; --deterministic keeps "
-                            "the rule) | native (TF's kernels) | patches (matmuls wherever there "
-                            "is a form). Same variables either way.")
+                            "the rule) | rule (that rule, never timed) | native (TF's kernels) | "
+                            "patches (matmuls wherever there is a form). Same variables either "
+                            "way.")
     conv_tune_min_steps: int = _field(2000, "With --conv_impl=auto: time the conv forms only in "
                                       "runs with at least this many steps left (timing costs "
                                       "about 100 steps' worth, more than a short run gains); 0 = "

@@ -36,14 +36,15 @@ def conv_plan(config: Config, shape: convs.LayerShape, defer: bool = False) -> c
 
     auto: TF's kernels with a GPU; on CPUs each part timed on this machine (convs.tune), or,
     with `defer`, a plan timed before (this process or the plan cache) else convs.rule_plan
-    until time_untimed; with --deterministic (a rerun must compute the same) the rule always.
+    until time_untimed; with --deterministic (a rerun must compute the same) the rule always,
+    as --conv_impl=rule does.
     """
     if config.conv_impl == "native" or (config.conv_impl == "auto"
                                         and tf.config.list_logical_devices("GPU")):
         return convs.ALL_NATIVE
     if config.conv_impl == "patches":
         return convs.matmul_plan(shape)
-    if config.deterministic:
+    if config.deterministic or config.conv_impl == "rule":
         return convs.rule_plan(shape)
     if defer:
         return convs.known_plan(shape, *_tuning_args(config)) or convs.rule_plan(shape)

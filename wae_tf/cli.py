@@ -2,6 +2,7 @@
 other, paths as users type them, and the one-line error handling of the entry points."""
 
 import dataclasses
+import logging
 import os
 import re
 import sys
@@ -201,7 +202,9 @@ _NO_GPU_PROBE = re.compile(r"E\d{4} .*(cuInit|cuda_platform|cuda_driver|cudart)"
 def import_tensorflow():
     """TensorFlow, imported and its devices probed without its start-up INFO lines and, where no
     GPU exists, without the CUDA probe's error. Everything else it printed is passed on. A user's
-    own TF_CPP_MIN_LOG_LEVEL or --verbosity >= 1 keeps everything."""
+    own TF_CPP_MIN_LOG_LEVEL or --verbosity >= 1 keeps everything (but matplotlib's debug lines,
+    its font search, which would bury wae_tf's own)."""
+    logging.getLogger("matplotlib").setLevel("INFO")
     if "TF_CPP_MIN_LOG_LEVEL" in os.environ or (FLAGS.is_parsed() and FLAGS.verbosity >= 1):
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
         return tf

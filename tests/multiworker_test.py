@@ -173,6 +173,18 @@ def test_the_wait_for_peers_is_bounded_and_names_the_missing_tasks():
         cluster.wait_for_peers(_cluster(ports[:2]), timeout=1.0, poll=0.1)  # all there: returns
 
 
+def test_the_coordination_service_tolerates_slow_heartbeats():
+    """Workers on busy cores count as dead only after HEARTBEAT_TIMEOUT_S, not TF's 10 s (in a
+    fresh process: the service is configured once, before TF's context starts)."""
+    code = ("from tensorflow.python.eager import context; from wae_tf.runtime import cluster; "
+            f"cluster._configure_coordination({_cluster([1, 2])!r}); "
+            "c = context.context().coordination_service; print(c.heartbeat_timeout_in_ms, "
+            "c.service_leader, c.coordinated_job_list[0].num_tasks)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         check=True, timeout=TIMEOUT_S).stdout.split()
+    assert out == [str(cluster.HEARTBEAT_TIMEOUT_S * 1000), "/job:worker/replica:0/task:0", "2"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_stops_a_worker_waiting_for_its_peer(tmp_path, signum, code):

@@ -13,6 +13,8 @@ import time
 
 import tensorflow as tf
 from absl import logging
+from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+from tensorflow.python.eager import context as tf_context
 
 from wae_tf import fileio
 from wae_tf.config import Config
@@ -40,7 +42,9 @@ def create_strategy(config: Config) -> tf.distribute.Strategy:
     devices does), so before anything else.
     """
     if config.strategy == "multi_worker":
-        wait_for_peers(read_tf_config(), config.cluster_timeout)
+        tf_config = read_tf_config()
+        wait_for_peers(tf_config, config.cluster_timeout)
+        _configure_coordination(tf_config)
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     cpus = tf.config.list_logical_devices("CPU")
@@ -51,6 +55,25 @@ def create_strategy(config: Config) -> tf.distribute.Strategy:
         return tf.distribute.get_strategy()
     devices = [d.name for d in (gpus or cpus)]
     return tf.distribute.MirroredStrategy(devices)
+
+
+# A worker whose heartbeats stop this long counts as dead and fails the others (TF's default,
+# 10 s, was exceeded by live workers on 2 busy CPU cores).
+HEARTBEAT_TIMEOUT_S = 60
+
+
+def _configure_coordination(tf_config: dict) -> None:
+    """TF's coordination service as MultiWorkerMirroredStrategy would configure it (leader:
+    the chief, else worker 0), with HEARTBEAT_TIMEOUT_S; the strategy then keeps it."""
+    jobs = [job for job in ("chief", "worker") if job in tf_config["cluster"]]
+    configured = tf_context.context().coordination_service is not None
+    if configured or tf_config["task"]["type"] not in jobs:
+        return
+    tf_context.context().configure_coordination_service(
+        service_type="standalone", service_leader=f"/job:{jobs[0]}/replica:0/task:0",
+        coordinated_jobs=[coordination_config_pb2.CoordinatedJob(
+            name=job, num_tasks=len(tf_config["cluster"][job])) for job in jobs],
+        heartbeat_timeout_in_ms=HEARTBEAT_TIMEOUT_S * 1000)
 
 
 # ----------------------------------------------------------------------------- TF_CONFIG

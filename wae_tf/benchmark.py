@@ -69,8 +69,11 @@ def options_from_flags() -> benchmarking.Options:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    sys.exit(cli.run_reporting_user_errors(_main, argv))
+
+
+def _main(argv):
+    cli.check_no_arguments(argv)
     tf.config.threading.set_inter_op_parallelism_threads(flags.FLAGS.inter_op_threads)
     tf.config.threading.set_intra_op_parallelism_threads(flags.FLAGS.intra_op_threads)
     if flags.FLAGS.write_images:
@@ -79,7 +82,6 @@ def main(argv):
     results["load_average"] = benchmarking.machine_load()
     print(benchmarking.format_table(results))
     print(json.dumps(results, sort_keys=True))
-    sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -21,13 +21,16 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    sys.exit(cli.run_reporting_user_errors(_main, argv))
+
+
+def _main(argv):
+    cli.check_no_arguments(argv)
     cli.import_tensorflow()  # without its start-up noise, before the libraries load it
     from wae_tf.serving import rest_client  # pylint: disable=import-outside-toplevel; after flag parsing
-    sys.exit(cli.run_reporting_user_errors(lambda: print(json.dumps(rest_client.reconstruct_file(
-        FLAGS.image, FLAGS.out, FLAGS.server, FLAGS.model, FLAGS.model_version, FLAGS.crop,
-        FLAGS.timeout)))))
+    result = rest_client.reconstruct_file(FLAGS.image, FLAGS.out, FLAGS.server, FLAGS.model,
+                                          FLAGS.model_version, FLAGS.crop, FLAGS.timeout)
+    print(json.dumps(result, allow_nan=False))
 
 
 if __name__ == "__main__":

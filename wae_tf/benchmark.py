@@ -5,12 +5,10 @@
 import json
 import sys
 
-import tensorflow as tf
 from absl import app, flags
 
 from wae_tf import cli
 from wae_tf.config import CHOICES
-from wae_tf.tools import benchmarking
 
 
 def define_flags() -> None:
@@ -47,9 +45,15 @@ def define_flags() -> None:
                          "and print where the time goes: each conv layer part against the "
                          "limit, the other op types (wae_tf.perf.op_profile). 0 = no profile.")
     flags.DEFINE_bool("quick", False, "A tiny network and few steps: checks that everything runs.")
+    for name in ("width_divisors", "limit_sizes", "mmd_batches", "serving_batches"):
+        cli.validate_int_list(name)
+    flags.register_validator("regularizers", lambda values: set(values) <= set(
+        CHOICES["regularizer"]), f"--regularizers takes {', '.join(CHOICES['regularizer'])}")
 
 
-def options_from_flags() -> benchmarking.Options:
+def options_from_flags():
+    """benchmarking.Options of the parsed flags (--quick: benchmarking.QUICK's values)."""
+    from wae_tf.tools import benchmarking  # pylint: disable=import-outside-toplevel; after flag parsing
     values = dict(width_divisors=tuple(int(w) for w in flags.FLAGS.width_divisors),
                   regularizers=tuple(flags.FLAGS.regularizers),
                   batch_size=flags.FLAGS.batch_size, windows=flags.FLAGS.windows,
@@ -74,6 +78,8 @@ def main(argv):
 
 def _main(argv):
     cli.check_no_arguments(argv)
+    tf = cli.import_tensorflow()  # without its start-up noise, before the libraries load it
+    from wae_tf.tools import benchmarking  # pylint: disable=import-outside-toplevel; after flag parsing
     tf.config.threading.set_inter_op_parallelism_threads(flags.FLAGS.inter_op_threads)
     tf.config.threading.set_intra_op_parallelism_threads(flags.FLAGS.intra_op_threads)
     if flags.FLAGS.write_images:

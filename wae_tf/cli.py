@@ -47,6 +47,13 @@ def DEFINE_path(name: str, default, help_text: str, **kwargs):  # noqa: N802 (ab
                         serializer=flags.ArgumentSerializer(), **kwargs)
 
 
+def validate_int_list(name: str, flag_values=FLAGS) -> None:
+    """Make the parse of list flag `name` fail (one line, exit 2) unless it holds integers."""
+    flags.register_validator(
+        name, lambda values: all(re.fullmatch(r"\s*-?\d+\s*", v) for v in values),
+        message=f"--{name} takes comma-separated integers", flag_values=flag_values)
+
+
 def define_config_flags(flag_values=FLAGS, names=None) -> None:
     """Define one flag per Config field (or per field of `names`), with the field's default and
     help text, and (for all fields) --experiment: a packaged flagfile by name, read before the

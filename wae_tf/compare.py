@@ -29,6 +29,7 @@ flags.DEFINE_list("train_seeds", ["0", "1", "2"], "Training seeds: each model is
 flags.DEFINE_list("runs", [], "Names of a subset of the suite's runs (fashion_mnist: vae, "
                   "vae_lambda01, wae_mmd, wae_gan, wae_swd; celeba: celeba_vae, celeba_wae_mmd, "
                   "celeba_wae_gan: wae_tf.tools.comparison.SUITES); default all.")
+cli.validate_int_list("train_seeds")
 FLAGS = flags.FLAGS
 
 

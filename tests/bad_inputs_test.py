@@ -341,6 +341,10 @@ LIBRARY_CASES = {
                               r"--out=.*no/out.png: the folder .*no does not exist"),
     "negative-timeout": (None, _reconstruct_file("wae", timeout=-1),
                          r"--timeout must be a positive number of seconds, got -1"),
+    "served-html": (None, _reconstruct_file("html"),
+                    r"answered '<!DOCTYPE html>.*not TensorFlow Serving's JSON"),
+    "served-nan-pixels": (None, _reconstruct_file("nan"),
+                          r"answered 1 NaN or infinite pixel values.*nothing was written"),
     "served-images-of-another-shape": (None, _reconstruct_file("shape"),
                                        r"answered images of shape \(1, 14, 14, 1\), not "
                                        r"\(1, 28, 28, 1\)"),

@@ -294,7 +294,7 @@ def test_an_unexpected_error_names_the_command_its_inputs_and_the_log(tmp_path):
     with open(match.group(1)) as f:
         log = f.read()
     assert "Traceback (most recent call last)" in log and "in broken" in log
-    assert f"--workdir={workdir}" in log.splitlines()[0]
+    assert log.splitlines()[0] == f"wae-export --workdir={workdir}"  # the command as typed
     assert snapshot(workdir) == before
 
 

@@ -333,7 +333,8 @@ def error_log(command: str, text: str) -> Optional[str]:
     or None if neither is writable. Never in the user's workdir."""
     name = "{}-{}-{}.log".format(re.sub(r"[^\w.-]+", "_", command.replace("python -m ", "")),
                                  time.strftime("%Y%m%d-%H%M%S"), os.getpid())
-    header = f"{' '.join(sys.argv)}\n{time.strftime('%Y-%m-%d %H:%M:%S %z')}\n\n"
+    header = (f"{' '.join([command, *map(shlex.quote, sys.argv[1:])])}\n"
+              f"{time.strftime('%Y-%m-%d %H:%M:%S %z')}\n\n")
     for directory in (_logs_dir(), tempfile.gettempdir()):
         if not directory:
             continue

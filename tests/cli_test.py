@@ -152,3 +152,77 @@ def test_a_run_logs_what_it_found_without_tensorflows_startup_lines(tmp_path):
     loud = subprocess.run([sys.executable, "-m", *args, "--verbosity=1"], cwd=REPO, env=env,
                           text=True, capture_output=True, timeout=300, check=False)
     assert loud.returncode == 0 and "absl::InitializeLog" in loud.stderr, loud.stderr[-3000:]
+
+
+def _failing_step():
+    raise RuntimeError("boom\nsecond line")
+
+
+def test_an_unexpected_error_is_one_line_with_its_traceback_in_a_log(capsys):
+    code = cli.run_reporting_user_errors(_failing_step, command="wae-test")
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1, lines
+    logs = os.path.join(os.environ["XDG_CACHE_HOME"], "wae_tf", "logs")
+    match = re.fullmatch(rf"error: wae-test failed unexpectedly \(RuntimeError: boom\); the "
+                         rf"traceback is in ({re.escape(logs)}/wae-test-[\d-]+-{os.getpid()}"
+                         r"\.log)\. Please report it\.", lines[0])
+    assert match, lines[0]
+    with open(match.group(1)) as f:
+        log = f.read()
+    assert "Traceback (most recent call last)" in log and "in _failing_step" in log
+    assert "RuntimeError: boom\nsecond line" in log
+
+
+def test_the_log_falls_back_to_the_temporary_directory(monkeypatch, tmp_path, capsys):
+    blocker = tmp_path / "not_a_directory"
+    blocker.write_text("")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # <file>/wae_tf/logs cannot be made
+    monkeypatch.setattr(cli.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    assert cli.run_reporting_user_errors(_failing_step, command="python -m wae_tf.x") == 1
+    err = capsys.readouterr().err
+    (log,) = os.listdir(tmp_path / "tmp")
+    assert log.startswith("wae_tf.x-") and f"traceback is in {tmp_path / 'tmp' / log}" in err
+
+
+def test_tensorflow_errors_are_reported_by_their_cause(capsys):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    def failing():
+        raise tf.errors.InvalidArgumentError(
+            None, None, "Graph execution error:\n\nDetected at node cond/Equal defined at "
+            "(most recent call last):\n<stack traces unavailable>\nIncompatible shapes: [3] vs. "
+            "[2]\n\t [[{{node cond/Equal}}]] [Op:__inference_f_473]")
+    assert cli.run_reporting_user_errors(failing, command="wae-test") == 1
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert "(InvalidArgumentError: Incompatible shapes: [3] vs. [2]);" in line
+
+
+@pytest.mark.parametrize("error,code,start", [
+    (ConfigError("bad flag"), 2, "error: bad flag"),
+    (KeyboardInterrupt(), 130, "stopped: SIGINT"),
+])
+def test_user_errors_keep_their_own_line_and_code(error, code, start, capsys):
+    def failing():
+        raise error
+    assert cli.run_reporting_user_errors(failing) == code
+    assert capsys.readouterr().err.startswith(start)
+
+
+def test_path_flags_given_are_the_reported_inputs(monkeypatch):
+    values = flags.FlagValues()
+    cli.DEFINE_path("workdir", None, "w", flag_values=values)
+    cli.DEFINE_path("export_dir", "", "e", flag_values=values)
+    flags.DEFINE_integer("steps", 1, "s", flag_values=values)
+    values(["x", "--workdir=/runs/a", "--steps=3"])
+    monkeypatch.setattr(cli, "FLAGS", values)
+    assert cli.input_paths() == {"workdir": "/runs/a"}
+
+
+def test_each_command_is_named_as_its_user_typed_it(monkeypatch):
+    main = type(sys)("__main__")
+    main.__spec__ = type("Spec", (), {"name": "wae_tf.encode"})()
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    assert cli.command_name() == "wae-encode"
+    main.__spec__.name = "wae_tf.fault_injection"
+    assert cli.command_name() == "python -m wae_tf.fault_injection"

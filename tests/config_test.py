@@ -10,6 +10,7 @@ from absl import flags
 
 from tests.conftest import REPO
 from wae_tf import cli
+from wae_tf import config as config_lib
 from wae_tf.config import RESUMABLE_FIELDS, Config
 from wae_tf.errors import ConfigError
 
@@ -132,3 +133,38 @@ def test_train_reports_user_errors_in_one_line_without_traceback(tmp_path):
     assert result.returncode == 2
     assert "error: --regularizer=kl (VAE) needs a stochastic encoder" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("z_dim", [1, 2], r"z_dim is \[1, 2\], not an integer"),
+    ("z_dim", "abc", r'z_dim is "abc", not an integer'),
+    ("z_dim", 8.5, r"z_dim is 8.5, not an integer"),
+    ("z_dim", True, r"z_dim is true, not an integer"),
+    ("lambda_reg", None, r"lambda_reg is null, not a number"),
+    ("deterministic", 1, r"deterministic is 1, not true or false"),
+    ("dataset", 3, r"dataset is 3, not a string"),
+])
+def test_a_record_with_a_value_of_the_wrong_type_names_the_file_and_key(key, value, message):
+    record = config_lib.run_record(Config(train_steps=1), (28, 28, 1))
+    with pytest.raises(ConfigError, match=rf"^W/config.json: {message}: correct it, or restore"):
+        config_lib.from_dict({**record, key: value}, "W/config.json")
+
+
+def test_a_record_takes_ints_for_floats_and_ignores_unknown_keys():
+    record = config_lib.run_record(Config(train_steps=1), (28, 28, 1))
+    config = config_lib.from_dict({**record, "lambda_reg": 5, "from_the_future": [1]})
+    assert config.lambda_reg == 5.0 and isinstance(config.lambda_reg, float)
+    assert config_lib.record_image_shape(record) == (28, 28, 1)
+
+
+@pytest.mark.parametrize("record,message", [
+    ([1, 2], r"^R holds \[1, 2\], not an object of flag values"),
+    ("abc", r'^R holds "abc", not an object'),
+    ({"train_steps": 1}, r"^R has no image_shape \(the \[height, width, channels\]"),
+    ({"image_shape": [28, 28]}, r"^R: image_shape is \[28, 28\], not the \[height, width"),
+    ({"image_shape": [28, "28", 1]}, r'^R: image_shape is \[28, "28", 1\], not'),
+    ({"image_shape": [28, 0, 1]}, r"^R: image_shape is \[28, 0, 1\], not"),
+])
+def test_a_record_that_is_not_one_is_refused(record, message):
+    with pytest.raises(ConfigError, match=message):
+        config_lib.check_record(record, "R")

@@ -341,3 +341,50 @@ def test_a_shared_export_dir_never_replaces_another_runs_version(tmp_path):
     assert saved_model.export_from_workdir(first) == os.path.join(shared, "2")
     assert json.load(open(asset))["run_id"] == owner["run_id"]
     assert sorted(os.listdir(shared)) == ["2"]
+
+
+WRONG_SHAPES = [("sample", "seed", np.array([[1, 2], [3, 4]]), r"seed must have shape \[N\]"),
+                ("sample", "seed", np.array(3), r"seed must have shape \[N\]"),
+                ("encode", "images", np.zeros([28, 28, 1], np.float32),
+                 r"images must have shape \[N, H, W, C\]"),
+                ("reconstruct", "images", np.zeros([2, 28, 28], np.float32),
+                 r"images must have shape \[N, H, W, C\]"),
+                ("decode", "z", np.zeros([4], np.float32), r"z must have shape \[N, z_dim\]")]
+
+
+def test_the_exported_signatures_name_a_wrong_rank_as_tf_serving_runs_them(exported):
+    """TF folds tf.rank to the rank a signature declares: the checks must still see the rank
+    of what is fed, through the loaded signatures and through a TF1 session that, as TF
+    Serving's C++ one, does not compare feeds with the placeholders' shapes."""
+    loaded = tf.saved_model.load(exported[1])
+    for name, key, value, message in WRONG_SHAPES:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+            loaded.signatures[name](**{key: tf.constant(value)})
+    graph = tf.Graph()
+    with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
+        signature_defs = tf.compat.v1.saved_model.loader.load(
+            session, ["serve"], exported[1]).signature_def
+        for name, key, value, message in WRONG_SHAPES:
+            inputs, outputs = signature_defs[name].inputs, signature_defs[name].outputs
+            feed = graph.get_tensor_by_name(inputs[key].name)
+            fetch = graph.get_tensor_by_name(next(iter(outputs.values())).name)
+            with pytest.raises(tf.errors.InvalidArgumentError, match=message):
+                session._call_tf_sessionrun(  # pylint: disable=protected-access
+                    None, {feed._as_tf_output(): value.astype(feed.dtype.as_numpy_dtype)},
+                    [fetch._as_tf_output()], [], None)
+
+
+def test_an_empty_batch_gets_empty_outputs(exported):
+    signatures = tf.saved_model.load(exported[1]).signatures
+    none = tf.zeros([0, 28, 28, 1])
+    encoded = signatures["encode"](images=none)  # a Gaussian encoder: z and z_log_var
+    assert {k: v.shape for k, v in encoded.items()} == {"z": (0, 4), "z_log_var": (0, 4)}
+    rebuilt = signatures["reconstruct"](images=none)
+    assert {k: v.shape for k, v in rebuilt.items()} == {"images": (0, 28, 28, 1), "z": (0, 4)}
+    assert signatures["decode"](z=tf.zeros([0, 4]))["images"].shape == (0, 28, 28, 1)
+    assert signatures["sample"](seed=tf.zeros([0], tf.int64))["images"].shape == (0, 28, 28, 1)
+    # A batch of one is encoded alone, not with the blank image of an empty batch.
+    one = tf.random.stateless_uniform([1, 28, 28, 1], seed=[1, 2])
+    np.testing.assert_allclose(signatures["encode"](images=one)["z"],
+                               signatures["encode"](images=tf.concat([one, one], 0))["z"][:1],
+                               atol=1e-5)

@@ -5,13 +5,10 @@
 import json
 import sys
 
-import tensorflow as tf
 from absl import app, flags
 
 from wae_tf import cli
 from wae_tf.config import CHOICES
-from wae_tf.perf import hardware
-from wae_tf.tools import benchmarking, startup
 
 
 def define_flags() -> None:
@@ -51,9 +48,15 @@ def define_flags() -> None:
     flags.DEFINE_bool("startup", False, "Instead: time to first step of the main command and of "
                       "a 64x64 folder at width 4 (--input_dir, else synthetic images) with an "
                       "empty conv plan cache, and the steady speed after (wae_tf.tools.startup).")
+    for name in ("width_divisors", "limit_sizes", "mmd_batches", "serving_batches"):
+        cli.validate_int_list(name)
+    flags.register_validator("regularizers", lambda values: set(values) <= set(
+        CHOICES["regularizer"]), f"--regularizers takes {', '.join(CHOICES['regularizer'])}")
 
 
-def options_from_flags() -> benchmarking.Options:
+def options_from_flags():
+    """benchmarking.Options of the parsed flags (--quick: benchmarking.QUICK's values)."""
+    from wae_tf.tools import benchmarking  # pylint: disable=import-outside-toplevel; after flag parsing
     values = dict(width_divisors=tuple(int(w) for w in flags.FLAGS.width_divisors),
                   regularizers=tuple(flags.FLAGS.regularizers),
                   batch_size=flags.FLAGS.batch_size, windows=flags.FLAGS.windows,
@@ -73,11 +76,18 @@ def options_from_flags() -> benchmarking.Options:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    sys.exit(cli.run_reporting_user_errors(_main, argv))
+
+
+def _main(argv):
+    cli.check_no_arguments(argv)
+    tf = cli.import_tensorflow()  # without its start-up noise, before the libraries load it
+    from wae_tf.tools import benchmarking  # pylint: disable=import-outside-toplevel; after flag parsing
     tf.config.threading.set_inter_op_parallelism_threads(flags.FLAGS.inter_op_threads)
     tf.config.threading.set_intra_op_parallelism_threads(flags.FLAGS.intra_op_threads)
     if flags.FLAGS.startup:
+        from wae_tf.perf import hardware  # pylint: disable=import-outside-toplevel
+        from wae_tf.tools import startup  # pylint: disable=import-outside-toplevel
         print(f"CPU: {hardware.cpu_isa()}; load average {benchmarking.machine_load()}")
         print(startup.run(flags.FLAGS.input_dir))
         return
@@ -87,7 +97,6 @@ def main(argv):
     results["load_average"] = benchmarking.machine_load()
     print(benchmarking.format_table(results))
     print(json.dumps(results, sort_keys=True))
-    sys.stdout.flush()
 
 
 if __name__ == "__main__":

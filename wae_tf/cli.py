@@ -5,14 +5,18 @@ import dataclasses
 import logging
 import os
 import re
+import shlex
 import sys
 import tempfile
+import time
+import traceback
 from typing import List, Optional
 
-from absl import app, flags
+from absl import flags
 from absl import logging as absl_logging
 
 from wae_tf import config as config_lib
+from wae_tf import scripts
 from wae_tf.errors import ConfigError, NonFiniteLossError, Preempted
 
 FLAGS = flags.FLAGS
@@ -42,6 +46,13 @@ def DEFINE_path(name: str, default, help_text: str, **kwargs):  # noqa: N802 (ab
     kwargs.setdefault("module_name", sys.argv[0] if caller == "__main__" else caller)
     return flags.DEFINE(PathParser(), name, default, help_text,
                         serializer=flags.ArgumentSerializer(), **kwargs)
+
+
+def validate_int_list(name: str, flag_values=FLAGS) -> None:
+    """Make the parse of list flag `name` fail (one line, exit 2) unless it holds integers."""
+    flags.register_validator(
+        name, lambda values: all(re.fullmatch(r"\s*-?\d+\s*", v) for v in values),
+        message=f"--{name} takes comma-separated integers", flag_values=flag_values)
 
 
 def define_config_flags(flag_values=FLAGS, names=None) -> None:
@@ -154,9 +165,10 @@ def expand_flagfiles(args: List[str], including_dir: str = "", seen: tuple = ())
     return out
 
 
-def parse_flags(argv: List[str]) -> List[str]:
+def parse_flags(argv: List[str], known_only: bool = False) -> List[str]:
     """absl's parser (app.run's flags_parser) after expand_flagfiles; --experiment=list prints
-    the packaged experiments and exits. A bad flagfile is one line on stderr (exit 2)."""
+    the packaged experiments and exits. A bad flagfile or flag is one line on stderr (exit 2).
+    `known_only`: leave flags this program does not define in the returned list."""
     if any(a in ("--experiment=list", "-experiment=list") for a in argv[1:]) or (
             "--experiment" in argv[1:-1] and argv[argv.index("--experiment") + 1] == "list"):
         for name, about in experiments().items():
@@ -167,7 +179,12 @@ def parse_flags(argv: List[str]) -> List[str]:
     except (ConfigError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    return app.parse_flags_with_usage(argv)
+    try:
+        return FLAGS(argv, known_only=known_only)
+    except flags.Error as error:  # one line, exit 2 (as for every bad input), not absl's two
+        print(f"error: {' '.join(str(error).split())} (--helpshort lists the flags).",
+              file=sys.stderr)
+        sys.exit(2)
 
 
 def config_from_args(args: List[str]) -> config_lib.Config:
@@ -236,8 +253,10 @@ def _library_info_filter(record) -> bool:
                                                 record.pathname or "")
 
 
-def run_reporting_user_errors(function, *args) -> int:
-    """Run `function`; user errors (bad flags or data, NaN losses) become one line on stderr."""
+def run_reporting_user_errors(function, *args, command: Optional[str] = None) -> int:
+    """Run `function` and return the exit code: user errors (bad flags, data or workdirs, NaN
+    losses) become one line on stderr; so does any other exception (TensorFlow's included),
+    naming the command, its input paths and a log file holding the traceback (exit 1)."""
     try:
         function(*args)
     except ConfigError as error:
@@ -253,7 +272,102 @@ def run_reporting_user_errors(function, *args) -> int:
         print("stopped: SIGINT; rerun the same command to resume from the last checkpoint.",
               file=sys.stderr)
         return 130
+    except Exception as error:  # pylint: disable=broad-except; a bug or an unforeseen input
+        print(unexpected_error_line(error, command or command_name()), file=sys.stderr)
+        return 1
     return 0
+
+
+def unexpected_error_line(error: Exception, command: str) -> str:
+    """The one line reporting an unexpected `error` of `command` (being handled): what failed,
+    on which inputs, and the log file its traceback was written to (error_log)."""
+    inputs = " ".join(f"--{name}={shlex.quote(value)}" for name, value in input_paths().items())
+    log = error_log(command, "".join(traceback.format_exception(error)))
+    where = f"the traceback is in {log}" if log else "no log file could be written"
+    return (f"error: {command}{' ' + inputs if inputs else ''} failed unexpectedly "
+            f"({type(error).__name__}: {error_summary(error)}); {where}. Please report it.")
+
+
+def error_summary(error: Exception, limit: int = 300) -> str:
+    """An exception's message in one line: TensorFlow's op errors by their cause (the line
+    before `[[{{node ...}}]]`, without "Graph execution error" and stack notes), others by
+    their first line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if lines and _tf_op_error(error):
+        cause = [line for line in lines if not line.startswith(("[[", "<stack traces"))
+                 and not re.match(r"(Graph execution error|Detected at node)", line)]
+        lines = cause[-1:] or lines
+    text = lines[0] if lines else ""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _tf_op_error(error: Exception) -> bool:
+    """Whether `error` is a tf.errors.OpError (without importing TensorFlow for it)."""
+    return any(c.__module__.startswith("tensorflow.") and c.__name__ == "OpError"
+               for c in type(error).__mro__)
+
+
+def command_name() -> str:
+    """The running command as its user typed it: `wae-<name>`, `python -m wae_tf.<name>` for
+    entry points without a console script, else the program's file name."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    module = spec.name if spec else ""
+    if module.startswith("wae_tf."):
+        name = module[len("wae_tf."):]
+        return f"wae-{name}" if name in scripts.COMMANDS else f"python -m {module}"
+    return os.path.basename(sys.argv[0]) or "wae_tf"
+
+
+def input_paths() -> dict:
+    """The path flags given on the command line (or in a flagfile): flag name -> path."""
+    if not FLAGS.is_parsed():
+        return {}
+    found = {}
+    for name in FLAGS:
+        flag = FLAGS[name]
+        if name == flag.name and isinstance(flag.parser, PathParser) and flag.present:
+            found[name] = flag.value
+    return found
+
+
+def error_log(command: str, text: str) -> Optional[str]:
+    """Write `text` (a traceback) to a new file named after the command, the time and the pid,
+    under the cache root's logs/ (fileio.cache_root), else the temporary directory; its path,
+    or None if neither is writable. Never in the user's workdir."""
+    name = "{}-{}-{}.log".format(re.sub(r"[^\w.-]+", "_", command.replace("python -m ", "")),
+                                 time.strftime("%Y%m%d-%H%M%S"), os.getpid())
+    header = (f"{' '.join([command, *map(shlex.quote, sys.argv[1:])])}\n"
+              f"{time.strftime('%Y-%m-%d %H:%M:%S %z')}\n\n")
+    for directory in (_logs_dir(), tempfile.gettempdir()):
+        if not directory:
+            continue
+        path = os.path.join(directory, name)
+        try:
+            os.makedirs(directory, exist_ok=True)
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(header + text)
+            return path
+        except OSError:
+            continue
+    return None
+
+
+def _logs_dir() -> Optional[str]:
+    """<cache root>/logs; None if wae_tf.fileio (which loads TensorFlow) cannot be imported."""
+    try:
+        if "tensorflow" not in sys.modules:
+            import_tensorflow()  # quietly: the command failed before loading it
+        from wae_tf import fileio  # pylint: disable=import-outside-toplevel
+    except Exception:  # pylint: disable=broad-except; a broken install: use the fallback
+        return None
+    return os.path.join(fileio.cache_root(), "logs")
+
+
+def check_no_arguments(argv: List[str]) -> None:
+    """ConfigError for positional arguments (every input is a --flag)."""
+    if len(argv) > 1:
+        raise ConfigError(f"Unexpected arguments: {' '.join(argv[1:])} (inputs are flags, "
+                          "e.g. --workdir=DIR; --helpshort lists them).")
 
 
 def config_from_dict_with_flags(saved: config_lib.Config) -> config_lib.Config:

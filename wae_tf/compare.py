@@ -29,26 +29,26 @@ flags.DEFINE_list("train_seeds", ["0", "1", "2"], "Training seeds: each model is
 flags.DEFINE_list("runs", [], "Names of a subset of the suite's runs (fashion_mnist: vae, "
                   "vae_lambda01, wae_mmd, wae_gan, wae_swd; celeba: celeba_vae, celeba_wae_mmd, "
                   "celeba_wae_gan: wae_tf.tools.comparison.SUITES); default all.")
+cli.validate_int_list("train_seeds")
 FLAGS = flags.FLAGS
 
 
 def parse_flags(argv):
     """wae-compare's own flags (flagfiles expanded as cli.expand_flagfiles does); the others stay
     in the returned list, for the runs."""
-    try:
-        args = cli.expand_flagfiles(argv[1:])
-    except cli.ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    return FLAGS(argv[:1] + args, known_only=True)
+    return cli.parse_flags(argv, known_only=True)
 
 
 def main(argv):
+    sys.exit(cli.run_reporting_user_errors(_main, argv))
+
+
+def _main(argv):
     cli.import_tensorflow()  # without its start-up noise, before the libraries load it
     from wae_tf.tools import comparison  # pylint: disable=import-outside-toplevel; after flag parsing
-    sys.exit(cli.run_reporting_user_errors(lambda: print(comparison.run_comparison(
+    print(comparison.run_comparison(
         FLAGS.workdir_root, FLAGS.num_samples, FLAGS.seed, FLAGS.classifier_dir,
-        FLAGS.runs or None, [int(k) for k in FLAGS.train_seeds], FLAGS.suite, argv[1:]))))
+        FLAGS.runs or None, [int(k) for k in FLAGS.train_seeds], FLAGS.suite, argv[1:]))
 
 
 if __name__ == "__main__":

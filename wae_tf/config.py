@@ -1,6 +1,7 @@
 """Every hyper-parameter of a run: one frozen dataclass, its defaults, its validation (stdlib)."""
 
 import dataclasses
+import json
 import math
 import os
 import uuid
@@ -325,7 +326,58 @@ def same_run(record: dict, other: dict) -> bool:
     return bool(fixed) and all(record[k] == other[k] for k in fixed)
 
 
-def from_dict(values: dict) -> Config:
-    """Build a Config from a dict (e.g. a run record), ignoring unknown keys."""
-    known = {f.name for f in config_fields()}
-    return Config(**{k: v for k, v in values.items() if k in known})
+def from_dict(values: dict, source: str = "the run record") -> Config:
+    """Build a Config from a dict (e.g. a run record), ignoring unknown keys; ConfigError naming
+    `source` and the key for anything but an object of values of the fields' types."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source} holds {_json_text(values)}, not an object of flag values: "
+                          f"{_FIX_RECORD}")
+    fields = {f.name: f for f in config_fields()}
+    return Config(**{k: _typed(v, fields[k], source) for k, v in values.items() if k in fields})
+
+
+# What to do about a damaged run record (config.json, its copy, an export's wae_config.json).
+_FIX_RECORD = ("correct it, or restore it from a backup or a copy of the run's record "
+               "(<workdir>/checkpoints/run_record.json, <export>/assets.extra/wae_config.json).")
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _typed(value, field: dataclasses.Field, source: str):
+    """`value` as the field's type (an int for a float field becomes a float); ConfigError
+    naming `source` and the field otherwise (JSON's null, lists, strings for numbers, ...)."""
+    kind = {"bool": bool, "int": int, "float": float, "str": str}.get(field.type, field.type)
+    ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
+        raise ConfigError(f"{source}: {field.name} is {_json_text(value)}, not "
+                          f"{_TYPE_NAMES.get(kind, kind)}: {_FIX_RECORD}")
+    return value
+
+
+def _json_text(value) -> str:
+    """A JSON value as its file shows it, shortened: null, [1, 2], "abc"."""
+    text = json.dumps(value) if not isinstance(value, float) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def record_image_shape(record: dict, source: str = "the run record") -> Tuple[int, int, int]:
+    """The [H, W, C] a run record says its networks take; ConfigError naming `source` if it is
+    missing or not three positive integers."""
+    shape = record.get("image_shape") if isinstance(record, dict) else None
+    if not (isinstance(shape, list) and len(shape) == 3 and all(
+            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+        what = "the [height, width, channels] the networks were built for"
+        if shape is None:
+            raise ConfigError(f"{source} has no image_shape ({what}): {_FIX_RECORD}")
+        raise ConfigError(f"{source}: image_shape is {_json_text(shape)}, not {what}: "
+                          f"{_FIX_RECORD}")
+    return tuple(shape)
+
+
+def check_record(record, source: str) -> dict:
+    """`record` if a Config and an image shape can be built from it; ConfigError naming
+    `source` and what is wrong otherwise (see from_dict, record_image_shape)."""
+    from_dict(record, source)
+    record_image_shape(record, source)
+    return record

@@ -23,12 +23,15 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    sys.exit(cli.run_reporting_user_errors(_main, argv))
+
+
+def _main(argv):
+    cli.check_no_arguments(argv)
     cli.import_tensorflow()  # without its start-up noise, before the libraries load it
     from wae_tf.serving import encoding  # pylint: disable=import-outside-toplevel; after flag parsing
-    sys.exit(cli.run_reporting_user_errors(lambda: print(json.dumps(encoding.encode_folder(
-        FLAGS.saved_model, FLAGS.images, FLAGS.out, FLAGS.batch_size, FLAGS.skip_bad_images)))))
+    print(json.dumps(encoding.encode_folder(FLAGS.saved_model, FLAGS.images, FLAGS.out,
+                                            FLAGS.batch_size, FLAGS.skip_bad_images)))
 
 
 if __name__ == "__main__":

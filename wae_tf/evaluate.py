@@ -46,10 +46,13 @@ def _evaluate() -> dict:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    sys.exit(cli.run_reporting_user_errors(_main, argv))
+
+
+def _main(argv):
+    cli.check_no_arguments(argv)
     cli.import_tensorflow()  # without its start-up noise, before the libraries load it
-    sys.exit(cli.run_reporting_user_errors(lambda: print(json.dumps(_evaluate(), indent=2))))
+    print(json.dumps(_evaluate(), indent=2))
 
 
 if __name__ == "__main__":

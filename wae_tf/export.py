@@ -13,12 +13,14 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    sys.exit(cli.run_reporting_user_errors(_main, argv))
+
+
+def _main(argv):
+    cli.check_no_arguments(argv)
     cli.import_tensorflow()  # without its start-up noise, before the libraries load it
     from wae_tf.serving import saved_model  # pylint: disable=import-outside-toplevel; after flag parsing
-    sys.exit(cli.run_reporting_user_errors(
-        lambda: print(saved_model.export_from_workdir(FLAGS.workdir, FLAGS.export_dir))))
+    print(saved_model.export_from_workdir(FLAGS.workdir, FLAGS.export_dir))
 
 
 if __name__ == "__main__":

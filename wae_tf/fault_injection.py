@@ -29,16 +29,19 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    outcome = {}
+    code = cli.run_reporting_user_errors(_main, argv, outcome)
+    sys.exit(code or (0 if outcome.get("ok") else 1))
+
+
+def _main(argv, outcome: dict):
+    cli.check_no_arguments(argv)
     options = faults.Options(
         workdir=FLAGS.workdir, kills=FLAGS.kills, sigterm=FLAGS.sigterm,
         train_steps=FLAGS.train_steps, checkpoint_every=FLAGS.checkpoint_every, seed=FLAGS.seed,
         flagfile_train=FLAGS.flagfile_train, train_flag=tuple(FLAGS.train_flag),
         timeout=FLAGS.timeout, full_disk=FLAGS.full_disk, scenarios=FLAGS.scenarios)
-    outcome = {}
-    code = cli.run_reporting_user_errors(lambda: outcome.update(ok=faults.run(options)))
-    sys.exit(code or (0 if outcome.get("ok") else 1))
+    outcome["ok"] = faults.run(options)
 
 
 if __name__ == "__main__":

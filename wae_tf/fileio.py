@@ -72,7 +72,7 @@ def read_json(path: str) -> dict:
     try:
         with tf.io.gfile.GFile(path) as f:
             return json.load(f)
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path} is corrupt ({error}).") from error
 
 

@@ -40,9 +40,12 @@ def _train(workdir):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    sys.exit(cli.run_reporting_user_errors(lambda: _train(FLAGS.workdir)))
+    sys.exit(cli.run_reporting_user_errors(_main, argv))
+
+
+def _main(argv):
+    cli.check_no_arguments(argv)
+    _train(FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -85,10 +85,8 @@ def load_from_workdir(workdir: str) -> Autoencoder:
 
 def load_from_saved_model(path: str) -> Autoencoder:
     """Load an export's `encode` and `decode` signatures and its wae_config.json."""
-    path = saved_model.latest_version(path)
-    config_path = os.path.join(path, saved_model.CONFIG_ASSET)
-    config = config_lib.from_dict(fileio.read_json(config_path))
-    loaded = tf.saved_model.load(path)
+    path, record, loaded = saved_model.load_export(path)
+    config = config_lib.from_dict(record)
     encode_sig, decode_sig = loaded.signatures["encode"], loaded.signatures["decode"]
     images_spec = encode_sig.structured_input_signature[1]["images"]  # [None, H, W, C]
     image_shape = tuple(int(d) for d in images_spec.shape[1:])

@@ -172,16 +172,17 @@ def _record_copies(workdir: str) -> list:
 def find_run_record(workdir: str):
     """The record binding `workdir` (a dict), or None for a workdir without one and without
     checkpoints. A lost config.json is recovered from a copy (_record_copies); ConfigError
-    when checkpoints exist and no copy is left: never guess the flags they were trained with."""
+    when checkpoints exist and no copy is left: never guess the flags they were trained with,
+    and for a record that is not one (config_lib.check_record: wrong types, no image_shape)."""
     path = os.path.join(workdir, RECORD_FILE)
     if tf.io.gfile.exists(path):
-        return fileio.read_json(path)
+        return config_lib.check_record(fileio.read_json(path), path)
     if not has_checkpoints(workdir):
         return None
     for copy in _record_copies(workdir):
         if tf.io.gfile.exists(copy):
             logging.warning("%s is missing: the run's record is read from %s.", path, copy)
-            return fileio.read_json(copy)
+            return config_lib.check_record(fileio.read_json(copy), copy)
     raise ConfigError(
         f"{workdir} holds checkpoints but not {RECORD_FILE}, the record of the flags they were "
         f"trained with, nor a copy of it: restore {path} from a backup (or copy the run's "
@@ -245,4 +246,4 @@ def read_run_record(workdir: str):
     if record is None:
         raise ConfigError(f"{os.path.join(workdir, RECORD_FILE)} not found: expected a training "
                           "run's directory.")
-    return config_lib.from_dict(record), tuple(record["image_shape"])
+    return config_lib.from_dict(record), config_lib.record_image_shape(record)

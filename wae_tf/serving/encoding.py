@@ -43,11 +43,14 @@ def encode_folder(saved_model: str, images_dir: str, out_path: str, batch_size: 
     format its extension names (FORMATS), with each file's path relative to images_dir, its
     class label and its split; returns counts."""
     check_out_path(out_path)
-    path = saved_model_lib.latest_version(saved_model)
-    record = fileio.read_json(os.path.join(path, saved_model_lib.CONFIG_ASSET))
+    if batch_size <= 0:
+        raise ConfigError(f"--batch_size must be positive, got {batch_size}.")
+    if not tf.io.gfile.isdir(images_dir):
+        raise ConfigError(f"--images={images_dir} is not a directory: name the folder of images.")
+    path, record, loaded = saved_model_lib.load_export(saved_model)
     config = config_lib.from_dict(record)
-    size, _, channels = record["image_shape"]
-    encode = tf.saved_model.load(path).signatures["encode"]
+    size, _, channels = config_lib.record_image_shape(record)
+    encode = loaded.signatures["encode"]
     paths = data.list_images(images_dir)
     if not paths:
         raise ConfigError(f"No images ({', '.join(data.EXTENSIONS)}) under {images_dir!r}.")

@@ -23,10 +23,17 @@ CONFIG_ASSET = checkpoints.EXPORT_RECORD  # the run record, with the run's ident
 KERAS_DIR = "keras"
 
 
+def _runtime_shape(tensor):
+    """tf.shape(tensor) as a vector of unknown length. TF folds tf.rank and the size of
+    tf.shape to the rank the input signature declares, so a request of another rank would pass
+    a check built on them; a serialised round trip of the (tiny) shape hides the declared one."""
+    return tf.io.parse_tensor(tf.io.serialize_tensor(tf.shape(tensor)), tf.int32)
+
+
 def _check_shape(tensor, name: str, dims: str, expected):
     """An Assert that `tensor` has shape [N, *expected]; the rank is checked first (comparing
     shapes of different ranks would fail with TF's own "Incompatible shapes" instead)."""
-    shape, expected = tf.shape(tensor), tf.constant(expected, tf.int32)
+    shape, expected = _runtime_shape(tensor), tf.constant(expected, tf.int32)
     ok = tf.cond(tf.equal(tf.size(shape), tf.size(expected) + 1),
                  lambda: tf.reduce_all(tf.equal(shape[1:], expected)),
                  lambda: tf.constant(False))
@@ -49,8 +56,17 @@ def _check_z(z, z_dim: int):
 
 def _check_seed(seed):
     """Fail the request unless seed is a vector [N] (one image per seed)."""
-    return tf.debugging.Assert(tf.equal(tf.rank(seed), 1), [
-        "seed must have shape [N] (one int64 per image), got", tf.shape(seed)])
+    shape = _runtime_shape(seed)
+    return tf.debugging.Assert(tf.equal(tf.size(shape), 1), [
+        "seed must have shape [N] (one int64 per image), got", shape])
+
+
+def _nonempty(images, image_shape):
+    """(`images`, N) with one blank image in place of an empty batch: TF's Conv2D answers an
+    empty batch in its input's shape, not its output's, and the next layer then fails. Callers
+    keep the first N rows of what they compute, so N = 0 gives empty outputs."""
+    n = tf.shape(images)[0]
+    return tf.cond(n > 0, lambda: images, lambda: tf.zeros([1, *image_shape])), n
 
 
 class _Untracked:
@@ -90,10 +106,11 @@ class WAEModule(tf.Module):
         """images [N,H,W,C] in [0,1] -> z [N,z_dim] (the posterior mean if Gaussian, with its
         log-variance z_log_var [N,z_dim])."""
         with tf.control_dependencies([_check_images(images, self._image_shape)]):
+            images, n = _nonempty(images, self._image_shape)
             out = self._models.encoder(images, training=False)
             if isinstance(out, (list, tuple)):
-                return {"z": out[0], "z_log_var": out[1]}
-            return {"z": out}
+                return {"z": out[0][:n], "z_log_var": out[1][:n]}
+            return {"z": out[:n]}
 
     def _decode(self, z):
         """z [N,z_dim] -> images [N,H,W,C] in [0,1]."""
@@ -103,7 +120,8 @@ class WAEModule(tf.Module):
     def _reconstruct(self, images):
         """images -> their reconstructions and codes."""
         with tf.control_dependencies([_check_images(images, self._image_shape)]):
-            z = networks.encoder_mean(self._models.encoder, images)
+            images, n = _nonempty(images, self._image_shape)
+            z = networks.encoder_mean(self._models.encoder, images)[:n]
             return {"images": self._models.decoder(z, training=False), "z": z}
 
     def _sample(self, seed):
@@ -263,6 +281,32 @@ def export_from_workdir(workdir: str, export_dir: str = "") -> str:
     record = dict(checkpoints.find_run_record(workdir))
     return export_saved_model(run.encoder, run.decoder, run.config, run.image_shape, base,
                               run.step, mixture, run.discriminator, record=record)
+
+
+def load_export(path: str):
+    """(version directory, run record, loaded SavedModel) of an export or of its base (the
+    highest version); ConfigError naming what is missing or unreadable (no variables/, a
+    damaged saved_model.pb or record, no encode/decode signatures)."""
+    path = latest_version(path)
+    record_path = os.path.join(path, CONFIG_ASSET)
+    if not tf.io.gfile.exists(record_path):
+        raise ConfigError(f"{path} has no {CONFIG_ASSET}, the run record every wae_tf export "
+                          "holds: pass a version directory written by wae_tf's export.")
+    record = config_lib.check_record(fileio.read_json(record_path), record_path)
+    if not tf.io.gfile.exists(os.path.join(path, "variables", "variables.index")):
+        raise ConfigError(f"{path} has no variables/ (the trained weights): copy the whole "
+                          "version directory, or export again (python -m wae_tf.export).")
+    try:
+        loaded = tf.saved_model.load(path)
+    except (OSError, ValueError, KeyError, tf.errors.OpError) as error:
+        text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"{path} is not a readable SavedModel ({text}): copy it again, or "
+                          "export again (python -m wae_tf.export).") from None
+    missing = [name for name in ("encode", "decode") if name not in loaded.signatures]
+    if missing:
+        raise ConfigError(f"{path} has no {' or '.join(missing)} signature: is it a wae_tf "
+                          "export?")
+    return path, record, loaded
 
 
 def latest_version(path: str) -> str:

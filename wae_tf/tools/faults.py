@@ -513,8 +513,22 @@ def scenario_table(rows) -> str:
     return "\n".join(lines)
 
 
+def check_options(options: Options) -> None:
+    """ConfigError naming the flag the experiment cannot run with, before anything is written."""
+    for name in ("checkpoint_every", "timeout"):
+        if getattr(options, name) <= 0:
+            raise ConfigError(f"--{name} must be positive, got {getattr(options, name)}.")
+    if options.kills < 0:
+        raise ConfigError(f"--kills must be >= 0, got {options.kills}.")
+    needed = len(faults(options.kills, options.sigterm)) + 6  # one step each, past 1 and N-5
+    if options.train_steps < needed:
+        raise ConfigError(f"--train_steps={options.train_steps} leaves no room for every "
+                          f"interruption: use at least {needed}.")
+
+
 def run(options: Options) -> bool:
     """The whole experiment (see the module docstring); True when every check passed."""
+    check_options(options)
     rng = np.random.default_rng(options.seed)
     reference_dir, killed_dir = (os.path.join(options.workdir, name)
                                  for name in ("reference", "killed"))

@@ -68,10 +68,10 @@ class Config:
                            "img_align_celeba/ and list_eval_partition.txt (else TFDS).")
     test_fraction: float = _field(0.1, "folder without train/ and test/: the share of files held "
                                   "out for testing, chosen by a hash of (--seed, file path).")
-    channels: int = _field(0, "folder: 1 (grayscale) or 3 (RGB); 0 = 1 if the first files are "
-                           "grayscale, else 3.")
-    crop: int = _field(0, "folder: centre crop side before resizing to --image_size; 0 = the "
-                       "largest centred square.")
+    channels: int = _field(0, "folder: 1 (grayscale) or 3 (RGB), files converted to it; 0 = 1 "
+                           "if the train split's first files are grayscale, else 3.")
+    crop: int = _field(0, "folder: centre crop side before resizing to --image_size, at most "
+                       "the images' smaller side; 0 = the largest centred square.")
     in_memory: str = _field("auto", "Hold the decoded train split in memory (true), or stream "
                             "it while training (false): folders and celeb_a from --data_dir from "
                             "their files, TFDS data sets from --cache_dir; auto streams when it "

@@ -146,6 +146,7 @@ def train_and_evaluate(config: Config, workdir: str, strategy=None, data_overrid
     latent sampler and export it asks for) is left as it is.
     """
     config.validate()
+    data.check_workdir(config, workdir)  # before the lock writes to it
     with cluster.StopSignals() as stop:
         strategy = strategy or cluster.create_strategy(config)
         with _workdir_lock(workdir, strategy):

@@ -77,10 +77,12 @@ class Config:
                             "their files, TFDS data sets from --cache_dir; auto streams when it "
                             "would take over a quarter of RAM.")
     cache_dir: str = _field("", "When streaming: a local directory for a decoded copy of the "
-                            "train split, written once, so later epochs and runs skip decoding "
-                            "(required to stream a TFDS data set).")
-    skip_bad_images: bool = _field(False, "folder, celeb_a from --data_dir: leave out (and count "
-                                   "in the log) files that cannot be decoded, instead of stopping.")
+                            "train split, written once (again when a file's size or time "
+                            "changes), so later epochs and runs skip decoding (required to stream "
+                            "a TFDS data set).")
+    skip_bad_images: bool = _field(False, "folder, celeb_a from --data_dir: leave out (and list "
+                                   "in the log) files that cannot be read or decoded, instead of "
+                                   "stopping; a stream without --cache_dir checks each once first.")
     tfds_data_dir: str = _field("", "tensorflow-datasets data_dir (prepared data sets live here).")
     tfds_download: bool = _field(True, "Let tensorflow-datasets download and prepare a missing "
                                        "data "

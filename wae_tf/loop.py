@@ -388,9 +388,9 @@ def _call(train_fn, iterator, num: int) -> dict:
         if "decode" not in str(error).lower() and "image" not in str(error).lower():
             raise
         raise ConfigError("An image file could not be decoded while streaming the training data "
-                          f"({' '.join(str(error).split())[:200]}). Pass --cache_dir=DIR to "
-                          "check every file once (naming the bad ones; --skip_bad_images leaves "
-                          "them out), or fix the files.") from None
+                          f"({' '.join(str(error).split())[:200]}). Pass --skip_bad_images to "
+                          "check every file once and leave the bad ones out (--cache_dir keeps "
+                          "the verdict and the pixels), or fix the files.") from None
 
 
 def _run_loop(config, state, strategy, iterator, manager, total_steps, test_set, stop,

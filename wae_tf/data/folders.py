@@ -1,8 +1,9 @@
 """Folders of image files and CelebA's official files: listing, splits, class labels, bad files.
 
-Layout, as keras.utils.image_dataset_from_directory reads it: files anywhere below DIR; if
-DIR/train and DIR/test exist they are the splits, otherwise each file's split is fixed by a hash
-of (--seed, its path relative to DIR), so adding files never moves another file between splits.
+Layout, as keras.utils.image_dataset_from_directory reads it: files anywhere below DIR (regular
+files, each once however many links reach it); if DIR/train and DIR/test exist they are the
+splits, otherwise each file's split is fixed by a hash of (--seed, its path relative to DIR), so
+adding files never moves another file between splits.
 The first-level sub-folder names are the class labels when there are several, else every label is
 0. Each image is decoded, centre cropped (--crop) and resized to --image_size by wae_tf.data.images.
 """

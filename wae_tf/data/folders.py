@@ -27,6 +27,7 @@ EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")  # tf.io.decode_
 DEFAULT_SIZE = 64  # --image_size=0 on a folder: the paper's 64x64 networks
 _HASH_BUCKETS = 10 ** 6
 _LISTED = 10  # unreadable files named in the log line of those skipped
+_WARNED = set()  # the non-regular files this process has warned of
 
 
 def list_images(directory: str) -> List[str]:
@@ -41,7 +42,8 @@ def list_images(directory: str) -> List[str]:
                  for name in names if name.lower().endswith(EXTENSIONS)]
     else:
         paths, special = _walk_local(directory)
-        if special:
+        if special and special[0] not in _WARNED:  # once, though each split lists the folder
+            _WARNED.add(special[0])
             logging.warning("Left out %d file(s) named like images but not regular files (FIFO, "
                             "socket or device), e.g. %s.", len(special), special[0])
     for path in paths:

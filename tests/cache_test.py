@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from tests.conftest import tiny_config
 from wae_tf.data import cache, folders
+from wae_tf.errors import ConfigError
 
 
 def _batches(count, shape=(2, 3, 1)):
@@ -66,3 +67,68 @@ def test_a_folders_copy_is_written_once_and_holds_only_the_files_that_decode(tmp
     assert os.path.getmtime(path[:-len(".u8")] + ".json") == written
     decoded, _ = folders.decode_split(files, skip_bad=True)  # uint8 [3, 28, 28, 3]
     np.testing.assert_array_equal(cache.row_reader(path, files.image_shape)(np.arange(3)), decoded)
+
+
+def _folder_files(root, count=4):
+    """`count` PNGs of 20x16 RGB noise in root/train (and root/test), listed as training does."""
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        _png(root / "train" / f"{i}.png", rng.integers(0, 256, (20, 16, 3), np.uint8))
+    (root / "test").mkdir(exist_ok=True)
+    return folders.list_split(tiny_config(dataset="folder", data_dir=str(root), image_size=28,
+                                          channels=3), "train")
+
+
+def _png(path, pixels):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(tf.io.encode_png(pixels).numpy())
+
+
+def test_an_image_replaced_under_its_name_is_decoded_again(tmp_path):
+    files = _folder_files(tmp_path)
+    path, _ = cache.decoded_files(files, str(tmp_path / "cache"))
+    _png(tmp_path / "train" / "1.png", np.full((20, 16, 3), 200, np.uint8))  # same name, size
+    path, kept = cache.decoded_files(files, str(tmp_path / "cache"))
+    assert kept == [0, 1, 2, 3]
+    rows = cache.row_reader(path, files.image_shape)(np.arange(4))  # uint8 [4, 28, 28, 3]
+    assert (rows[1] == 200).all()
+    np.testing.assert_array_equal(rows, folders.decode_split(files, skip_bad=False)[0])
+
+
+def test_a_fixed_bad_file_is_accepted_and_the_copy_of_unchanged_files_kept(tmp_path):
+    files = _folder_files(tmp_path)
+    (tmp_path / "train" / "2.png").write_bytes(b"\x89PNG broken")
+    path, kept = cache.decoded_files(files, str(tmp_path / "cache"))
+    assert kept == [0, 1, 3]
+    written = os.stat(path).st_mtime_ns
+    assert cache.decoded_files(files, str(tmp_path / "cache")) == (path, kept)
+    assert os.stat(path).st_mtime_ns == written  # unchanged files: the copy is trusted
+    _png(tmp_path / "train" / "2.png", np.zeros((20, 16, 3), np.uint8))  # fixed as told
+    assert cache.decoded_files(files, str(tmp_path / "cache")) == (path, [0, 1, 2, 3])
+
+
+def test_a_copy_whose_rewrite_was_interrupted_is_not_trusted(tmp_path, monkeypatch):
+    files = _folder_files(tmp_path)
+    cache.decoded_files(files, str(tmp_path / "cache"))
+    _png(tmp_path / "train" / "0.png", np.full((20, 16, 3), 7, np.uint8))
+    with monkeypatch.context() as patch:
+        patch.setattr(folders, "image_dataset", lambda *args: (_ for _ in ()).throw(
+            KeyboardInterrupt))  # stopped while decoding the changed files again
+        with pytest.raises(KeyboardInterrupt):
+            cache.decoded_files(files, str(tmp_path / "cache"))
+    assert not [n for n in os.listdir(tmp_path / "cache") if n.endswith(".json")]
+    path, _ = cache.decoded_files(files, str(tmp_path / "cache"))
+    assert (cache.row_reader(path, files.image_shape)([0]) == 7).all()
+
+
+def test_an_unwritable_cache_dir_is_one_line_naming_the_flag(tmp_path):
+    files = _folder_files(tmp_path)
+    (tmp_path / "file").write_text("a regular file")
+    with pytest.raises(ConfigError, match=r"--cache_dir=.*file/cache is not writable \(.*not a "
+                                          r"directory\)"):
+        cache.decoded_files(files, str(tmp_path / "file" / "cache"))
+    if os.geteuid() == 0:
+        pytest.skip("run as root: a directory of mode 555 is still writable")
+    (tmp_path / "read_only").mkdir(mode=0o555)
+    with pytest.raises(ConfigError, match=r"--cache_dir=.*read_only is not writable"):
+        cache.decoded_files(files, str(tmp_path / "read_only"))

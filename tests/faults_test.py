@@ -56,11 +56,20 @@ def test_the_scenarios_are_planned_in_order_and_tabulated():
     names = [scenario.name for scenario in faults.scenarios()]
     assert names == ["SIGTERM during the export", "SIGKILL during the export",
                      "shared --export_dir", "config.json deleted",
-                     "second trainer, then stale lock"]
+                     "second trainer, then stale lock", "image replaced under --cache_dir",
+                     "bad file fixed under --cache_dir"]
     rows = [dict(fault="shared --export_dir", expected="refused", observed="exit 0", ok=False)]
     assert faults.scenario_table(rows).splitlines() == [
         "| fault | expected | observed | ok |", "|---|---|---|---|",
         "| shared --export_dir | refused | exit 0 | NO |"]
+
+
+def test_the_scenarios_png_decodes_to_its_one_value():
+    """The cache scenarios write PNGs by hand (the tool loads no TF): check them with TF's
+    decoder."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    pixels = tf.io.decode_png(faults._png(200, size=5)).numpy()  # pylint: disable=protected-access
+    assert pixels.shape == (5, 5, 1) and (pixels == 200).all()
 
 
 def test_one_line_is_the_single_error_or_stop_line_without_a_traceback(tmp_path):

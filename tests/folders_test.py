@@ -1,5 +1,6 @@
 """Folders of real PNG/JPEG files: splits, labels, channels, crops, bad files, CelebA's layout."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -160,3 +161,89 @@ def test_bmp_gif_and_webp_files_decode_like_png(tmp_path):
     assert loaded.num_examples == 4
     for image in loaded.images:
         np.testing.assert_array_equal(image, pixels)
+
+
+def _as_root() -> bool:
+    """Whether this process reads any file whatever its mode (root, CAP_DAC_OVERRIDE)."""
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def test_a_link_loop_is_walked_once_and_a_file_reached_twice_is_listed_once(tmp_path):
+    root = tmp_path / "d"
+    for i in range(6):
+        _write(str(root / ("sub" if i % 2 else "") / f"{i}.png"), _image(i, (20, 20, 1)))
+    os.symlink(".", root / "loop")  # d/loop/loop/... without end
+    os.symlink("..", root / "sub" / "up")
+    os.symlink(os.path.join("sub", "1.png"), root / "alias.png")
+    listed = folders.list_images(str(root))
+    assert sorted(os.path.realpath(p) for p in listed) == sorted(
+        str(p) for p in root.rglob("*.png") if not p.is_symlink() and "loop" not in p.parts)
+    assert len(listed) == 6
+    config = _config(str(root), test_fraction=0.5)
+    train, test = (set(folders.split_files(config, s)[1]) for s in ("train", "test"))
+    assert len(train) + len(test) == 6 and not train & test
+
+
+def test_only_regular_files_are_listed(tmp_path, caplog):
+    _write(str(tmp_path / "a.png"), _image(1, (20, 20, 1)))
+    os.mkfifo(tmp_path / "fifo.png")  # reading it would block for ever
+    assert folders.list_images(str(tmp_path)) == [str(tmp_path / "a.png")]
+    assert "fifo.png" in caplog.text and "not regular files" in caplog.text
+
+
+def test_a_file_name_that_is_not_utf8_is_named(tmp_path):
+    _write(str(tmp_path / "a.png"), _image(1, (20, 20, 1)))
+    with open(os.path.join(os.fsencode(tmp_path), b"caf\xe9.png"), "wb") as f:
+        f.write(b"not read")
+    with pytest.raises(ConfigError, match=r"caf\\xe9\.png is not UTF-8: rename it"):
+        folders.list_images(str(tmp_path))
+
+
+def test_both_splits_take_the_channels_of_the_train_split(tmp_path):
+    """A colour file among grayscale ones decides for both splits, or for neither: the networks'
+    input has one depth (else 'Depth of input (1) is not a multiple of ... (3)')."""
+    for i in range(3):
+        _write(str(tmp_path / "train" / f"{i}.png"), _image(i, (20, 20, 1)))
+        _write(str(tmp_path / "test" / f"{i}.png"), _image(9 + i, (20, 20, 1)))
+    _write(str(tmp_path / "train" / "colour.png"), _image(7, (20, 20, 3)))
+    config = _config(str(tmp_path))
+    assert [data.load_split(config, s).image_shape for s in ("train", "test")] == [(28, 28, 3)] * 2
+    os.rename(tmp_path / "train" / "colour.png", tmp_path / "test" / "colour.png")
+    shapes = [data.load_split(config, s).image_shape for s in ("train", "test")]
+    assert shapes == [(28, 28, 1)] * 2  # the colour file converted to grayscale
+
+
+def test_a_crop_larger_than_the_images_is_refused_not_padded(two_classes):
+    with pytest.raises(ConfigError, match=r"--crop=31 exceeds the size 40x30 of .*: lower --crop"):
+        data.load_split(_config(two_classes, crop=31), "train")
+    files = folders.list_split(_config(two_classes, crop=30), "train")
+    with pytest.raises(ConfigError, match=r"Cannot decode .* \(.*crop 35 exceeds the image size"):
+        folders.decode_split(dataclasses.replace(files, crop=35), skip_bad=False)
+
+
+def test_an_unreadable_file_is_named_or_skipped_and_listed(tmp_path, caplog):
+    if _as_root():
+        pytest.skip("run as root: a file of mode 000 is still readable")
+    for i in range(4):
+        _write(str(tmp_path / "train" / f"{i}.png"), _image(i, (20, 20, 1)))
+    _write(str(tmp_path / "test" / "0.png"), _image(9, (20, 20, 1)))
+    os.chmod(tmp_path / "train" / "2.png", 0)
+    with pytest.raises(ConfigError, match=r"Cannot decode .*2\.png \(.*Permission denied"):
+        data.load_split(_config(str(tmp_path)), "train")
+    assert data.load_split(_config(str(tmp_path), skip_bad_images=True), "train").num_examples == 3
+    assert "2.png (" in caplog.text and "Permission denied" in caplog.text
+
+
+def test_a_workdir_inside_the_listed_images_is_refused_before_it_is_written(tmp_path):
+    for i in range(3):
+        _write(str(tmp_path / "d" / f"{i}.png"), _image(i, (20, 20, 1)))
+    workdir = tmp_path / "d" / "runs" / "x"
+    with pytest.raises(ConfigError, match=r"--workdir=.*runs/x is inside .*/d, whose images"):
+        loop.train_and_evaluate(_config(str(tmp_path / "d")), str(workdir))
+    assert not workdir.exists()
+    for split in ("train", "test"):
+        _write(str(tmp_path / "d" / split / "0.png"), _image(0, (20, 20, 1)))
+    config = _config(str(tmp_path / "d"))
+    folders.check_workdir(config, str(workdir))  # beside train/ and test/: not read
+    with pytest.raises(ConfigError, match="inside .*train"):
+        folders.check_workdir(config, str(tmp_path / "d" / "train" / "run"))

@@ -1,5 +1,7 @@
 """Tests of wae_tf.data.images: decoding, the one centre crop and resize, uint8 -> float."""
 
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -45,15 +47,29 @@ def test_crop_zero_is_the_largest_centred_square_also_when_the_size_is_known_onl
     np.testing.assert_array_equal(unknown(tf.constant(image)), expected)
 
 
-def test_a_crop_larger_than_the_image_is_an_error_or_for_a_decoded_file_zero_padding():
+def test_a_crop_larger_than_the_image_is_an_error_never_zero_padding():
     image = _ramp(6, 4)
     with pytest.raises(ConfigError, match="crop 5 exceeds the image size 6x4"):
         images.center_crop(tf.constant(image), 5)
-    unknown = tf.function(lambda x: images.center_crop(x, 6),
+    unknown = tf.function(lambda x: images.center_crop(x, 6),  # a decoded file's size
                           input_signature=[tf.TensorSpec([None, None, 1], tf.uint8)])
-    padded = unknown(tf.constant(image)).numpy()  # [6, 6, 1]: one zero column each side
-    np.testing.assert_array_equal(padded[:, 1:5], image)
-    assert not padded[:, 0].any() and not padded[:, 5].any()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="crop 6 exceeds the image size 6x4"):
+        unknown(tf.constant(image))
+    np.testing.assert_array_equal(unknown(tf.constant(_ramp(8, 6))), _ramp(8, 6)[1:7])
+
+
+def test_only_a_regular_file_is_an_image_file(tmp_path):
+    fifo = tmp_path / "fifo.png"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match=r"--image=.*fifo.png is not a regular file"):
+        images.check_image_file(str(fifo), "--image")
+    with pytest.raises(ConfigError, match="is a directory"):
+        images.check_image_file(str(tmp_path), "--image")
+    with pytest.raises(ConfigError, match="No such file"):
+        images.check_image_file(str(tmp_path / "missing.png"), "--image")
+    (tmp_path / "a.png").write_bytes(b"x")
+    os.symlink(tmp_path / "a.png", tmp_path / "link.png")
+    images.check_image_file(str(tmp_path / "link.png"), "--image")  # a link to a file is one
 
 
 def test_center_crop_keeps_only_the_centre():

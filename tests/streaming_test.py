@@ -92,6 +92,25 @@ def test_the_cache_is_written_once_and_names_bad_files(folder, tmp_path):
     np.testing.assert_array_equal(kept.read(np.arange(5)), memory.images)
 
 
+def test_skip_bad_images_leaves_bad_files_out_of_a_stream_without_cache_dir(tmp_path, caplog):
+    """Checked once before training: the stream then holds only the files that decode, the
+    same batches as in memory, still resumable; the skipped files are listed in the log."""
+    for i in range(9):
+        _write(str(tmp_path / "train" / f"{i}.png"), _image(i))
+    (tmp_path / "train" / "4.png").write_bytes(b"\x89PNG broken")
+    _write(str(tmp_path / "test" / "0.png"), _image(0))
+    config = _config(str(tmp_path), in_memory="false", skip_bad_images=True)
+    streamed = data.load_split(config, "train")
+    assert isinstance(streamed, data.ImageFiles) and streamed.num_examples == 8
+    assert "4.png (" in caplog.text
+    memory = data.load_split(config.replace(in_memory="true"), "train")
+    strategy = tf.distribute.get_strategy()
+    expected = _batches(data.distribute(strategy, memory, 4, 3), 5)  # 2 steps/epoch
+    np.testing.assert_array_equal(_batches(data.distribute(strategy, streamed, 4, 3), 5), expected)
+    np.testing.assert_array_equal(
+        _batches(data.distribute(strategy, streamed, 4, 3, start_step=3), 2), expected[3:])
+
+
 def test_the_subset_read_batch_by_batch_equals_the_materialised_one(folder, tmp_path):
     memory = data.load_split(_config(folder, in_memory="true"), "train")
     streamed = data.load_split(_config(folder, in_memory="false"), "train")

@@ -69,19 +69,21 @@ class Config:
                            "img_align_celeba/ and list_eval_partition.txt (else TFDS).")
     test_fraction: float = _field(0.1, "folder without train/ and test/: the share of files held "
                                   "out for testing, chosen by a hash of (--seed, file path).")
-    channels: int = _field(0, "folder: 1 (grayscale) or 3 (RGB); 0 = 1 if the first files are "
-                           "grayscale, else 3.")
-    crop: int = _field(0, "folder: centre crop side before resizing to --image_size; 0 = the "
-                       "largest centred square.")
+    channels: int = _field(0, "folder: 1 (grayscale) or 3 (RGB), files converted to it; 0 = 1 "
+                           "if the train split's first files are grayscale, else 3.")
+    crop: int = _field(0, "folder: centre crop side before resizing to --image_size, at most "
+                       "the images' smaller side; 0 = the largest centred square.")
     in_memory: str = _field("auto", "Hold the decoded train split in memory (true), or stream "
                             "it while training (false): folders and celeb_a from --data_dir from "
                             "their files, TFDS data sets from --cache_dir; auto streams when it "
                             "would take over a quarter of RAM.")
     cache_dir: str = _field("", "When streaming: a local directory for a decoded copy of the "
-                            "train split, written once, so later epochs and runs skip decoding "
-                            "(required to stream a TFDS data set).")
-    skip_bad_images: bool = _field(False, "folder, celeb_a from --data_dir: leave out (and count "
-                                   "in the log) files that cannot be decoded, instead of stopping.")
+                            "train split, written once (again when a file's size or time "
+                            "changes), so later epochs and runs skip decoding (required to stream "
+                            "a TFDS data set).")
+    skip_bad_images: bool = _field(False, "folder, celeb_a from --data_dir: leave out (and list "
+                                   "in the log) files that cannot be read or decoded, instead of "
+                                   "stopping; a stream without --cache_dir checks each once first.")
     tfds_data_dir: str = _field("", "tensorflow-datasets data_dir (prepared data sets live here).")
     tfds_download: bool = _field(True, "Let tensorflow-datasets download and prepare a missing "
                                        "data "

@@ -2,8 +2,8 @@
 training run in every way wae_tf.tools.faults lists (SIGKILL, SIGTERM and SIGINT in training and
 start-up, a lost checkpoint state file, a full disk), resumes it, compares it with a clean run
 and prints a table of the faults; then the export window, a shared --export_dir, a deleted
-config.json and a workdir in use (wae_tf.tools.faults.scenarios). Exit code 0 when every check
-passes."""
+config.json, a workdir in use and the --cache_dir cases (wae_tf.tools.faults.scenarios). Exit
+code 0 when every check passes."""
 
 import sys
 
@@ -24,7 +24,8 @@ flags.DEFINE_multi_string("train_flag", [], "Extra flag for the training runs (r
 flags.DEFINE_integer("timeout", 600, "Seconds allowed for each training process.")
 flags.DEFINE_bool("full_disk", True, "Also fill a small tmpfs (needs root; else skipped).")
 flags.DEFINE_bool("scenarios", True, "Also the export window, a shared --export_dir, a deleted "
-                  "config.json and a workdir in use, each in runs of its own.")
+                  "config.json, a workdir in use, an image replaced and a bad file fixed under "
+                  "--cache_dir, each in runs of its own.")
 FLAGS = flags.FLAGS
 
 

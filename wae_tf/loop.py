@@ -146,6 +146,7 @@ def train_and_evaluate(config: Config, workdir: str, strategy=None, data_overrid
     latent sampler and export it asks for) is left as it is.
     """
     config.validate()
+    data.check_workdir(config, workdir)  # before the lock writes to it
     with cluster.StopSignals() as stop:
         strategy = strategy or cluster.create_strategy(config)
         with _workdir_lock(workdir, strategy):
@@ -387,9 +388,9 @@ def _call(train_fn, iterator, num: int) -> dict:
         if "decode" not in str(error).lower() and "image" not in str(error).lower():
             raise
         raise ConfigError("An image file could not be decoded while streaming the training data "
-                          f"({' '.join(str(error).split())[:200]}). Pass --cache_dir=DIR to "
-                          "check every file once (naming the bad ones; --skip_bad_images leaves "
-                          "them out), or fix the files.") from None
+                          f"({' '.join(str(error).split())[:200]}). Pass --skip_bad_images to "
+                          "check every file once and leave the bad ones out (--cache_dir keeps "
+                          "the verdict and the pixels), or fix the files.") from None
 
 
 def _models_to_time(config, state, steps_left: int) -> tuple:

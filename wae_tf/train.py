@@ -13,7 +13,8 @@ from wae_tf.errors import ConfigError
 
 cli.define_config_flags()
 flags.adopt_module_key_flags(cli)  # --help lists the Config's flags, not only --workdir
-cli.DEFINE_path("workdir", None, "Directory for checkpoints, logs, images and the export.")
+cli.DEFINE_path("workdir", None, "Directory for checkpoints, logs, images and the export; "
+                "outside the images of --dataset=folder (refused there: its PNGs would be read).")
 flags.mark_flag_as_required("workdir")
 FLAGS = flags.FLAGS
 

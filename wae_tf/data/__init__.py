@@ -11,6 +11,7 @@ are this package's internals, importing one way: images <- folders <- cache <- s
 
 from wae_tf.data.folders import (
     EXTENSIONS,
+    check_workdir,
     class_labels,
     class_names,
     crop_of,
@@ -19,7 +20,12 @@ from wae_tf.data.folders import (
     in_test_split,
     list_images,
 )
-from wae_tf.data.images import center_crop_and_resize, preprocess, to_float
+from wae_tf.data.images import (
+    center_crop_and_resize,
+    check_image_file,
+    preprocess,
+    to_float,
+)
 from wae_tf.data.pipeline import (
     distribute,
     make_eval_dataset,
@@ -32,7 +38,8 @@ from wae_tf.data.pipeline import (
 from wae_tf.data.sources import ImageData, ImageFiles, ImageRows, load_split, read_idx
 
 __all__ = ["EXTENSIONS", "ImageData", "ImageFiles", "ImageRows", "center_crop_and_resize",
-           "class_labels", "class_names", "crop_of", "distribute", "has_split_folders",
-           "image_dataset", "in_test_split", "list_images", "load_split", "make_eval_dataset",
-           "make_subset_dataset", "make_train_dataset", "materialize", "preprocess", "read_idx",
-           "steps_per_epoch", "subset_indices", "to_float"]
+           "check_image_file", "check_workdir", "class_labels", "class_names", "crop_of",
+           "distribute", "has_split_folders", "image_dataset", "in_test_split", "list_images",
+           "load_split", "make_eval_dataset", "make_subset_dataset", "make_train_dataset",
+           "materialize", "preprocess", "read_idx", "steps_per_epoch", "subset_indices",
+           "to_float"]

@@ -1,5 +1,8 @@
 """The one image preprocessing: encoded bytes -> decoded, centre cropped, resized uint8 -> float."""
 
+import os
+import stat
+
 import numpy as np
 import tensorflow as tf
 
@@ -15,23 +18,44 @@ def decode(contents: tf.Tensor, channels: int) -> tf.Tensor:
     return image
 
 
+def check_image_file(path: str, flag: str) -> None:
+    """A ConfigError naming `flag` unless `path` is a regular file (or a link to one): reading a
+    FIFO, a socket or a device named *.png would block for ever or never end."""
+    if "://" in path:  # gs:// and the other file systems of tf.io.gfile: only files
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        raise ConfigError(f"{flag}={path}: {error.strerror}; pass an image file.") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a directory" if stat.S_ISDIR(mode)
+                else "not a regular file (a FIFO, socket or device)")
+        raise ConfigError(f"{flag}={path} is {kind}: pass an image file.")
+
+
 def center_crop(images: tf.Tensor, crop: int) -> tf.Tensor:
     """uint8 [H, W, C] or [N, H, W, C] -> the centred crop x crop square [..., crop, crop, C];
     crop=0: the largest centred square.
 
     The top-left corner is ((H - crop) // 2, (W - crop) // 2): for CelebA (218 x 178) with
     crop=140 this keeps rows 39..178 and columns 19..158, as the paper's code does (PIL crop of the
-    centre 140 x 140). A crop larger than an image whose size is known when the graph is built is
-    a ConfigError; an image whose size is known only when it runs (a decoded file) is padded with
-    zeros to crop x crop.
+    centre 140 x 140). A crop larger than the image is never padded: a ConfigError when the size
+    is known as the graph is built, else an InvalidArgumentError when it runs (a decoded file,
+    which its caller then names).
     """
     height, width = images.shape[-3], images.shape[-2]
     if crop and height is not None and width is not None and crop > min(height, width):
         raise ConfigError(f"The centre crop {crop} exceeds the image size {height}x{width}: "
                           "lower --crop (--celeba_crop for CelebA).")
+    shape = tf.shape(images)
     if not crop:
-        shape = tf.shape(images)
         crop = tf.minimum(shape[-3], shape[-2])
+    else:
+        fits = tf.debugging.Assert(crop <= tf.minimum(shape[-3], shape[-2]), [tf.strings.format(
+            "The centre crop {} exceeds the image size {}x{}: lower --crop (--celeba_crop for "
+            "CelebA).", (crop, shape[-3], shape[-2]))])
+        with tf.control_dependencies([fits]):
+            images = tf.identity(images)
     return tf.image.resize_with_crop_or_pad(images, crop, crop)
 
 

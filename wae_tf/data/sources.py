@@ -150,8 +150,8 @@ def _load_files(config: Config, split: str):
     ImageRows with --cache_dir) for a train split that --in_memory says to stream."""
     files = folders.list_split(config, split)
     if split == "train" and streams(config, len(files.paths), files.image_shape):
-        if not config.cache_dir:
-            return ImageFiles(files)
+        if not config.cache_dir:  # unchecked files stop the run at the first bad one
+            return ImageFiles(folders.readable_files(files) if config.skip_bad_images else files)
         return cached_files(files, config.cache_dir, config.skip_bad_images)
     images, files = folders.decode_split(files, config.skip_bad_images)
     return ImageData(images=images, labels=files.labels, name=files.name,

@@ -77,6 +77,7 @@ def image_shape(metadata: dict, signature: str = SIGNATURE) -> Tuple[int, int, i
 def read_image(path: str, shape: Tuple[int, int, int], crop: int = 0) -> np.ndarray:
     """An image file as float32 [H, W, C] in [0, 1] at `shape`: decoded, centre cropped (crop x
     crop; 0: the largest centred square) and resized, as training reads a folder's files."""
+    data.check_image_file(path, "--image")  # a FIFO would block the read for ever
     with tf.io.gfile.GFile(path, "rb") as f:
         contents = f.read()
     if not contents:

@@ -15,8 +15,8 @@ checkpoint, and resume from the intact one once there is space. Prints a table (
 survived, steps recomputed, data lost = checkpointed steps not resumed from, must be 0). Then the
 `scenarios`, each in a run of its own, in a second table (fault, expected, observed): SIGTERM and
 SIGKILL during the final export, two runs sharing --export_dir, a deleted config.json, a second
-trainer on a workdir in use and the stale lock its SIGKILL leaves. Exit code 0 when every check
-passes.
+trainer on a workdir in use and the stale lock its SIGKILL leaves, an image replaced and a bad
+file fixed under --cache_dir. Exit code 0 when every check passes.
 """
 
 import dataclasses
@@ -25,9 +25,11 @@ import json
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from typing import Callable, Optional, Tuple
 
 import numpy as np
@@ -477,6 +479,79 @@ def _second_trainer(options: Options, root: str) -> Tuple[str, bool]:
                       and took_over and rerun == 0 and _resumed_step(rerun_log) == saved > 0)
 
 
+def _png(value: int, size: int = 32) -> bytes:
+    """A size x size grayscale PNG of one value (written by hand: this process loads no TF)."""
+    raw = b"".join(b"\x00" + bytes([value]) * size for _ in range(size))  # filter 0 per row
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body)))
+    header = struct.pack(">IIBBBBB", size, size, 8, 0, 0, 0, 0)  # 8-bit gray, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+            + chunk(b"IEND", b""))
+
+
+def _write_folder(root: str, value: int, train: int = 30, test: int = 6) -> str:
+    """root/train and root/test of one-value PNGs (0.png, 1.png, ...): a --dataset=folder."""
+    for split, count in (("train", train), ("test", test)):
+        os.makedirs(os.path.join(root, split), exist_ok=True)
+        for i in range(count):
+            with open(os.path.join(root, split, f"{i}.png"), "wb") as f:
+                f.write(_png(value))
+    return root
+
+
+def _folder_command(options: Options, workdir: str, images: str, cache: str) -> list:
+    """A 3-step run streaming `images` through its decoded copy in `cache`."""
+    return _scenario_command(options, workdir, "--dataset=folder", f"--data_dir={images}",
+                             "--image_size=32", "--in_memory=false", f"--cache_dir={cache}",
+                             "--train_steps=3", "--export=false")
+
+
+def _cache_rows(cache: str) -> Tuple[list, list]:
+    """(the values of every decoded row byte, the manifests' kept counts) of a cache dir."""
+    rows = [np.unique(np.fromfile(p, np.uint8)).tolist()
+            for p in sorted(glob.glob(os.path.join(cache, "*.u8")))]
+    return rows, [len(_record_of(p)["kept"]) for p in sorted(glob.glob(os.path.join(cache,
+                                                                                   "*.json")))]
+
+
+def _replaced_image(options: Options, root: str) -> Tuple[str, bool]:
+    """Every image replaced under its name after a run filled --cache_dir: the next run must
+    decode the new pixels, not read the old copy."""
+    images, cache = _write_folder(os.path.join(root, "images"), 10), os.path.join(root, "cache")
+    first = _run_command(options, _folder_command(options, os.path.join(root, "a"), images,
+                                                  cache), os.path.join(root, "a.log"))
+    before, _ = _cache_rows(cache)
+    _write_folder(images, 200)
+    log = os.path.join(root, "b.log")
+    second = _run_command(options, _folder_command(options, os.path.join(root, "b"), images,
+                                                   cache), log)
+    after, _ = _cache_rows(cache)
+    redone = "decoding them again" in _read(log)
+    observed = (f"exit {first}, then {second}; cached pixel values {before} -> {after}; "
+                f"logged the rebuild: {redone}")
+    return observed, first == second == 0 and before == [[10]] and after == [[200]] and redone
+
+
+def _fixed_bad_file(options: Options, root: str) -> Tuple[str, bool]:
+    """A bad file under --cache_dir fixed as the error says: the rerun must accept it."""
+    images, cache = _write_folder(os.path.join(root, "images"), 10), os.path.join(root, "cache")
+    bad = os.path.join(images, "train", "bad.png")
+    with open(bad, "wb") as f:
+        f.write(b"\x89PNG truncated")
+    command = _folder_command(options, os.path.join(root, "run"), images, cache)
+    refused = _run_command(options, command, os.path.join(root, "refused.log"))
+    line = one_line(os.path.join(root, "refused.log"))
+    with open(bad, "wb") as f:
+        f.write(_png(99))
+    rerun = _run_command(options, command, os.path.join(root, "rerun.log"))
+    _, kept = _cache_rows(cache)
+    observed = f"exit {refused} {line[:60]!r}; fixed, the rerun: exit {rerun}, cached {kept} files"
+    return observed, (refused == 2 and "Cannot decode" in line and "bad.png" in line
+                      and rerun == 0 and kept == [31])
+
+
 def scenarios() -> list:
     """The faults checked outside the interrupted run, in order."""
     return [
@@ -491,6 +566,10 @@ def scenarios() -> list:
                  "command resumes and restores it", _lost_config),
         Scenario("second trainer, then stale lock", "the second refused naming the first's "
                  "pid; after SIGKILL the rerun takes over the lock and resumes", _second_trainer),
+        Scenario("image replaced under --cache_dir", "the next run decodes the new pixels (the "
+                 "copy is rebuilt, the rebuild logged)", _replaced_image),
+        Scenario("bad file fixed under --cache_dir", "refused naming it (exit 2); after the fix "
+                 "the rerun trains on every file", _fixed_bad_file),
     ]
 
 

@@ -119,8 +119,7 @@ def reconstruct(image: np.ndarray, url: str, timeout: float = 60.0) -> np.ndarra
 def check_paths(image_path: str, out_path: str, timeout: float) -> None:
     """ConfigError naming the flag unless the image exists, the output's folder exists and the
     timeout is positive."""
-    if not tf.io.gfile.exists(image_path) or tf.io.gfile.isdir(image_path):
-        raise ConfigError(f"--image={image_path}: no such file; name an image file.")
+    data.check_image_file(image_path, "--image")  # also a FIFO, which would block for ever
     folder = os.path.dirname(out_path) or "."
     if not tf.io.gfile.isdir(folder):
         raise ConfigError(f"--out={out_path}: the folder {folder} does not exist; create it or "

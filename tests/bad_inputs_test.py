@@ -187,7 +187,7 @@ CASES = {
     "encode-zero-batch": ("encode", _encode(None, "--batch_size=0"),
                           r"--batch_size must be positive, got 0"),
     "reconstruct-missing-image": ("reconstruct", _reconstruct("wae", image="missing.png"),
-                                  r"--image=.*missing.png: No such file or directory; pass an image"),
+                                  r"--image=.*missing.png: No such file or directory"),
     "reconstruct-html-server": ("reconstruct", _reconstruct("html"),
                                 r"answered '<!DOCTYPE html>.*not TensorFlow Serving's JSON"),
     "reconstruct-nan": ("reconstruct", _reconstruct("nan"),

@@ -444,6 +444,21 @@ def test_a_signal_inside_a_keras_call_stops_the_run_as_itself(signum):
     assert cli.run_reporting_user_errors(_raise, stopped.value) == 128 + signum
 
 
+@pytest.mark.usefixtures("sigint_handled")
+def test_a_signal_a_library_swallows_still_stops_the_run():
+    """TF's saving catches Exception in places: a Preempted raised there and swallowed still
+    leaves the block (the process exits 143 instead of finishing as if not signalled)."""
+    stop = cluster.StopSignals()
+    with pytest.raises(errors.Preempted) as stopped:
+        with stop:
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1)  # the handler raises here
+            except Exception:  # noqa: BLE001 (as a library might)
+                pass
+    assert stopped.value.signum == signal.SIGTERM
+
+
 def test_export_falls_back_past_a_corrupt_newest_checkpoint(preempted_run, tmp_path, caplog):
     directory = _copy(preempted_run[0], tmp_path)
     _truncate(glob.glob(os.path.join(directory, "ckpt-5.data-*"))[0])

@@ -224,7 +224,8 @@ class StopSignals:
     waiting: nothing to save; `when` may change as the run goes on). Inside `deferred()` it only
     sets `received` (the signal number), which the training loop checks between steps to save a
     checkpoint first. A Preempted raised inside a library call that wraps it (Keras adds the
-    layer's call to the message, and drops the signal number) leaves the block as itself. A
+    layer's call to the message, and drops the signal number) or swallows it (TF's saving)
+    leaves the block as itself. A
     SIGINT that the launching shell ignores (a background job) stays ignored.
     """
 
@@ -262,7 +263,9 @@ class StopSignals:
     def __exit__(self, exc_type, exc_value, traceback):
         for signum, previous in self._previous.items():
             signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
-        if self._raised is not None and exc_value is not None and exc_value is not self._raised:
+        if self._raised is not None and exc_value is not self._raised:
+            # Wrapped by a library (Keras), or swallowed by one (TF's saving catches Exception
+            # in places) and the block went on: the signal still stops the process.
             raise self._raised.with_traceback(None) from None
         return False
 

@@ -446,8 +446,9 @@ def test_a_signal_inside_a_keras_call_stops_the_run_as_itself(signum):
 
 @pytest.mark.usefixtures("sigint_handled")
 def test_a_signal_a_library_swallows_still_stops_the_run():
-    """TF's saving catches Exception in places: a Preempted raised there and swallowed still
-    leaves the block (the process exits 143 instead of finishing as if not signalled)."""
+    """TF's saving and AutoGraph catch Exception in places: a Preempted raised there and
+    swallowed is still `received` (the loop stops before its next step) and leaves the block
+    (the process exits 143 instead of finishing as if not signalled)."""
     stop = cluster.StopSignals()
     with pytest.raises(errors.Preempted) as stopped:
         with stop:
@@ -456,6 +457,7 @@ def test_a_signal_a_library_swallows_still_stops_the_run():
                 time.sleep(1)  # the handler raises here
             except Exception:  # noqa: BLE001 (as a library might)
                 pass
+            assert stop.received == signal.SIGTERM
     assert stopped.value.signum == signal.SIGTERM
 
 

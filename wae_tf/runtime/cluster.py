@@ -244,10 +244,10 @@ class StopSignals:
     def _handle(self, signum, frame):
         del frame
         name = signal.Signals(signum).name
-        if not self._deferring:
+        self.received = self.received or signum  # also if a library swallows what is raised:
+        if not self._deferring:                  # the loop then stops before its next step
             self._raised = Preempted(f"{name} {self.when}", signum)
             raise self._raised
-        self.received = self.received or signum
         logging.warning("%s received: saving a checkpoint after the current step, then exit.",
                         name)
 
@@ -263,7 +263,7 @@ class StopSignals:
     def __exit__(self, exc_type, exc_value, traceback):
         for signum, previous in self._previous.items():
             signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
-        if self._raised is not None and exc_value is not self._raised:
+        if self._raised is not None and not isinstance(exc_value, Preempted):
             # Wrapped by a library (Keras), or swallowed by one (TF's saving catches Exception
             # in places) and the block went on: the signal still stops the process.
             raise self._raised.with_traceback(None) from None

@@ -257,13 +257,16 @@ class StopSignals:
         self._deferring = True
         try:
             yield self
+        except Preempted:  # the loop's, saying what it saved (also for a signal swallowed before)
+            self._raised = None
+            raise
         finally:
             self._deferring = False
 
     def __exit__(self, exc_type, exc_value, traceback):
         for signum, previous in self._previous.items():
             signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
-        if self._raised is not None and not isinstance(exc_value, Preempted):
+        if self._raised is not None and exc_value is not self._raised:
             # Wrapped by a library (Keras), or swallowed by one (TF's saving catches Exception
             # in places) and the block went on: the signal still stops the process.
             raise self._raised.with_traceback(None) from None

@@ -161,6 +161,25 @@ def _encode(damage=None, *extra, images=None):
     return args
 
 
+def _streamed_folder_with_garbage(root, export):
+    """train/ (24 PNGs and a file named .png that is not an image) and test/, streamed: the bad
+    file is found inside a training step (a TensorFlow op error); the folder stays untouched."""
+    del export
+    images = os.path.join(root, "images")
+    rng = np.random.default_rng(0)
+    for split, num in (("train", 24), ("test", 8)):
+        os.makedirs(os.path.join(images, split))
+        for i in range(num):
+            save_png(os.path.join(images, split, f"{i:02d}.png"),
+                     rng.integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    with open(os.path.join(images, "train", "zz.png"), "w") as f:
+        f.write("not an image")
+    return ["--dataset=folder", f"--data_dir={images}", "--image_size=32", "--width_divisor=16",
+            "--batch_size=8", "--train_steps=4", "--in_memory=false", "--export=false",
+            "--verbosity=-1",  # warnings and errors only: the one line is all there is
+            f"--workdir={os.path.join(root, 'run')}"], images
+
+
 def _plain(*flags):
     def args(root, export):
         del export
@@ -178,6 +197,9 @@ CASES = {
                              r"Unexpected arguments: extra \(inputs are flags"),
     "train-bad-flag-value": ("train", _with_workdir(None, "--batch_size=abc"),
                              r"flag --batch_size=abc: invalid literal"),
+    "train-undecodable-while-streaming": ("train", _streamed_folder_with_garbage,
+                                          r"could not be decoded while streaming the training "
+                                          r"data \(Unknown image file format"),
     "evaluate-null-for-a-number": ("evaluate", _with_workdir(_set("lambda_reg", None)),
                                    r"config.json: lambda_reg is null, not a number"),
     "export-no-image-shape": ("export", _with_workdir(_without("image_shape")),

@@ -17,7 +17,7 @@ from absl import logging as absl_logging
 
 from wae_tf import config as config_lib
 from wae_tf import scripts
-from wae_tf.errors import ConfigError, NonFiniteLossError, Preempted
+from wae_tf.errors import ConfigError, NonFiniteLossError, Preempted, error_summary
 
 FLAGS = flags.FLAGS
 
@@ -217,15 +217,17 @@ _NO_GPU_PROBE = re.compile(r"E\d{4} .*(cuInit|cuda_platform|cuda_driver|cudart)"
 
 
 def import_tensorflow():
-    """TensorFlow, imported and its devices probed without its start-up INFO lines and, where no
-    GPU exists, without the CUDA probe's error. Everything else it printed is passed on. A user's
-    own TF_CPP_MIN_LOG_LEVEL or --verbosity >= 1 keeps everything (but matplotlib's debug lines,
-    its font search, which would bury wae_tf's own)."""
+    """TensorFlow, imported and its devices probed without its start-up INFO and WARNING lines
+    and, where no GPU exists, without the CUDA probe's error. Everything else it printed is
+    passed on. A user's own TF_CPP_MIN_LOG_LEVEL or --verbosity >= 1 keeps everything (but
+    matplotlib's debug lines, its font search, which would bury wae_tf's own)."""
     logging.getLogger("matplotlib").setLevel("INFO")
     if "TF_CPP_MIN_LOG_LEVEL" in os.environ or (FLAGS.is_parsed() and FLAGS.verbosity >= 1):
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
         return tf
-    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "1"  # C++ INFO lines once its logging is up
+    # C++ INFO and WARNING lines once its logging is up (a failing op's "Local rendezvous is
+    # aborting" would precede our one-line error); errors stay.
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as captured:
@@ -287,24 +289,6 @@ def unexpected_error_line(error: Exception, command: str) -> str:
     return (f"error: {command}{' ' + inputs if inputs else ''} failed unexpectedly "
             f"({type(error).__name__}: {error_summary(error)}); {where}. Please report it.")
 
-
-def error_summary(error: Exception, limit: int = 300) -> str:
-    """An exception's message in one line: TensorFlow's op errors by their cause (the line
-    before `[[{{node ...}}]]`, without "Graph execution error" and stack notes), others by
-    their first line."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    if lines and _tf_op_error(error):
-        cause = [line for line in lines if not line.startswith(("[[", "<stack traces"))
-                 and not re.match(r"(Graph execution error|Detected at node)", line)]
-        lines = cause[-1:] or lines
-    text = lines[0] if lines else ""
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
-def _tf_op_error(error: Exception) -> bool:
-    """Whether `error` is a tf.errors.OpError (without importing TensorFlow for it)."""
-    return any(c.__module__.startswith("tensorflow.") and c.__name__ == "OpError"
-               for c in type(error).__mro__)
 
 
 def command_name() -> str:

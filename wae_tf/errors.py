@@ -1,5 +1,7 @@
 """The errors the entry points report in one line instead of a traceback (stdlib only)."""
 
+import re
+
 
 class ConfigError(ValueError):
     """A user error in the flags, the data or the workdir; the message says what to do."""
@@ -16,3 +18,22 @@ class Preempted(Exception):
     def __init__(self, message: str, signum: int = 15):
         super().__init__(message)
         self.signum = signum
+
+
+def error_summary(error: Exception, limit: int = 300) -> str:
+    """An exception's message in one line: TensorFlow's op errors by their cause (the line
+    before `[[{{node ...}}]]`, without "Graph execution error" and stack notes), others by
+    their first line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if lines and _tf_op_error(error):
+        cause = [line for line in lines if not line.startswith(("[[", "<stack traces"))
+                 and not re.match(r"(Graph execution error|Detected at node)", line)]
+        lines = cause[-1:] or lines
+    text = lines[0] if lines else ""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _tf_op_error(error: Exception) -> bool:
+    """Whether `error` is a tf.errors.OpError (without importing TensorFlow for it)."""
+    return any(c.__module__.startswith("tensorflow.") and c.__name__ == "OpError"
+               for c in type(error).__mro__)

@@ -14,7 +14,7 @@ from absl import logging
 
 from wae_tf import data, fileio, visualize
 from wae_tf.config import Config
-from wae_tf.errors import ConfigError, NonFiniteLossError, Preempted
+from wae_tf.errors import ConfigError, NonFiniteLossError, Preempted, error_summary
 from wae_tf.evaluation import figures, plots
 from wae_tf.evaluation import metrics as metrics_lib
 from wae_tf.model import latent_sampler, networks, regularizers
@@ -388,7 +388,7 @@ def _call(train_fn, iterator, num: int) -> dict:
         if "decode" not in str(error).lower() and "image" not in str(error).lower():
             raise
         raise ConfigError("An image file could not be decoded while streaming the training data "
-                          f"({' '.join(str(error).split())[:200]}). Pass --skip_bad_images to "
+                          f"({error_summary(error, 200)}). Pass --skip_bad_images to "
                           "check every file once and leave the bad ones out (--cache_dir keeps "
                           "the verdict and the pixels), or fix the files.") from None
 

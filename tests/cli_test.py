@@ -11,7 +11,7 @@ from absl import flags
 
 from tests.conftest import REPO, make_idx_dir
 from wae_tf import cli
-from wae_tf.errors import ConfigError
+from wae_tf.errors import ConfigError, error_summary
 
 
 def _write(path, *lines):
@@ -196,6 +196,18 @@ def test_tensorflow_errors_are_reported_by_their_cause(capsys):
     assert cli.run_reporting_user_errors(failing, command="wae-test") == 1
     (line,) = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert "(InvalidArgumentError: Incompatible shapes: [3] vs. [2]);" in line
+
+
+def test_an_error_summary_is_one_line_without_tensorflow_s_internals():
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    error = tf.errors.InvalidArgumentError(
+        None, None, "{{function_node __wrapped__DecodeImage}} Unknown image file format. One "
+        "of JPEG required. [Op:DecodeImage] name: decode")
+    assert error_summary(error) == "Unknown image file format. One of JPEG required."
+    assert error_summary(OSError(28, "No space left on device")) == (
+        "[Errno 28] No space left on device")
+    assert error_summary(ValueError()) == "ValueError"
+    assert error_summary(ValueError("x" * 400), limit=10) == "xxxxxxx..."
 
 
 @pytest.mark.parametrize("error,code,start", [

@@ -141,9 +141,10 @@ def test_deferred_tuning_starts_on_the_rule_and_times_later(monkeypatch, tmp_pat
     rule = [str(convs.ALL_NATIVE)] * 3 + [str(convs.ALL_MATMUL)]  # the last conv: to 2x2
     assert _conv_plans(encoder) == rule and not timed
     assert len(fast_layers.untimed(config, [encoder])) == 4
-    assert fast_layers.time_untimed(config, [encoder], should_stop=lambda: len(timed) == 2) == 2
-    assert len(timed) == 2 and len(fast_layers.untimed(config, [encoder])) == 2
-    assert fast_layers.time_untimed(config, [encoder]) == 1  # the 2x2 conv had matmuls already
+    untimed = lambda: fast_layers.untimed(config, [encoder])  # noqa: E731
+    assert fast_layers.time_untimed(config, untimed(), should_stop=lambda: len(timed) == 2) == 2
+    assert len(timed) == 2 and len(untimed()) == 2
+    assert fast_layers.time_untimed(config, untimed()) == 1  # the 2x2 conv had matmuls already
     assert _conv_plans(encoder) == [str(convs.ALL_MATMUL)] * 4 and len(timed) == 4
     assert not fast_layers.untimed(config, [encoder])
     assert _conv_plans(build()) == [str(convs.ALL_MATMUL)] * 4 and len(timed) == 4

@@ -22,14 +22,15 @@ class Preempted(Exception):
 
 def error_summary(error: Exception, limit: int = 300) -> str:
     """An exception's message in one line: TensorFlow's op errors by their cause (the line
-    before `[[{{node ...}}]]`, without "Graph execution error" and stack notes), others by
-    their first line."""
+    before `[[{{node ...}}]]`, without "Graph execution error", stack notes, `{{function_node
+    ...}}` and `[Op:...]`), others by their first line; the type's name if it has none."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     if lines and _tf_op_error(error):
         cause = [line for line in lines if not line.startswith(("[[", "<stack traces"))
                  and not re.match(r"(Graph execution error|Detected at node)", line)]
         lines = cause[-1:] or lines
-    text = lines[0] if lines else ""
+    text = re.sub(r"\{\{[^}]*\}\}|\s*\[Op:\w+\].*$", "", lines[0]) if lines else ""
+    text = " ".join(text.split()) or type(error).__name__
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 

@@ -3,12 +3,11 @@ JSON read and written atomically, directories replaced atomically, fresh tempora
 
 import json
 import os
-import re
 import uuid
 
 import tensorflow as tf
 
-from wae_tf.errors import ConfigError
+from wae_tf.errors import ConfigError, error_summary
 
 
 def write_json(path: str, value: dict) -> None:
@@ -24,16 +23,10 @@ def write_bytes(path: str, contents: bytes) -> None:
             f.write(contents)
         tf.io.gfile.rename(tmp, path, overwrite=True)
     except (tf.errors.OpError, OSError) as error:  # full disk, read-only, not a directory
-        raise ConfigError(f"Could not write {path} ({error_text(error)}).") from None
+        raise ConfigError(f"Could not write {path} ({error_summary(error)}).") from None
     finally:
         if tf.io.gfile.exists(tmp):
             tf.io.gfile.remove(tmp)
-
-
-def error_text(error: Exception) -> str:
-    """An OS or TF error's message in one short line, without TF's {{function_node ...}}."""
-    text = " ".join(re.sub(r"\{\{[^}]*\}\}", "", str(error)).split())
-    return text[-300:] or type(error).__name__
 
 
 def check_writable_dir(directory: str, flag: str) -> None:
@@ -50,7 +43,7 @@ def check_writable_dir(directory: str, flag: str) -> None:
             f.write(b"x")
         tf.io.gfile.remove(probe)
     except (tf.errors.OpError, OSError) as error:
-        raise ConfigError(f"{flag}={directory} is not writable ({error_text(error)}): check its "
+        raise ConfigError(f"{flag}={directory} is not writable ({error_summary(error)}): check its "
                           "permissions and free space, or name another directory.") from None
 
 

@@ -393,21 +393,20 @@ def _call(train_fn, iterator, num: int) -> dict:
                           "the verdict and the pixels), or fix the files.") from None
 
 
-def _models_to_time(config, state, steps_left: int) -> tuple:
-    """The models whose conv layers --conv_impl=auto times after the first step (none in runs
-    shorter than --conv_tune_min_steps: they keep the fixed rule), said in one line."""
-    models = (state.encoder, state.decoder)
-    untimed = fast_layers.untimed(config, models)
+def _layers_to_time(config, state, steps_left: int) -> list:
+    """The conv layers --conv_impl=auto times after the first step (none in runs shorter than
+    --conv_tune_min_steps: they keep the fixed rule), said in one line."""
+    untimed = fast_layers.untimed(config, (state.encoder, state.decoder))
     if not untimed:
-        return ()
+        return []
     if steps_left < config.conv_tune_min_steps:
         logging.info("Conv forms of %d layers: a fixed rule, untimed (%d steps left, "
                      "--conv_tune_min_steps=%d).", len(untimed), steps_left,
                      config.conv_tune_min_steps)
-        return ()
+        return []
     logging.info("Conv forms of %d layers: timed after the first step (%d steps left), then "
                  "kept in the plan cache.", len(untimed), steps_left)
-    return models
+    return untimed
 
 
 def _run_loop(config, state, strategy, iterator, manager, total_steps, test_set, stop,
@@ -421,7 +420,7 @@ def _run_loop(config, state, strategy, iterator, manager, total_steps, test_set,
     train_fn = step_lib.make_train_fn(config, state, strategy)
     step, metrics = int(state.step.numpy()), {}
     first, window_start, window_step = step, time.time(), step
-    to_time = _models_to_time(config, state, total_steps - step)
+    to_time = _layers_to_time(config, state, total_steps - step)
     signums = [0]
     while step < total_steps:
         signums = cluster.all_workers(strategy, stop.received)

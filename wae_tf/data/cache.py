@@ -18,7 +18,7 @@ from absl import logging
 
 from wae_tf import fileio
 from wae_tf.data import folders
-from wae_tf.errors import ConfigError
+from wae_tf.errors import ConfigError, error_summary
 
 
 def cache_base(cache_dir: str, kind: str, key) -> str:
@@ -39,7 +39,7 @@ def write_rows(batches, base: str, manifest) -> None:
                 extras.append(extra)
         os.replace(tmp, base + ".u8")
     except OSError as error:  # a full disk
-        raise ConfigError(f"Could not write {tmp} ({fileio.error_text(error)}): free space in "
+        raise ConfigError(f"Could not write {tmp} ({error_summary(error)}): free space in "
                           "--cache_dir or name another one.") from None
     finally:
         if os.path.exists(tmp):

@@ -11,17 +11,15 @@ The first-level sub-folder names are the class labels when there are several, el
 import dataclasses
 import hashlib
 import os
-import re
 from typing import List, Optional, Tuple
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from wae_tf import fileio
 from wae_tf.config import Config
 from wae_tf.data import images as images_lib
-from wae_tf.errors import ConfigError
+from wae_tf.errors import ConfigError, error_summary
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")  # tf.io.decode_image reads them
 DEFAULT_SIZE = 64  # --image_size=0 on a folder: the paper's 64x64 networks
@@ -183,7 +181,7 @@ def decode_error(path: str, files: "FileSplit") -> str:
     try:
         decoder(files)(tf.constant(path))
     except (tf.errors.OpError, ValueError) as error:
-        return re.sub(r"\s*\[Op:\w+\].*$", "", fileio.error_text(error))  # TF's op name
+        return error_summary(error)
     return ""
 
 

@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from wae_tf import fileio
 from wae_tf.config import FEATURE_SPACES
-from wae_tf.errors import ConfigError
+from wae_tf.errors import ConfigError, error_summary
 
 INCEPTION_URL = "http://download.tensorflow.org/models/image/imagenet/inception-2015-12-05.tgz"
 INCEPTION_PB = "classify_image_graph_def.pb"
@@ -117,7 +117,7 @@ def _extract_pb(archive: str, target: str, md5: str, origin: str) -> None:
         tf.io.gfile.rename(tmp, target, overwrite=True)
     except (tarfile.TarError, EOFError, OSError, tf.errors.OpError) as error:
         raise ConfigError(f"{origin} is not a readable .tgz "
-                          f"({fileio.error_text(error)}).") from None
+                          f"({error_summary(error)}).") from None
     finally:
         fileio.remove_quietly(tmp)
 
@@ -164,7 +164,7 @@ def inception_graph_path(inception_path: str = "", cache_dir: str = "", url: str
         try:
             _download(url, archive)
         except (urllib.error.URLError, OSError, ValueError) as error:
-            reason = getattr(error, "reason", None) or fileio.error_text(error)
+            reason = getattr(error, "reason", None) or error_summary(error)
             raise ConfigError(
                 f"The Inception graph of --fid_features=inception is not in {cache_dir} and "
                 f"could not be fetched from {url} ({reason}): download that file elsewhere and "

@@ -19,7 +19,7 @@ import tensorflow as tf
 from absl import logging
 
 from wae_tf import fileio
-from wae_tf.errors import ConfigError
+from wae_tf.errors import ConfigError, error_summary
 from wae_tf.evaluation import metrics
 
 VERSION = 1  # of the file's layout and of the key
@@ -62,7 +62,7 @@ def _read(path: str, key: dict) -> Optional[RealFeatures]:
                                 f"read from {path}")
     except (OSError, ValueError, KeyError, tf.errors.OpError) as error:
         logging.warning("Ignoring the unreadable feature cache %s (%s).", path,
-                        fileio.error_text(error))
+                        error_summary(error))
         return None
 
 
@@ -75,7 +75,7 @@ def _write(path: str, key: dict, real: RealFeatures) -> bool:
         fileio.write_bytes(path, buffer.getvalue())
     except (ConfigError, OSError, tf.errors.OpError) as error:
         logging.warning("Could not cache the test features in %s (%s); set --stats_cache_dir to "
-                        "a writable directory or ''.", path, fileio.error_text(error))
+                        "a writable directory or ''.", path, error_summary(error))
         return False
     return True
 

@@ -62,12 +62,13 @@ def untimed(config: Config, models) -> list:
             if convs.known_plan(layer.conv_shape, *_tuning_args(config)) is None]
 
 
-def time_untimed(config: Config, models, should_stop=lambda: False) -> int:
-    """Time the layers untimed() lists (convs.tune: kept in the plan cache for later runs) and
-    switch each to its faster forms, stopping between layers once should_stop(); returns how
-    many plans changed. A tf.function traced before keeps the old forms: trace it again."""
+def time_untimed(config: Config, untimed_layers, should_stop=lambda: False) -> int:
+    """Time the layers untimed() listed (convs.tune: kept in the plan cache for later runs; a
+    shape timed already is not timed again) and switch each to its faster forms, stopping
+    between layers once should_stop(); returns how many plans changed. A tf.function traced
+    before keeps the old forms: trace it again."""
     changed = 0
-    for layer in untimed(config, models):
+    for layer in untimed_layers:
         if should_stop():
             break
         plan = convs.tune(layer.conv_shape, *_tuning_args(config))

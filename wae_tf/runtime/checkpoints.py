@@ -13,7 +13,7 @@ from tensorflow.python.checkpoint import checkpoint_management
 from wae_tf import config as config_lib
 from wae_tf import fileio
 from wae_tf.config import Config
-from wae_tf.errors import ConfigError
+from wae_tf.errors import ConfigError, error_summary
 from wae_tf.runtime import cluster
 
 RECORD_FILE = "config.json"
@@ -136,7 +136,7 @@ def save(manager: tf.train.CheckpointManager, step: int) -> str:
         _remove_partial_checkpoint(manager.directory, step)
         raise ConfigError(
             f"Could not save checkpoint {step} in {manager.directory} "
-            f"({fileio.error_text(error)}). The last saved checkpoint, "
+            f"({error_summary(error)}). The last saved checkpoint, "
             f"{manager.latest_checkpoint or '(none)'}, is intact: free space or fix permissions, "
             "then rerun the same command to resume from it.") from None
 

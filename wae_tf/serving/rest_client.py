@@ -15,8 +15,8 @@ from typing import Optional, Tuple
 import numpy as np
 import tensorflow as tf
 
-from wae_tf import data, fileio, visualize
-from wae_tf.errors import ConfigError
+from wae_tf import data, visualize
+from wae_tf.errors import ConfigError, error_summary
 
 SIGNATURE = "reconstruct"
 
@@ -85,7 +85,7 @@ def read_image(path: str, shape: Tuple[int, int, int], crop: int = 0) -> np.ndar
     try:
         image = data.preprocess(shape[0], shape[2], crop)(tf.constant(contents))
     except tf.errors.InvalidArgumentError as error:
-        raise ConfigError(f"Cannot decode {path} as an image ({fileio.error_text(error)}): "
+        raise ConfigError(f"Cannot decode {path} as an image ({error_summary(error)}): "
                           f"pass a {', '.join(data.EXTENSIONS)} file.") from None
     return image.numpy().astype(np.float32) / 255.0
 

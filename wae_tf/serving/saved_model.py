@@ -12,7 +12,7 @@ from absl import logging
 from wae_tf import config as config_lib
 from wae_tf import fileio
 from wae_tf.config import Config
-from wae_tf.errors import ConfigError
+from wae_tf.errors import ConfigError, error_summary
 from wae_tf.model import latent_sampler, networks, regularizers
 from wae_tf.runtime import checkpoints
 from wae_tf.serving import warmup
@@ -201,7 +201,7 @@ def export_saved_model(encoder, decoder, config: Config, image_shape, base_dir: 
         try:
             _write_version(tmp_dir, module, plain, config, image_shape, record)
         except (tf.errors.OpError, OSError, ConfigError) as error:  # full disk, read-only
-            raise ConfigError(f"Could not export to {final_dir} ({fileio.error_text(error)})"
+            raise ConfigError(f"Could not export to {final_dir} ({error_summary(error)})"
                               ": free space or fix permissions, then export the checkpoint "
                               "again (python -m wae_tf.export).") from None
         if record is not None:  # another run may have exported this version meanwhile
@@ -299,9 +299,8 @@ def load_export(path: str):
     try:
         loaded = tf.saved_model.load(path)
     except (OSError, ValueError, KeyError, tf.errors.OpError) as error:
-        text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"{path} is not a readable SavedModel ({text}): copy it again, or "
-                          "export again (python -m wae_tf.export).") from None
+        raise ConfigError(f"{path} is not a readable SavedModel ({error_summary(error)}): copy "
+                          "it again, or export again (python -m wae_tf.export).") from None
     missing = [name for name in ("encode", "decode") if name not in loaded.signatures]
     if missing:
         raise ConfigError(f"{path} has no {' or '.join(missing)} signature: is it a wae_tf "
